@@ -1,0 +1,120 @@
+"""Errors Oversight raises or sends, each knowing the ErrorResponse it becomes.
+
+Every refusal a client sees is an ordinary PostgreSQL ErrorResponse (DESIGN.md,
+"What a client sees when Oversight says no"). Code raises or returns a
+ProxyError subclass; the session turns it into wire bytes with `fields()`.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base class: an error with a SQLSTATE, a severity and a message."""
+
+    sqlstate = "XX000"
+    severity = "ERROR"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+    def fields(self) -> dict[str, str]:
+        """ErrorResponse fields keyed by their one-letter protocol codes."""
+        out = {"S": self.severity, "V": self.severity, "C": self.sqlstate, "M": self.message}
+        if self.detail:
+            out["D"] = self.detail
+        if self.hint:
+            out["H"] = self.hint
+        return out
+
+
+class Blocked(ProxyError):
+    """A rule or default refused the statement (42501)."""
+
+    sqlstate = "42501"
+
+    def __init__(self, rule: str, reason: str, **kw: str | None):
+        super().__init__(f"oversight: blocked by {rule}: {reason}", **kw)
+        self.rule = rule
+        self.reason = reason
+
+
+class NotUnderstood(ProxyError):
+    """The policy engine could not fully parse the statement (42501)."""
+
+    sqlstate = "42501"
+
+    def __init__(self, reason: str, **kw: str | None):
+        super().__init__(f"oversight: statement not understood: {reason}", **kw)
+        self.reason = reason
+
+
+class ResultLimit(ProxyError):
+    """A per-statement row or byte cap was reached mid-stream (54000)."""
+
+    sqlstate = "54000"
+
+    def __init__(self, limit: int, rule: str, unit: str = "rows"):
+        super().__init__(f"oversight: result limit of {limit} {unit} reached ({rule})")
+        self.limit = limit
+        self.rule = rule
+
+
+class VolumeLimit(ProxyError):
+    """A per-user window budget is exhausted (53400)."""
+
+    sqlstate = "53400"
+
+    def __init__(self, rule: str, what: str):
+        super().__init__(f"oversight: {rule}: volume limit: {what}")
+        self.rule = rule
+
+
+class UpstreamUnavailable(ProxyError):
+    """The upstream cannot be reached or died under the session (08006)."""
+
+    sqlstate = "08006"
+    severity = "FATAL"
+
+    def __init__(self, reason: str):
+        super().__init__(f"oversight: upstream unavailable: {reason}")
+
+
+class ProtocolViolation(ProxyError):
+    """The client broke the wire protocol; the session is closed (08P01)."""
+
+    sqlstate = "08P01"
+    severity = "FATAL"
+
+
+class FeatureNotSupported(ProxyError):
+    """A protocol feature Oversight refuses (replication, channel binding...) (0A000)."""
+
+    sqlstate = "0A000"
+    severity = "FATAL"
+
+
+class TooManyConnections(ProxyError):
+    sqlstate = "53300"
+    severity = "FATAL"
+
+
+class AuthFailed(ProxyError):
+    sqlstate = "28P01"
+    severity = "FATAL"
+
+
+class AuditUnavailable(ProxyError):
+    """The audit log cannot be written, so the statement is not run (58030)."""
+
+    sqlstate = "58030"
+
+    def __init__(self, reason: str):
+        super().__init__(f"oversight: audit log unavailable, statement refused: {reason}")
+
+
+class AdminShutdown(ProxyError):
+    sqlstate = "57P01"
+    severity = "FATAL"
