@@ -1,0 +1,88 @@
+"""The seams later capabilities plug into: a statement decider and a stream observer.
+
+The session calls `Hooks.decide` for every simple Query and every Parse before
+anything reaches the upstream, and installs the returned `Admission.limits`
+on the statement's result stream. Both default to "allow everything", which
+makes Oversight a plain auditing relay.
+
+Hooks are async because some of them consult shared state (Redis-backed
+budgets) before a statement may run; the pure parts (policy) are sync and
+cached underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from proxy.errors import ProxyError
+from proxy.identity import SessionFacts
+
+Action = Literal["allow", "rewrite", "block", "throttle"]
+
+
+@dataclass(slots=True)
+class StreamLimits:
+    """Caps on one statement's result stream, enforced by the session per message header.
+
+    Counting is DataRow ('D') and CopyData ('d') messages from the upstream and
+    their wire bytes. At a cap the session stops forwarding, cancels the
+    upstream query and sends `error` (a ResultLimit) in place of completion.
+    """
+
+    max_rows: int | None = None
+    max_bytes: int | None = None
+    rule: str = ""
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the hooks decided for one statement (or one multi-statement string)."""
+
+    action: Action = "allow"
+    sql: str | None = None  # text to send upstream; None = unchanged
+    error: ProxyError | None = None  # set when the statement is refused
+    delay: float = 0.0  # throttle: seconds to wait before running it
+    limits: StreamLimits | None = None
+    rules: tuple[str, ...] = ()
+    reason: str = ""
+    # One dict per statement in the text, merged into its audit record
+    # (kind, tables, columns, fingerprint, sql redacted, detector hits...).
+    statements: Sequence[dict[str, Any]] = ()
+    # Extra fields for the record(s): dry_run, would, detector figures.
+    audit: dict[str, Any] = field(default_factory=dict)
+    # Opaque per-statement state the hooks want back in `finished`.
+    token: Any = None
+
+
+@dataclass(slots=True)
+class StatementResult:
+    """What actually happened to a statement the hooks admitted."""
+
+    rows: int
+    bytes: int
+    duration: float
+    error: str | None  # SQLSTATE-prefixed message, or None on success
+    cutoff: bool
+
+
+class Hooks:
+    """Default hooks: allow everything, observe nothing."""
+
+    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+        return Admission()
+
+    async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
+        """Called between upstream reads while a limited statement streams.
+
+        Returns seconds to pause reading from the upstream (backpressure);
+        only called when `Admission.limits` was set.
+        """
+        return 0.0
+
+    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
+        """Called once per admitted statement when it ends (budgets, detectors)."""
+
+
+ALLOW_ALL = Hooks()
