@@ -1,0 +1,94 @@
+"""What the sans-IO session asks the I/O layer to do, and the statement records it keeps.
+
+The session returns lists of these; `server.py` carries them out in order.
+Order matters: a `Finish` (audit the statement) always precedes the bytes
+that tell the client the statement is over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from proxy.errors import ProxyError
+from proxy.hooks import Admission, StreamLimits
+
+
+@dataclass(slots=True)
+class Plan:
+    """A decided statement text: what the client sent and what went upstream."""
+
+    sql: str
+    admission: Admission
+    extended: bool
+
+    @property
+    def limits(self) -> StreamLimits | None:
+        return self.admission.limits
+
+
+@dataclass(slots=True)
+class Running:
+    """One statement execution as the audit log will record it."""
+
+    plan: Plan
+    index: int = 0  # position in a multi-statement simple query
+    portal: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    rows: int = 0
+    bytes: int = 0
+    error: str | None = None
+    cutoff: bool = False
+    blocked: ProxyError | None = None
+    tag: str = ""
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToServer:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """Ask the hooks about a statement; answer with `Session.decided`."""
+
+    sql: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """A statement ended (or was refused): account and audit it before going on."""
+
+    stmt: Running
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Pause before forwarding the statement just admitted (throttle action)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpstream:
+    """Send a CancelRequest for this session's upstream backend; then call `cancel_done`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the session, after sending `error` to the client if given."""
+
+    error: ProxyError | None = None
+
+
+Action = ToClient | ToServer | Decide | Finish | Throttle | CancelUpstream | Close

@@ -1,0 +1,416 @@
+"""Per-client protocol state machine for the relay phase (sans-IO).
+
+Theory of operation
+-------------------
+After startup, a session sits between one client and one upstream backend.
+`client_data(bytes)` and `server_data(bytes)` take what arrived on either
+leg and return a list of actions (see `actions.py`) for the I/O layer to
+carry out in order. Nothing here blocks or touches a socket.
+
+Client side: frames are processed one at a time. A Query or Parse stops
+processing with a `Decide` action; the I/O layer asks the hooks and calls
+`decided(admission)`, which forwards (possibly rewritten) SQL or queues a
+refusal and goes on with the buffered frames. Everything else is relayed
+as its raw bytes.
+
+Server side: every forwarded client message that expects replies pushes an
+entry on `queue`, the replies the upstream owes us, in order (pgdog's
+expected-reply queue). A proxy-made refusal is a `Synthetic` entry in the
+same queue, so its ErrorResponse reaches the client exactly where
+PostgreSQL would have put it, behind replies still owed for earlier
+pipelined messages. ReadyForQuery after a refusal carries the upstream's
+last real transaction status.
+
+The upstream stream is scanned by message header only. Runs of messages
+that need no attention (DataRow above all) are forwarded as one slice of
+the read buffer; per DataRow the work is reading the 5-byte header and
+bumping two counters. When a statement has stream limits and crosses one,
+the session stops forwarding, asks for an upstream cancel, drops the rest
+of that statement's output and sends a ResultLimit error in place of its
+completion; like any extended-protocol error, the rest of the batch up to
+Sync is discarded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from proxy import messages as m
+from proxy.actions import (
+    Action,
+    CancelUpstream,
+    Close,
+    Decide,
+    Finish,
+    Plan,
+    Running,
+    Throttle,
+    ToClient,
+    ToServer,
+)
+from proxy.errors import ProtocolViolation, ProxyError, ResultLimit
+from proxy.hooks import Admission, StreamLimits
+from proxy.identity import SessionFacts
+from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader, unpack_len
+
+D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
+ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
+
+
+@dataclass(slots=True)
+class Entry:
+    """Replies the upstream owes for one forwarded client message, or a synthetic reply."""
+
+    kind: bytes  # client message type; b"!" for a synthetic reply
+    stmts: deque[Running] = field(default_factory=deque)
+    synthetic: bytes = b""  # bytes to send when this entry reaches the head
+    ready: bool = False  # synthetic: follow with ReadyForQuery(current status)
+    plan: Plan | None = None  # Parse: the statement being prepared
+    aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
+
+
+class Session:
+    def __init__(
+        self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
+        self.facts = facts
+        self.status = b"I"  # last transaction status the upstream reported
+        self.queue: deque[Entry] = deque()
+        self.statements: dict[str, Plan] = {}
+        self.portals: dict[str, Plan] = {}
+        self.parameters: dict[str, str] = {}
+        self._client = FrameReader(max_message)
+        self._sbuf = bytearray()
+        self._waiting: m.Parse | str | None = None  # frame awaiting a decision
+        self._discard = False  # drop client messages until Sync (after an error)
+        self._held = False  # cancel in flight: hold client messages back
+        self._cutting: Running | None = None  # statement being cut off
+        self.closed = False
+
+    # ------------------------------------------------------------ client side
+
+    def client_data(self, data: bytes) -> list[Action]:
+        self._client.feed(data)
+        return self._pump()
+
+    def decided(self, adm: Admission) -> list[Action]:
+        """Answer to the last `Decide`: forward the statement or queue its refusal."""
+        waiting, self._waiting = self._waiting, None
+        out: list[Action] = []
+        if isinstance(waiting, m.Parse):
+            plan = Plan(waiting.sql, adm, extended=True)
+            if adm.error is not None:
+                self._refuse(plan, adm.error, out, ready=False)
+                self._discard = True
+            else:
+                if adm.delay > 0:
+                    out.append(Throttle(adm.delay))
+                sql = adm.sql if adm.sql is not None else waiting.sql
+                self.statements[waiting.name] = plan
+                out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
+                self._push(Entry(b"P", plan=plan), out)
+        elif isinstance(waiting, str):
+            plan = Plan(waiting, adm, extended=False)
+            if adm.error is not None:
+                self._refuse(plan, adm.error, out, ready=True)
+            else:
+                if adm.delay > 0:
+                    out.append(Throttle(adm.delay))
+                n = max(1, len(adm.statements))
+                stmts = deque(Running(plan, index=i) for i in range(n))
+                out.append(ToServer(m.query(adm.sql if adm.sql is not None else waiting)))
+                self._push(Entry(b"Q", stmts=stmts), out)
+        out += self._pump()
+        return out
+
+    def cancel_done(self) -> list[Action]:
+        self._held = False
+        return self._pump()
+
+    def _refuse(self, plan: Plan, error: ProxyError, out: list[Action], *, ready: bool) -> None:
+        stmt = Running(plan, blocked=error, error=f"{error.sqlstate}: {error.message}")
+        entry = Entry(b"!", stmts=deque([stmt]), ready=ready)
+        entry.synthetic = m.error_response(error.fields())
+        self._push(entry, out)
+
+    def _pump(self) -> list[Action]:
+        out: list[Action] = []
+        while self._waiting is None and not self._held and not self.closed:
+            try:
+                f = next(self._client, None)
+            except ProtocolViolation as e:
+                return self._close(out, e)
+            if f is None:
+                break
+            t, body = f.type, f.body
+            try:
+                self._on_client(t, body, f.raw, out)
+            except ProtocolViolation as e:
+                return self._close(out, e)
+        return out
+
+    def _on_client(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
+        if t == b"X":
+            self.closed = True
+            out.append(ToServer(raw))
+            out.append(Close())
+            return
+        if self._discard and t != b"S":
+            return  # PostgreSQL ignores everything until Sync after an error
+        if t in b"dcf":  # COPY data from the client: relay untouched
+            out.append(ToServer(raw))
+        elif t == b"Q":
+            self._waiting = m.parse_query(body)
+            out.append(Decide(self._waiting, extended=False))
+        elif t == b"P":
+            self._waiting = m.parse_parse(body)
+            out.append(Decide(self._waiting.sql, extended=True))
+        elif t == b"B":
+            portal, stmt = m.parse_bind_names(body)
+            plan = self.statements.get(stmt)
+            if plan is not None:
+                self.portals[portal] = plan
+            out.append(ToServer(raw))
+            self._push(Entry(b"B"), out)
+        elif t == b"E":
+            portal, _ = m.parse_execute(body)
+            plan = self.portals.get(portal) or Plan(f"<portal {portal!r}>", Admission(), True)
+            out.append(ToServer(raw))
+            self._push(Entry(b"E", stmts=deque([Running(plan, portal=portal)])), out)
+        elif t in (b"D", b"C"):
+            kind, name = m.parse_target(body)
+            if t == b"C":
+                (self.statements if kind == b"S" else self.portals).pop(name, None)
+            out.append(ToServer(raw))
+            self._push(Entry(t), out)
+        elif t == b"S":
+            self._discard = False
+            out.append(ToServer(raw))
+            self._push(Entry(b"S"), out)
+        elif t == b"H":
+            out.append(ToServer(raw))
+        elif t == b"F":
+            plan = Plan("<function call>", Admission(), extended=True)
+            out.append(ToServer(raw))
+            self._push(Entry(b"F", stmts=deque([Running(plan)])), out)
+        else:
+            raise ProtocolViolation(f"unexpected message type {t!r} from client")
+
+    def _push(self, entry: Entry, out: list[Action]) -> None:
+        self.queue.append(entry)
+        if len(self.queue) == 1:
+            self._emit_synthetic(out)
+
+    def _emit_synthetic(self, out: list[Action]) -> None:
+        """Send synthetic replies that have reached the head of the queue."""
+        q = self.queue
+        while q and q[0].kind == b"!":
+            e = q.popleft()
+            out.extend(Finish(s) for s in e.stmts)
+            out.append(ToClient(e.synthetic + (m.ready_for_query(self.status) if e.ready else b"")))
+
+    def _close(self, out: list[Action], error: ProxyError | None) -> list[Action]:
+        self.closed = True
+        out.append(Close(error))
+        return out
+
+    # ------------------------------------------------------------ server side
+
+    def server_data(self, data: bytes) -> list[Action]:
+        buf = self._sbuf
+        buf += data
+        out: list[Action] = []
+        n = len(buf)
+        pos = start = 0  # buf[start:pos] is a run of messages to forward as is
+        head = self.queue[0] if self.queue else None
+        stmt = head.stmts[0] if head and head.stmts else None
+        limits = stmt.plan.limits if stmt else None
+        cutting = self._cutting is not None
+        while n - pos >= 5:
+            t = buf[pos]
+            end = pos + 1 + unpack_len(buf, pos + 1)[0]
+            if end > n:
+                break
+            if t in (D, d):
+                if cutting:  # drop the rest of a statement being cut off
+                    if start < pos:
+                        out.append(ToClient(bytes(buf[start:pos])))
+                    start = end
+                elif stmt is not None:
+                    stmt.rows += 1
+                    stmt.bytes += end - pos
+                    if limits is not None and _over(stmt, limits):
+                        stmt.rows -= 1
+                        stmt.bytes -= end - pos
+                        if start < pos:
+                            out.append(ToClient(bytes(buf[start:pos])))
+                        start = end
+                        cutting = True
+                        self._cutting = stmt
+                        self._held = True
+                        out.append(CancelUpstream())
+                pos = end
+                continue
+            if t in ASYNC:
+                if t == 83:  # ParameterStatus
+                    k, v = m.parse_parameter_status(bytes(buf[pos + 5 : end]))
+                    self._on_parameter(k, v)
+                pos = end
+                continue
+            # A message that may end a statement or an entry: handle it alone.
+            if start < pos:
+                out.append(ToClient(bytes(buf[start:pos])))
+            body = bytes(buf[pos + 5 : end])
+            raw = bytes(buf[pos:end])
+            pos = start = end
+            self._on_server(bytes((t,)), body, raw, out)
+            head = self.queue[0] if self.queue else None
+            stmt = head.stmts[0] if head and head.stmts else None
+            limits = stmt.plan.limits if stmt else None
+            cutting = self._cutting is not None
+        if start < pos:
+            out.append(ToClient(bytes(buf[start:pos])))
+        del buf[:pos]
+        return out
+
+    def _on_parameter(self, name: str, value: str) -> None:
+        self.parameters[name] = value
+        if name == "application_name":
+            self.facts = replace(self.facts, application=value)
+
+    def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
+        q = self.queue
+        head = q[0] if q else None
+        if head is None:
+            out.append(ToClient(raw))  # e.g. a FATAL on admin shutdown
+            return
+        kind = head.kind
+        if head.aborted and t != b"Z":
+            self._drop_statement_end(head, t, body, out)
+            return
+        if self._cutting is not None and head.stmts and head.stmts[0] is self._cutting:
+            if t in b"CIsE":
+                self._finish_cut(head, out)
+            return  # drop everything else of the statement being cut
+        if t == b"E":
+            fields = m.error_fields(body)
+            error = f"{fields.get('C', '?????')}: {fields.get('M', '')}"
+            if head.stmts:
+                s = head.stmts.popleft()
+                s.error = error
+                out.append(Finish(s))
+            out.append(ToClient(raw))
+            if kind in b"QFS":
+                head.stmts.clear()  # a failed string is skipped to its ReadyForQuery
+                return
+            q.popleft()
+            self._skip_to_sync(out)
+            return
+        if t == b"Z":
+            out.append(ToClient(raw))
+            if kind in b"QSF":
+                self._ready(body, out)
+                self._pop(out)
+            return
+        if kind in b"QE" and t in b"CIs":
+            if t == b"s":
+                head.stmts[0].tag = "suspended"
+            self._complete(head, body if t == b"C" else b"", out)
+            out.append(ToClient(raw))
+            if kind == b"E":
+                self._pop(out)
+            return
+        out.append(ToClient(raw))
+        if (
+            (kind == b"P" and t == b"1")
+            or (kind == b"B" and t == b"2")
+            or (kind == b"D" and t in b"Tn")
+            or (kind == b"C" and t == b"3")
+        ):
+            self._pop(out)
+
+    def _complete(self, head: Entry, tag: bytes, out: list[Action]) -> None:
+        if not head.stmts:
+            # More results than the hooks counted statements (default hooks do not split).
+            head.stmts.append(Running(Plan("", Admission(), False)))
+        s = head.stmts.popleft()
+        s.tag = s.tag or tag.rstrip(b"\0").decode("ascii", "replace")
+        out.append(Finish(s))
+        sp = _first(s).get("search_path")
+        if isinstance(sp, list | tuple) and not s.error:
+            self.facts = replace(self.facts, search_path=tuple(sp))
+
+    def _ready(self, body: bytes, out: list[Action]) -> None:
+        self.status = body[:1] or b"I"
+        head = self.queue[0]
+        for s in head.stmts:  # statements of a query string that never ran
+            s.error = s.error or "not executed: an earlier statement in the string failed"
+            out.append(Finish(s))
+        head.stmts.clear()
+
+    def _pop(self, out: list[Action]) -> None:
+        self.queue.popleft()
+        self._emit_synthetic(out)
+
+    def _skip_to_sync(self, out: list[Action]) -> None:
+        """After an error in an extended batch the upstream skips to Sync; so do we."""
+        q = self.queue
+        while q and q[0].kind != b"S":
+            e = q.popleft()
+            for s in e.stmts:
+                s.error = s.error or "not executed: an earlier message in the batch failed"
+                out.append(Finish(s))
+        if not q:
+            self._discard = True
+        self._emit_synthetic(out)
+
+    def _finish_cut(self, head: Entry, out: list[Action]) -> None:
+        s = head.stmts.popleft()
+        self._cutting = None
+        lim = s.plan.limits
+        assert lim is not None
+        s.cutoff = True
+        err = (
+            ResultLimit(lim.max_rows, lim.rule)
+            if lim.max_rows is not None and s.rows + lim.used_rows >= lim.max_rows
+            else ResultLimit(lim.max_bytes or 0, lim.rule, unit="bytes")
+        )
+        s.error = f"{err.sqlstate}: {err.message}"
+        out.append(Finish(s))
+        out.append(ToClient(m.error_response(err.fields())))
+        if head.kind == b"Q":
+            head.aborted = True
+            for rest in head.stmts:
+                rest.error = "not executed or discarded: an earlier statement was cut off"
+            return
+        self.queue.popleft()
+        self._skip_to_sync(out)
+
+    def _drop_statement_end(self, head: Entry, t: bytes, body: bytes, out: list[Action]) -> None:
+        if t in b"CIE" and len(t) == 1 and head.stmts:
+            out.append(Finish(head.stmts.popleft()))
+
+    # ------------------------------------------------------------ ending
+
+    def interrupted(self, reason: str) -> list[Action]:
+        """The session is going away: audit every statement still owed a reply."""
+        out: list[Action] = []
+        for e in self.queue:
+            for s in e.stmts:
+                s.error = s.error or reason
+                out.append(Finish(s))
+        self.queue.clear()
+        self.closed = True
+        return out
+
+
+def _over(stmt: Running, lim: StreamLimits) -> bool:
+    return (lim.max_rows is not None and stmt.rows + lim.used_rows > lim.max_rows) or (
+        lim.max_bytes is not None and stmt.bytes + lim.used_bytes > lim.max_bytes
+    )
+
+
+def _first(s: Running) -> dict[str, object]:
+    sts = s.plan.admission.statements
+    return dict(sts[s.index]) if s.index < len(sts) else {}
