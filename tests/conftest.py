@@ -9,6 +9,9 @@
   starts an Oversight proxy in the test's event loop in front of `pg` and
   returns a ProxyHandle with the same `dsn()`/`params()` helpers; every proxy
   is stopped at teardown.
+- `endpoint` (per test): a proxy from `proxy_factory()` with default settings;
+  with `OVERSIGHT_TEST_DIRECT=1` it is `pg` itself, to check that a failing
+  client test fails because of the proxy and not because of the test.
 - `run_sync` (session): `await run_sync(fn, *args, **kw)` runs a blocking
   client (psycopg sync, pg8000, psql) in a worker thread. The proxy runs in
   the test's event loop, so a blocking client called in that thread would
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -98,12 +102,13 @@ ProxyFactory = Callable[..., Awaitable[ProxyHandle]]
 
 @pytest.fixture
 async def proxy_factory(pg: PgCluster, tmp_path: Path) -> AsyncIterator[ProxyFactory]:
-    from proxy.server import ProxyServer
-    from proxy.settings import Settings
-
     started: list[ProxyHandle] = []
 
     async def make(*, hooks: Any = None, rules: str | Path | None = None, **kw: Any) -> ProxyHandle:
+        # Imported here so that OVERSIGHT_TEST_DIRECT runs need no proxy at all.
+        from proxy.server import ProxyServer
+        from proxy.settings import Settings
+
         n = len(started)
         if rules is None:
             rules = tmp_path / f"rules-{n}.yaml"
@@ -126,3 +131,10 @@ async def proxy_factory(pg: PgCluster, tmp_path: Path) -> AsyncIterator[ProxyFac
     yield make
     for handle in reversed(started):
         await handle.stop()
+
+
+@pytest.fixture
+async def endpoint(pg: PgCluster, proxy_factory: ProxyFactory) -> PgCluster | ProxyHandle:
+    if os.environ.get("OVERSIGHT_TEST_DIRECT"):
+        return pg
+    return await proxy_factory()
