@@ -1,0 +1,137 @@
+"""One audit record as bytes: field order for people, canonical form and hash chain for proof.
+
+A line on disk keeps a stable, readable field order (ts, event, session, user
+first, then the rest of DESIGN.md's fields, then anything else sorted, then
+prev and hash). The hash never depends on that order: it covers `prev` plus
+the canonical JSON of the record without `hash` (orjson, keys sorted), so a
+verifier can rebuild it from the parsed line alone.
+
+    hash = HMAC-SHA256(key, prev + canonical)   with OVERSIGHT_AUDIT_KEY
+    hash = SHA-256(prev + canonical)            without a key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+GENESIS = "0" * 64
+
+# Readability order of a line; fields not listed follow sorted, then prev, hash.
+FIELD_ORDER: tuple[str, ...] = (
+    "ts",
+    "event",
+    "session",
+    "user",
+    "groups",
+    "client",
+    "application",
+    "database",
+    "sql",
+    "fingerprint",
+    "kind",
+    "tables",
+    "columns",
+    "decision",
+    "rules",
+    "reason",
+    "rewritten",
+    "rows",
+    "bytes",
+    "duration_ms",
+    "error",
+)
+_ORDERED = frozenset(FIELD_ORDER) | {"prev", "hash"}
+
+
+def format_ts(when: datetime) -> str:
+    """RFC 3339 UTC with microseconds: 2026-11-28T02:31:07.123456Z."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp (Z or offset) into an aware UTC datetime."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _default(value: Any) -> Any:
+    # Sets, bytes, enums without a JSON form: the text is what the record keeps.
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _scrub(value: Any) -> Any:
+    """Make any value orjson-safe: lone surrogates escaped, huge ints as text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, Mapping):
+        return {str(_scrub(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return _scrub(_default(value))
+
+
+def normalize(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as plain JSON values, exactly as a verifier will read it back.
+
+    Hashing the round-tripped form guarantees the verifier rebuilds the same
+    canonical bytes whatever Python types the caller passed (tuples, datetimes,
+    dataclasses, odd strings).
+    """
+    try:
+        raw = orjson.dumps(record, default=_default)
+    except (TypeError, orjson.JSONEncodeError):
+        raw = orjson.dumps(_scrub(record))
+    value: dict[str, Any] = orjson.loads(raw)
+    return value
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """Sorted-key JSON of the record without its `hash` (what the hash covers)."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def compute_hash(prev: str, canon: bytes, key: bytes | None) -> str:
+    message = prev.encode("ascii", "replace") + canon
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def ordered(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's fields in display order (see module docstring)."""
+    out = {k: record[k] for k in FIELD_ORDER if k in record}
+    for k in sorted(k for k in record if k not in _ORDERED):
+        out[k] = record[k]
+    for k in ("prev", "hash"):
+        if k in record:
+            out[k] = record[k]
+    return out
+
+
+def seal(record: Mapping[str, Any], prev: str, key: bytes | None) -> tuple[bytes, str]:
+    """Chain one record after `prev`: returns (line with trailing newline, its hash)."""
+    body = normalize(record)
+    body.pop("hash", None)
+    body["prev"] = prev
+    digest = compute_hash(prev, canonical(body), key)
+    body["hash"] = digest
+    return orjson.dumps(ordered(body), option=orjson.OPT_APPEND_NEWLINE), digest
