@@ -1,0 +1,202 @@
+"""Extraction detectors: does this statement, with the user's recent history, look like a scrape?
+
+Each detector looks at one statement before it runs (the policy engine's
+facts about it) and, for the history-based ones, at how many distinct pages
+or lookups of the same statement fingerprint the user ran in the window.
+The history lives in the Store, so every instance sharing it sees the same
+scraper. A detector returns a `Hit` with its figures; what happens then
+(log, throttle, block) is the rule's action, decided by the guard.
+
+- copy_out: COPY ... TO STDOUT or COPY (query) TO.
+- unfiltered_scan: a read of a table the planner estimates at >= min_rows
+  rows, with no WHERE and no LIMIT.
+- paging_scan: the same fingerprint with a LIMIT, run over >= max_pages
+  distinct OFFSETs (or keyset literal values) in the window.
+- enumeration: the same fingerprint with >= max_distinct distinct literal
+  sets in the window (person after person looked up one by one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.guard.limits import ExtractionSpec
+from proxy.guard.store import Store
+
+# Statement kinds that read rows out to the client. DECLARE is policed by its
+# inner query (engine.py), so its tables and WHERE/LIMIT facts are that query's.
+READ_KINDS = frozenset({"select", "declare", "copy", "with", "table", "values"})
+
+
+class StatementFacts(Protocol):
+    """What the detectors need from policy.engine.StatementInfo."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tables(self) -> Sequence[str]: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def literals(self) -> Sequence[Any]: ...
+    @property
+    def has_where(self) -> bool: ...
+    @property
+    def has_limit(self) -> bool: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def copy_out(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One detector or budget that fired, as it goes into the audit record."""
+
+    rule: str
+    kind: str  # detector name, or "budget"
+    action: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def record(self) -> dict[str, Any]:
+        key = "budget" if self.kind == "budget" else "detector"
+        out: dict[str, Any] = {"rule": self.rule, key: self.kind, "action": self.action}
+        if self.dry_run:
+            out["dry_run"] = True
+        out.update(self.figures)
+        return out
+
+
+def estimate_rows(catalog: Any, table: str) -> float | None:
+    """The planner's row estimate (pg_class.reltuples) for `schema.table`, if the catalog knows.
+
+    Catalog shapes: `reltuples(name)`, or a `table(name)` / `tables[name]` with
+    a `reltuples` attribute. Unknown tables and never-analyzed ones (-1) are None.
+    """
+    if catalog is None:
+        return None
+    value: Any = None
+    getter = getattr(catalog, "reltuples", None)
+    if callable(getter):
+        value = getter(table)
+    else:
+        info: Any = None
+        lookup = getattr(catalog, "table", None)
+        if callable(lookup):
+            info = lookup(table)
+        else:
+            tables: Any = getattr(catalog, "tables", None)
+            if hasattr(tables, "get"):
+                info = tables.get(table)
+        value = getattr(info, "reltuples", None)
+    if value is None:
+        return None
+    rows = float(value)
+    return rows if rows >= 0 else None
+
+
+def _digest(values: Sequence[Any]) -> str:
+    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=12).hexdigest()
+
+
+def _reads(stmt: StatementFacts) -> bool:
+    return stmt.kind in READ_KINDS
+
+
+async def detect(
+    spec: ExtractionSpec,
+    stmt: StatementFacts,
+    user: str,
+    store: Store,
+    catalog: Any,
+    now: float,
+) -> Hit | None:
+    """Run `spec`'s detector on one statement; record history; return a Hit if it fires."""
+    kind = spec.detect
+    if kind == "copy_out":
+        if not stmt.copy_out:
+            return None
+        return _hit(spec, {"tables": list(stmt.tables)})
+    if kind == "unfiltered_scan":
+        if not _reads(stmt) or stmt.has_where or stmt.has_limit:
+            return None
+        for table in stmt.tables:
+            rows = estimate_rows(catalog, table)
+            if rows is not None and rows >= spec.min_table_rows:
+                figures = {"table": table, "reltuples": int(rows), "threshold": spec.min_table_rows}
+                return _hit(spec, figures)
+        return None
+    if kind == "paging_scan":
+        if not _reads(stmt) or not stmt.has_limit or not stmt.fingerprint:
+            return None
+        if stmt.offset is not None:
+            page = f"o:{stmt.offset}"
+        elif stmt.literals:
+            page = "k:" + _digest(stmt.literals)  # keyset paging: WHERE id > <last seen>
+        else:
+            page = "o:0"
+        key = f"page:{spec.id}:{user}:{stmt.fingerprint}"
+        pages = await store.seen(key, page, spec.detector_window, now)
+        if pages < spec.min_pages:
+            return None
+        return _hit(spec, _history_figures(stmt, "pages", pages, spec.min_pages, spec))
+    if kind == "enumeration":
+        # OFFSET paging changes a literal too; that is paging_scan's pattern, not this one.
+        if not _reads(stmt) or not stmt.literals or not stmt.fingerprint:
+            return None
+        if stmt.offset is not None:
+            return None
+        key = f"enum:{spec.id}:{user}:{stmt.fingerprint}"
+        distinct = await store.seen(key, _digest(stmt.literals), spec.detector_window, now)
+        if distinct < spec.min_distinct:
+            return None
+        return _hit(spec, _history_figures(stmt, "distinct", distinct, spec.min_distinct, spec))
+    return None
+
+
+def _history_figures(
+    stmt: StatementFacts, name: str, count: int, threshold: int, spec: ExtractionSpec
+) -> dict[str, Any]:
+    return {
+        name: count,
+        "threshold": threshold,
+        "window_s": spec.detector_window,
+        "fingerprint": stmt.fingerprint,
+        "tables": list(stmt.tables),
+    }
+
+
+def _hit(spec: ExtractionSpec, figures: dict[str, Any]) -> Hit:
+    assert spec.detect is not None
+    return Hit(spec.id, spec.detect, spec.action, figures, spec.dry_run)
+
+
+def reason(hit: Hit) -> str:
+    """The human part of the 42501 message when a detector blocks."""
+    f = hit.figures
+    if hit.kind == "copy_out":
+        return "COPY out of the database is not allowed"
+    if hit.kind == "unfiltered_scan":
+        return (
+            f"unfiltered read of {f['table']} (about {f['reltuples']} rows); add a WHERE or LIMIT"
+        )
+    if hit.kind == "paging_scan":
+        return f"paging scan: {f['pages']} pages of the same query within {_span(f['window_s'])}"
+    if hit.kind == "enumeration":
+        return (
+            f"enumeration: {f['distinct']} distinct lookups of the same query "
+            f"within {_span(f['window_s'])}"
+        )
+    return hit.kind
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
