@@ -42,7 +42,8 @@ from proxy.errors import AuditUnavailable
 log = logging.getLogger("oversight.audit")
 
 _MAX_BATCH = 8192
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Read access too: recovery reads the tail back to find the chain head.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 Pending = tuple[dict[str, Any], "asyncio.Future[None]"]
 
