@@ -21,6 +21,7 @@ class Plan:
     sql: str
     admission: Admission
     extended: bool
+    decide_s: float = 0.0  # time the hooks took to decide
 
     @property
     def limits(self) -> StreamLimits | None:

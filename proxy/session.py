@@ -71,9 +71,7 @@ class Entry:
 
 
 class Session:
-    def __init__(
-        self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE
-    ) -> None:
+    def __init__(self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.facts = facts
         self.status = b"I"  # last transaction status the upstream reported
         self.queue: deque[Entry] = deque()
@@ -94,12 +92,12 @@ class Session:
         self._client.feed(data)
         return self._pump()
 
-    def decided(self, adm: Admission) -> list[Action]:
+    def decided(self, adm: Admission, decide_s: float = 0.0) -> list[Action]:
         """Answer to the last `Decide`: forward the statement or queue its refusal."""
         waiting, self._waiting = self._waiting, None
         out: list[Action] = []
         if isinstance(waiting, m.Parse):
-            plan = Plan(waiting.sql, adm, extended=True)
+            plan = Plan(waiting.sql, adm, extended=True, decide_s=decide_s)
             if adm.error is not None:
                 self._refuse(plan, adm.error, out, ready=False)
                 self._discard = True
@@ -111,7 +109,7 @@ class Session:
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
                 self._push(Entry(b"P", plan=plan), out)
         elif isinstance(waiting, str):
-            plan = Plan(waiting, adm, extended=False)
+            plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
             if adm.error is not None:
                 self._refuse(plan, adm.error, out, ready=True)
             else:
@@ -273,6 +271,11 @@ class Session:
             out.append(ToClient(bytes(buf[start:pos])))
         del buf[:pos]
         return out
+
+    def current(self) -> Running | None:
+        """The statement whose output is streaming now, if any."""
+        head = self.queue[0] if self.queue else None
+        return head.stmts[0] if head and head.stmts else None
 
     def _on_parameter(self, name: str, value: str) -> None:
         self.parameters[name] = value

@@ -1,0 +1,216 @@
+"""The listener: accepts clients, runs startup, hands each to a Connection; cancels; shutdown.
+
+This and `connection.py`/`startup.py` are the only modules that touch
+sockets; the protocol logic lives in the sans-IO `session.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import ssl
+import time
+
+from proxy import messages as m
+from proxy import metrics
+from proxy.audit import AuditConfig, AuditLog
+from proxy.connection import Connection
+from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyConnections
+from proxy.hooks import ALLOW_ALL, Hooks
+from proxy.identity import SessionFacts
+from proxy.recorder import Recorder
+from proxy.session import Session
+from proxy.settings import Settings
+from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
+
+log = logging.getLogger("oversight")
+
+
+def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert or not settings.tls_key:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return ctx
+
+
+def audit_config(settings: Settings) -> AuditConfig:
+    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    return AuditConfig(
+        path=settings.audit_log,
+        key=key,
+        rotate_bytes=settings.audit_rotate_bytes,
+        fsync_interval=settings.audit_fsync_interval,
+        stdout=settings.audit_stdout,
+        fail_open=settings.audit_fail_open,
+    )
+
+
+class ProxyServer:
+    def __init__(
+        self, settings: Settings, hooks: Hooks | None = None, *, audit: AuditLog | None = None
+    ) -> None:
+        self.settings = settings
+        self.upstream = settings.upstream_target
+        self.hooks = hooks or ALLOW_ALL
+        self.audit = audit or AuditLog(audit_config(settings))
+        self.recorder = Recorder(self.audit, self.hooks, redact=settings.audit_redact)
+        self.tls = server_tls_context(settings)
+        self.connections: dict[tuple[int, bytes], Connection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(3).hex()
+        self._clients = 0
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return self.settings.listen_address[0]
+
+    async def start(self) -> None:
+        await self.audit.start()
+        host, port = self.settings.listen_address
+        self._server = await asyncio.start_server(
+            self._accept, host, port, limit=1 << 20, reuse_address=True
+        )
+        up = self.upstream
+        log.info("listening on %s:%d, upstream %s:%d", host, self.port, up.host, up.port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; let sessions finish up to `grace` seconds; end the rest."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        pending = set(self._tasks)
+        if pending and grace > 0:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        if pending:
+            err = AdminShutdown("oversight: terminating connection due to shutdown")
+            await asyncio.gather(
+                *(c.shutdown(err) for c in list(self.connections.values())),
+                return_exceptions=True,
+            )
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.audit.close()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # ------------------------------------------------------------ per client
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._clients += 1
+        try:
+            if self._clients > self.settings.max_clients:
+                err = TooManyConnections("oversight: sorry, too many clients already")
+                writer.write(m.error_response(err.fields()))
+                return
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception:
+            log.exception("unexpected error in a client connection")
+        finally:
+            self._clients -= 1
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s = self.settings
+        peer = writer.get_extra_info("peername") or ("", 0)
+        try:
+            packet, client_tls = await asyncio.wait_for(
+                negotiate(reader, writer, self.tls), s.startup_timeout
+            )
+            if isinstance(packet, m.CancelRequest):
+                conn = self.connections.get((packet.pid, packet.key))
+                if conn is not None:
+                    await conn.cancel_upstream()
+                return
+            check_startup(packet)
+        except TimeoutError:
+            self._refuse(writer, ProtocolViolation("oversight: startup timeout"))
+            return
+        except ProxyError as e:
+            self._refuse(writer, e)
+            return
+        params = packet.params
+        facts = SessionFacts(
+            user=params["user"],
+            database=params.get("database") or params["user"],
+            application=params.get("application_name", ""),
+            client_ip=str(peer[0]),
+            client_port=int(peer[1]),
+            session_id=f"{self._prefix}-{next(self._ids)}",
+        )
+        started = time.monotonic()
+        try:
+            hs = await asyncio.wait_for(
+                connect_upstream(
+                    self.upstream,
+                    reader,
+                    writer,
+                    packet,
+                    client_tls,
+                    max_message=s.max_message_size,
+                ),
+                s.startup_timeout,
+            )
+        except AuthFailure as e:
+            await self.recorder.event(
+                "auth_failure", facts, error=f"{e.fields.get('C', '')}: {e.fields.get('M', '')}"
+            )
+            return
+        except TimeoutError:
+            self._refuse(writer, ProtocolViolation("oversight: authentication timeout"))
+            return
+        except ProxyError as e:
+            self._refuse(writer, e)
+            return
+        session = Session(facts, max_message=s.max_message_size)
+        session.status = hs.status
+        session.parameters.update(hs.parameters)
+        conn = Connection(self, reader, writer, hs, session)
+        key = (hs.backend_pid, hs.proxy_key)
+        self.connections[key] = conn
+        metrics.session_opened()
+        await self.recorder.event("connect", facts, tls=client_tls, backend_pid=hs.backend_pid)
+        try:
+            await conn.run()
+        finally:
+            self.connections.pop(key, None)
+            metrics.session_closed()
+            t = conn.tally
+            await self.recorder.event(
+                "disconnect",
+                session.facts,
+                statements=t.statements,
+                blocked=t.blocked,
+                rows=t.rows,
+                bytes=t.bytes,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+
+    @staticmethod
+    def _refuse(writer: asyncio.StreamWriter, error: ProxyError) -> None:
+        if error.severity == "ERROR":
+            error.severity = "FATAL"
+        writer.write(m.error_response(error.fields()))
