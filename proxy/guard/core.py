@@ -1,0 +1,366 @@
+"""The extraction guard: decides caps, budgets, throttling and detector outcomes per statement.
+
+Theory of operation. For every statement the session asks `admit` first.
+The guard takes the `extraction:` entries matching the session's identity and
+
+- caps: the tightest `max_rows_per_query` / `max_bytes_per_query` become the
+  statement's StreamLimits, which the session enforces per message header;
+- budgets: each entry with a `window` is checked and counted atomically in
+  the Store. `block` refuses (53400) once exhausted and also caps the
+  statement at what is left, so neither one statement nor two instances
+  racing can overshoot by more than one statement's rows; `throttle` delays
+  the statement and, once a stream runs past the budget, paces it (`pace`)
+  at the budget spread over its window; `log` only reports;
+- detectors: each `detect:` entry looks at the statement and history.
+
+`finished` accounts the real rows and bytes into the budgets. `pace` also
+flushes running totals every FLUSH_INTERVAL seconds, so other instances see
+a long stream's rows while it is still going.
+
+A token is per admitted statement text; a prepared statement may execute
+(and finish) several times under one token, so accounting never assumes
+one execution per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from proxy.errors import Blocked, ProxyError, VolumeLimit
+from proxy.guard.detectors import Hit, StatementFacts, detect, reason
+from proxy.guard.limits import ExtractionSpec, spec_from_entry
+from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
+from proxy.hooks import StreamLimits
+from proxy.identity import SessionFacts
+from proxy.rules import RuleSet
+
+log = logging.getLogger("oversight.guard")
+
+FLUSH_INTERVAL = 0.5  # seconds between pushing a stream's running totals to the store
+GuardDecision = Literal["allow", "throttle", "block"]
+
+
+@dataclass(slots=True)
+class GuardAdmission:
+    """What the guard decided for one statement (or one multi-statement text)."""
+
+    error: ProxyError | None = None
+    delay: float = 0.0
+    limits: StreamLimits | None = None
+    hits: list[dict[str, Any]] = field(default_factory=list)
+    rules: tuple[str, ...] = ()
+    token: Any = None
+    action: GuardDecision = "allow"
+    # True when the session should call `pace` while the result streams
+    # (limits is then set, possibly without caps, as hooks.throttle requires).
+    paced: bool = False
+
+
+@dataclass(slots=True)
+class _Budget:
+    spec: ExtractionSpec
+    key: str
+    window: float
+
+
+@dataclass(slots=True)
+class _Pacer:
+    """Aims one stream at a rate once it has used up what the budget still allowed."""
+
+    rule: str
+    row_rate: float | None
+    byte_rate: float | None
+    rows_free: int | float  # rows the stream may send before pacing starts
+    bytes_free: int | float
+    crossed_at: float | None = None
+    rows_at_cross: int = 0
+    bytes_at_cross: int = 0
+
+    def wait(self, now: float, rows: int, nbytes: int) -> float:
+        if rows <= self.rows_free and nbytes <= self.bytes_free:
+            return 0.0
+        if self.crossed_at is None:
+            self.crossed_at, self.rows_at_cross, self.bytes_at_cross = now, rows, nbytes
+            return 0.0
+        due = 0.0
+        if self.row_rate:
+            due = max(due, (rows - self.rows_at_cross) / self.row_rate)
+        if self.byte_rate:
+            due = max(due, (nbytes - self.bytes_at_cross) / self.byte_rate)
+        return max(0.0, due - (now - self.crossed_at))
+
+
+@dataclass(slots=True)
+class GuardToken:
+    """Per-statement state handed back to `pace` and `finished`."""
+
+    user: str
+    budgets: list[_Budget]
+    pacers: list[_Pacer]
+    max_pause: float
+    flushed_rows: int = 0
+    flushed_bytes: int = 0
+    last_flush: float = 0.0
+
+
+class Guard:
+    """Caps, per-user windows, throttling and detectors for the `extraction:` entries."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        store: Store,
+        catalog: Any = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._rules = rules
+        self._catalog = catalog
+        self._specs: dict[int, ExtractionSpec] = {}
+
+    def update(self, rules: RuleSet, catalog: Any) -> None:
+        """Swap in reloaded rules; budgets live in the store keyed by rule id, so they survive."""
+        self._rules = rules
+        self._catalog = catalog
+        self._specs = {}
+
+    def specs_for(self, facts: SessionFacts) -> list[ExtractionSpec]:
+        out = []
+        for entry in self._rules.matching_extraction(facts):
+            spec = self._specs.get(id(entry))
+            if spec is None:
+                spec = self._specs[id(entry)] = spec_from_entry(entry)
+            out.append(spec)
+        return out
+
+    async def admit(
+        self, facts: SessionFacts, statements: Sequence[StatementFacts]
+    ) -> GuardAdmission:
+        specs = self.specs_for(facts)
+        if not specs:
+            return GuardAdmission()
+        try:
+            return await self._admit(facts, statements, specs)
+        except StoreUnavailable as exc:
+            return GuardAdmission(
+                error=exc,
+                action="block",
+                rules=tuple(s.id for s in specs),
+                hits=[{"store": "unavailable", "action": "block"}],
+            )
+
+    async def _admit(
+        self,
+        facts: SessionFacts,
+        statements: Sequence[StatementFacts],
+        specs: list[ExtractionSpec],
+    ) -> GuardAdmission:
+        now = self.clock()
+        adm = GuardAdmission(rules=tuple(s.id for s in specs))
+        hits: list[Hit] = []
+        caps = _Caps()
+        budgets: list[_Budget] = []
+        pacers: list[_Pacer] = []
+        for spec in specs:
+            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query)
+        # Enforcing budgets first: if one refuses, the others are not charged.
+        for spec in sorted(specs, key=lambda s: not _enforces(s)):
+            if not spec.has_budget:
+                continue
+            budget = _Budget(spec, f"{spec.id}:{facts.user}", spec.window or 0.0)
+            refused = await self._budget(budget, statements, now, adm, hits, caps, pacers)
+            if refused:
+                return self._finish(adm, hits, "block", refused)
+            budgets.append(budget)
+        for spec in specs:
+            if spec.detect is None:
+                continue
+            for stmt in statements:
+                hit = await detect(spec, stmt, facts.user, self.store, self._catalog, now)
+                if hit is None:
+                    continue
+                hits.append(hit)
+                if hit.dry_run:
+                    continue
+                if hit.action == "block":
+                    return self._finish(adm, hits, "block", Blocked(spec.id, reason(hit)))
+                if hit.action == "throttle":
+                    adm.delay = max(adm.delay, min(spec.delay, spec.max_delay))
+                    if spec.rows_per_second or spec.bytes_per_second:
+                        pacers.append(
+                            _Pacer(spec.id, spec.rows_per_second, spec.bytes_per_second, 0, 0)
+                        )
+                break  # one hit per entry and statement text is enough
+        adm.limits = caps.limits()
+        if budgets or pacers:
+            adm.token = GuardToken(
+                facts.user,
+                budgets,
+                pacers,
+                max(s.max_delay for s in specs),
+                last_flush=now,
+            )
+            adm.paced = True
+            if adm.limits is None:
+                adm.limits = StreamLimits()
+        throttled = adm.delay > 0 or bool(pacers)
+        return self._finish(adm, hits, "throttle" if throttled else "allow", None)
+
+    async def _budget(
+        self,
+        budget: _Budget,
+        statements: Sequence[StatementFacts],
+        now: float,
+        adm: GuardAdmission,
+        hits: list[Hit],
+        caps: _Caps,
+        pacers: list[_Pacer],
+    ) -> ProxyError | None:
+        spec = budget.spec
+        limits = BudgetLimits(spec.max_queries, spec.max_rows, spec.max_bytes)
+        enforce = _enforces(spec)
+        queries = max(len(statements), 1)
+        counted, used = await self.store.admit(
+            budget.key, budget.window, now, limits, enforce=enforce, queries=queries
+        )
+        what = limits.exhausted(used, queries)
+        if what is not None:
+            hits.append(Hit(spec.id, "budget", spec.action, _figures(spec, used), spec.dry_run))
+        if not counted:
+            return VolumeLimit(spec.id, f"{what} in {spec.window:g}s")
+        if enforce:
+            # What is left of the budget caps this statement mid-stream.
+            left_rows = None if spec.max_rows is None else max(spec.max_rows - used.rows, 0)
+            left_bytes = None if spec.max_bytes is None else max(spec.max_bytes - used.bytes, 0)
+            caps.offer(spec.id, left_rows, left_bytes)
+        elif spec.action == "throttle" and not spec.dry_run:
+            if what is not None:
+                adm.delay = max(adm.delay, _throttle_delay(spec, used, queries))
+            row_rate, byte_rate = spec.row_rate(), spec.byte_rate()
+            if row_rate or byte_rate:
+                rows_free = float("inf") if spec.max_rows is None else spec.max_rows - used.rows
+                bytes_free = float("inf") if spec.max_bytes is None else spec.max_bytes - used.bytes
+                pacers.append(
+                    _Pacer(spec.id, row_rate, byte_rate, max(rows_free, 0), max(bytes_free, 0))
+                )
+        return None
+
+    def _finish(
+        self,
+        adm: GuardAdmission,
+        hits: list[Hit],
+        action: GuardDecision,
+        error: ProxyError | None,
+    ) -> GuardAdmission:
+        adm.hits = [h.record() for h in hits]
+        if self.store.degraded:
+            adm.hits.append({"store": "degraded"})
+        adm.action = action
+        adm.error = error
+        if error is not None:
+            adm.limits, adm.token, adm.paced, adm.delay = None, None, False, 0.0
+        return adm
+
+    async def pace(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
+        """Seconds to pause reading upstream, given the statement's running totals."""
+        if not isinstance(token, GuardToken):
+            return 0.0
+        now = self.clock()
+        if rows < token.flushed_rows or nbytes < token.flushed_bytes:
+            token.flushed_rows = token.flushed_bytes = 0  # a new execution under the same token
+        if token.budgets and now - token.last_flush >= FLUSH_INTERVAL:
+            await self._flush(token, rows, nbytes, now)
+        wait = 0.0
+        for pacer in token.pacers:
+            wait = max(wait, pacer.wait(now, rows, nbytes))
+        return min(wait, token.max_pause)
+
+    async def finished(self, facts: SessionFacts, token: Any, result: Any) -> None:
+        """Account what the statement really produced (StatementResult rows/bytes)."""
+        if not isinstance(token, GuardToken):
+            return
+        await self._flush(token, int(result.rows), int(result.bytes), self.clock())
+        token.flushed_rows = token.flushed_bytes = 0
+        for pacer in token.pacers:
+            pacer.crossed_at = None  # the next execution starts its own pace
+
+    async def _flush(self, token: GuardToken, rows: int, nbytes: int, now: float) -> None:
+        d_rows, d_bytes = rows - token.flushed_rows, nbytes - token.flushed_bytes
+        token.last_flush = now
+        if d_rows <= 0 and d_bytes <= 0:
+            return
+        token.flushed_rows, token.flushed_bytes = rows, nbytes
+        for budget in token.budgets:
+            try:
+                await self.store.add(
+                    budget.key, budget.window, now, max(d_rows, 0), max(d_bytes, 0)
+                )
+            except StoreUnavailable as exc:
+                # Fail-closed stores refuse new statements; rows already sent cannot be undone.
+                log.error("guard: could not account %s rows for %s: %s", d_rows, budget.key, exc)
+
+
+class _Caps:
+    """The tightest row and byte caps offered, each with the rule it came from."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[int, str] | None = None
+        self.bytes: tuple[int, str] | None = None
+
+    def offer(self, rule: str, rows: int | None, nbytes: int | None) -> None:
+        if rows is not None and (self.rows is None or rows < self.rows[0]):
+            self.rows = (rows, rule)
+        if nbytes is not None and (self.bytes is None or nbytes < self.bytes[0]):
+            self.bytes = (nbytes, rule)
+
+    def limits(self) -> StreamLimits | None:
+        if self.rows is None and self.bytes is None:
+            return None
+        # StreamLimits names one rule: the row cap's (the one the 54000 message states).
+        rule = self.rows[1] if self.rows else self.bytes[1] if self.bytes else ""
+        return StreamLimits(
+            max_rows=self.rows[0] if self.rows else None,
+            max_bytes=self.bytes[0] if self.bytes else None,
+            rule=rule,
+        )
+
+
+def _enforces(spec: ExtractionSpec) -> bool:
+    return spec.action == "block" and not spec.dry_run
+
+
+def _figures(spec: ExtractionSpec, used: Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {"window_s": spec.window}
+    if spec.max_queries is not None:
+        out.update(queries=used.queries, max_queries=spec.max_queries)
+    if spec.max_rows is not None:
+        out.update(rows=used.rows, max_rows=spec.max_rows)
+    if spec.max_bytes is not None:
+        out.update(bytes=used.bytes, max_bytes=spec.max_bytes)
+    return out
+
+
+def _throttle_delay(spec: ExtractionSpec, used: Usage, queries: int) -> float:
+    """How long an over-budget statement waits: its overdraft at the sustainable rate.
+
+    The sustainable rate is the budget spread over the window (2000 queries
+    an hour is one query every 1.8 s). At least the entry's base delay, at
+    most max_delay, so a throttled client slows down but never hangs.
+    """
+    window = spec.window or 0.0
+    delay = spec.delay
+    if spec.max_queries is not None and used.queries + queries > spec.max_queries:
+        over = used.queries + queries - spec.max_queries
+        delay = max(delay, over * window / max(spec.max_queries, 1))
+    row_rate, byte_rate = spec.row_rate(), spec.byte_rate()
+    if spec.max_rows is not None and row_rate and used.rows >= spec.max_rows:
+        delay = max(delay, (used.rows - spec.max_rows) / row_rate)
+    if spec.max_bytes is not None and byte_rate and used.bytes >= spec.max_bytes:
+        delay = max(delay, (used.bytes - spec.max_bytes) / byte_rate)
+    return min(delay, spec.max_delay)
