@@ -66,7 +66,8 @@ class Entry:
     stmts: deque[Running] = field(default_factory=deque)
     synthetic: bytes = b""  # bytes to send when this entry reaches the head
     ready: bool = False  # synthetic: follow with ReadyForQuery(current status)
-    plan: Plan | None = None  # Parse: the statement being prepared
+    plan: Plan | None = None  # Parse: the statement prepared; Query: the string
+    count: int = 0  # Query: statements started so far
     aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
 
 
@@ -118,7 +119,7 @@ class Session:
                 n = max(1, len(adm.statements))
                 stmts = deque(Running(plan, index=i) for i in range(n))
                 out.append(ToServer(m.query(adm.sql if adm.sql is not None else waiting)))
-                self._push(Entry(b"Q", stmts=stmts), out)
+                self._push(Entry(b"Q", stmts=stmts, plan=plan, count=n), out)
         out += self._pump()
         return out
 
@@ -235,7 +236,13 @@ class Session:
                     if start < pos:
                         out.append(ToClient(bytes(buf[start:pos])))
                     start = end
-                elif stmt is not None:
+                else:
+                    if stmt is None:
+                        if head is None or head.kind != b"Q":
+                            pos = end
+                            continue
+                        stmt = _next_stmt(head)
+                        limits = stmt.plan.limits
                     stmt.rows += 1
                     stmt.bytes += end - pos
                     if limits is not None and _over(stmt, limits):
@@ -335,8 +342,7 @@ class Session:
 
     def _complete(self, head: Entry, tag: bytes, out: list[Action]) -> None:
         if not head.stmts:
-            # More results than the hooks counted statements (default hooks do not split).
-            head.stmts.append(Running(Plan("", Admission(), False)))
+            _next_stmt(head)  # more results than the hooks counted (they need not split)
         s = head.stmts.popleft()
         s.tag = s.tag or tag.rstrip(b"\0").decode("ascii", "replace")
         out.append(Finish(s))
@@ -406,6 +412,14 @@ class Session:
         self.queue.clear()
         self.closed = True
         return out
+
+
+def _next_stmt(head: Entry) -> Running:
+    assert head.plan is not None
+    s = Running(head.plan, index=head.count)
+    head.count += 1
+    head.stmts.append(s)
+    return s
 
 
 def _over(stmt: Running, lim: StreamLimits) -> bool:

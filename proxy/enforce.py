@@ -1,0 +1,129 @@
+"""The production hooks: policy engine, then extraction guard, behind the session's seam.
+
+`Enforcer.decide` asks the pure policy engine first (cached, microseconds
+when warm); a statement it lets through then goes to the guard, which may
+refuse it (budgets, detectors), delay it (throttle) or cap its result
+stream. Rules and catalog swap atomically on reload; guard budgets live in
+its store and survive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from proxy.catalog import Catalog
+from proxy.guard import Guard
+from proxy.hooks import Admission, Hooks, StatementResult
+from proxy.identity import SessionFacts
+from proxy.policy.engine import Decision, PolicyEngine, StatementInfo
+from proxy.rules import RuleSet
+
+log = logging.getLogger("oversight.enforce")
+
+_INFO_FIELDS = ("kind", "tables", "columns", "fingerprint", "redacted")
+
+
+def _info(s: StatementInfo) -> dict[str, Any]:
+    d = {k: getattr(s, k) for k in _INFO_FIELDS}
+    d["tables"] = list(d["tables"])
+    d["columns"] = list(d["columns"])
+    if s.search_path is not None:
+        d["search_path"] = list(s.search_path)
+    return d
+
+
+@dataclasses.dataclass(slots=True)
+class _Token:
+    decision: Decision
+    guard: Any
+
+
+class Enforcer(Hooks):
+    def __init__(
+        self,
+        rules: RuleSet,
+        catalog: Catalog,
+        guard: Guard | None,
+        *,
+        hash_salt: str | None = None,
+        on_ddl: Callable[[], None] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.catalog = catalog
+        self.guard = guard
+        self.hash_salt = hash_salt
+        self.engine = PolicyEngine(rules, catalog, hash_salt=hash_salt)
+        self.on_ddl = on_ddl
+
+    def reload(self, rules: RuleSet | None = None, catalog: Catalog | None = None) -> None:
+        """Swap rules and/or catalog; the next statement sees the new set."""
+        self.rules = rules or self.rules
+        self.catalog = catalog or self.catalog
+        self.engine = PolicyEngine(self.rules, self.catalog, hash_salt=self.hash_salt)
+        if self.guard is not None:
+            self.guard.update(self.rules, self.catalog)
+
+    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+        d = self.engine.decide(sql, facts, extended=extended)
+        who = self.rules.principal(facts)
+        audit: dict[str, Any] = {"groups": sorted(who.groups)}
+        if d.dry_run:
+            audit["dry_run"] = True
+            audit["would"] = d.would
+        statements = [_info(s) for s in d.statements]
+        if d.action == "block":
+            return Admission(
+                action="block",
+                error=d.error,
+                rules=d.rules,
+                reason=d.reason,
+                statements=statements,
+                audit=audit,
+                token=_Token(d, None),
+            )
+        adm = Admission(
+            action=d.action,
+            sql=d.sql if d.action == "rewrite" else None,
+            rules=d.rules,
+            reason=d.reason,
+            statements=statements,
+            audit=audit,
+            token=_Token(d, None),
+        )
+        if self.guard is None:
+            return adm
+        g = await self.guard.admit(facts, d.statements)
+        adm.token = _Token(d, g.token)
+        adm.rules = tuple(dict.fromkeys((*d.rules, *g.rules)))
+        if g.hits:
+            audit["detectors"] = g.hits
+        if g.error is not None:
+            adm.action = "block"
+            adm.error = g.error
+            adm.reason = g.error.message
+            return adm
+        adm.limits = g.limits
+        adm.delay = g.delay
+        if g.action == "throttle":
+            adm.action = "throttle"
+        return adm
+
+    async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
+        if self.guard is None or not isinstance(token, _Token) or token.guard is None:
+            return 0.0
+        return await self.guard.pace(facts, token.guard, rows, nbytes)
+
+    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
+        if not isinstance(token, _Token):
+            return
+        if self.guard is not None and token.guard is not None:
+            await self.guard.finished(facts, token.guard, result)
+        if (
+            result.error is None
+            and self.on_ddl is not None
+            and any(s.ddl for s in token.decision.statements)
+        ):
+            self.on_ddl()

@@ -1,0 +1,171 @@
+"""`oversight serve`: the process around the proxy.
+
+Loads rules and the upstream catalog, builds the enforcement hooks, starts
+the proxy and the admin HTTP listener, and keeps them current: rules reload
+on SIGHUP and on file change (an invalid set is refused, the old one kept),
+the catalog refreshes on a timer and after DDL seen through the proxy.
+SIGTERM/SIGINT stop accepting and let sessions finish up to the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from proxy import metrics
+from proxy.admin import AdminServer
+from proxy.catalog import Catalog, load_catalog
+from proxy.enforce import Enforcer
+from proxy.guard import Guard, make_store
+from proxy.rules import RuleSet, RulesError, load_rules
+from proxy.server import ProxyServer
+from proxy.settings import Settings
+
+log = logging.getLogger("oversight")
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; exit code 2 for rules that do not load."""
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as e:
+        print(f"oversight: rules in {settings.rules} do not validate:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    return run_async(Service(settings, rules).run())
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return int(uvloop.run(coro))
+
+
+class Service:
+    """The running proxy with its reloads and refreshes."""
+
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.catalog = Catalog()
+        self.catalog_ok = False
+        self.enforcer: Enforcer | None = None
+        self.server: ProxyServer | None = None
+        self._stop = asyncio.Event()
+        self._refresh = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._load_catalog()
+        store = make_store(s.redis_url, fail_closed=s.redis_fail_closed)
+        guard = Guard(self.rules, store, self.catalog)
+        salt = s.hash_salt.get_secret_value() if s.hash_salt else None
+        self.enforcer = Enforcer(
+            self.rules, self.catalog, guard, hash_salt=salt, on_ddl=self._refresh.set
+        )
+        self.server = ProxyServer(s, self.enforcer)
+        await self.server.start()
+        token = s.admin_token.get_secret_value() if s.admin_token else None
+        self.admin = AdminServer(s.admin_listen, token, self.ready)
+        await self.admin.start()
+        self._tasks = [
+            asyncio.create_task(self._catalog_loop(), name="catalog-refresh"),
+            asyncio.create_task(self._watch_rules(), name="rules-watch"),
+        ]
+
+    async def run(self) -> int:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        assert self.server is not None
+        print(
+            f"oversight: listening on {self.settings.listen_address[0]}:{self.server.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await self._stop.wait()
+        log.info("shutting down: no new connections, grace %.0fs", self.settings.shutdown_grace)
+        await self.stop()
+        return 0
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop()
+        await self.admin.stop()
+
+    async def ready(self) -> bool:
+        """Readiness: rules loaded and the upstream reachable right now."""
+        if self.enforcer is None:
+            return False
+        up = self.settings.upstream_target
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(up.host, up.port), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        w.close()
+        return True
+
+    async def reload(self) -> bool:
+        """Reload rules; an invalid set is refused with its problems logged."""
+        try:
+            rules = await asyncio.to_thread(load_rules, self.settings.rules)
+        except RulesError as e:
+            metrics.rules_reloaded(False)
+            log.error(
+                "rules reload refused, keeping the previous set:\n  %s", "\n  ".join(e.problems)
+            )
+            return False
+        self.rules = rules
+        if self.enforcer is not None:
+            self.enforcer.reload(rules=rules)
+        metrics.rules_reloaded(True)
+        log.info("rules reloaded (version %s)", rules.version[:12])
+        return True
+
+    async def _load_catalog(self) -> bool:
+        up = self.settings.upstream_target
+        try:
+            catalog = await asyncio.wait_for(load_catalog(up.uri), 30)
+        except Exception as e:
+            log.warning("cannot read the upstream catalog (%s); will retry", e)
+            return False
+        self.catalog, self.catalog_ok = catalog, True
+        if self.enforcer is not None:
+            self.enforcer.reload(catalog=catalog)
+        return True
+
+    async def _catalog_loop(self) -> None:
+        period = self.settings.catalog_refresh
+        while True:
+            wait = period if self.catalog_ok and period > 0 else 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh.wait(), wait)
+            self._refresh.clear()
+            await asyncio.sleep(0.2)  # let a burst of DDL settle
+            await self._load_catalog()
+
+    async def _watch_rules(self) -> None:
+        try:
+            from watchfiles import awatch
+        except ImportError:
+            return
+        path = Path(self.settings.rules)
+        if not path.exists():
+            return
+        async for _ in awatch(path, debounce=500, recursive=True):
+            await self.reload()
