@@ -288,8 +288,8 @@ class RedisStore:
 
         async def op() -> dict[str, Any] | None:
             raw = await self._redis.get(name)
-            if raw is None:
-                return await self._fallback.get_cancel_key(key)
+            if raw is None:  # deleted or expired everywhere; the local copy is stale
+                return None
             value: dict[str, Any] = orjson.loads(raw)
             return value
 
