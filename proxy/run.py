@@ -23,7 +23,7 @@ from proxy.admin import AdminServer
 from proxy.catalog import Catalog, load_catalog
 from proxy.enforce import Enforcer
 from proxy.guard import Guard, make_store
-from proxy.rules import RuleSet, RulesError, load_rules
+from proxy.rules import RulesError, RuleSet, load_rules
 from proxy.server import ProxyServer
 from proxy.settings import Settings
 
