@@ -16,12 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
 from proxy.audit.record import parse_ts
-from proxy.audit.rotate import discover
+from proxy.audit.rotate import discover, rotated_siblings
 
 REFUSED = frozenset({"block", "cutoff"})
 _BACKLOG = 10
@@ -125,13 +125,22 @@ def follow_lines(
     is replaced (rotation) the rest of the old one is read first; when it
     shrinks (truncation) reading starts again at its beginning.
     """
-    f = None
+    f: BinaryIO | None = None
     ident: tuple[int, int] | None = None
+    # Identity of the last file read to its end after a rotation, until the new live file is
+    # open with no rotation in between (several can happen between two polls).
+    consumed: tuple[int, int] | None = None
     buf = b""
     caught_up = False
     try:
         while True:
             if f is None:
+                if consumed is not None:
+                    for name in _rotated_after(path, consumed):
+                        with open(name, "rb") as older:
+                            st = os.fstat(older.fileno())
+                            yield from older.read().split(b"\n")[:-1]
+                        consumed = (st.st_dev, st.st_ino)
                 try:
                     f = open(path, "rb")  # noqa: SIM115 - reopened across rotation
                 except FileNotFoundError:
@@ -139,6 +148,11 @@ def follow_lines(
                 if f is not None:
                     st = os.fstat(f.fileno())
                     ident, buf = (st.st_dev, st.st_ino), b""
+                    if consumed is not None and _rotated_after(path, consumed):
+                        f.close()  # rotated again meanwhile: read those files first
+                        f = None
+                        continue
+                    consumed = None
             chunk = f.read(1 << 16) if f is not None else b""
             if chunk:
                 buf += chunk
@@ -154,15 +168,16 @@ def follow_lines(
             except FileNotFoundError:
                 now = None
             if f is not None and now != ident:
-                # Rotated away: whatever was appended to the old file is read on the next
-                # round (read() returned nothing now, but a last write may still land).
+                # Rotated away. The writer finished the old file before renaming it, so
+                # read what is left of it; the files rotated after it come next.
                 rest = f.read()
+                f.close()
+                f = None
                 if rest:
                     buf += rest
                     *lines, buf = buf.split(b"\n")
                     yield from lines
-                f.close()
-                f = None
+                consumed = ident
                 continue
             if f is not None and st.st_size < f.tell():
                 f.seek(0)
@@ -174,6 +189,19 @@ def follow_lines(
     finally:
         if f is not None:
             f.close()
+
+
+def _rotated_after(path: str, ident: tuple[int, int] | None) -> list[str]:
+    """Rotated siblings of `path` newer than the file identified by `ident`."""
+    siblings = rotated_siblings(path)
+    for i, name in enumerate(siblings):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ident:
+            return siblings[i + 1 :]
+    return []
 
 
 def _records(lines: Iterator[bytes | None]) -> Iterator[tuple[bytes, dict[str, Any]] | None]:

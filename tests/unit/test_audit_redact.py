@@ -1,0 +1,50 @@
+"""Literal redaction for the audit log's `sql` and `rewritten` fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.audit import redact_sql
+from proxy.audit.redact import redact_fallback
+
+CASES = [
+    ("SELECT * FROM people WHERE ssn = '123-45-6789'", "SELECT * FROM people WHERE ssn = ?"),
+    (
+        "select a from t where b = 5 and c > 2.5e3 limit 10",
+        "select a from t where b = ? and c > ? limit ?",
+    ),
+    ("SELECT 'it''s', E'a\\'b', $$dollar$$, $t$x'y$t$", "SELECT ?, ?, ?, ?"),
+    ("SELECT x'ff', b'01', N'nat', U&'d\\0061t'", "SELECT ?, ?, ?, ?"),
+    ("SELECT name::text, '2024-01-01'::date FROM t", "SELECT name::text, ?::date FROM t"),
+    (
+        'SELECT a1, "col 2", t.x FROM s.t WHERE id IN (1, 2, 3)',
+        'SELECT a1, "col 2", t.x FROM s.t WHERE id IN (?, ?, ?)',
+    ),
+    ("SELECT $1, $2 FROM t WHERE a = $1", "SELECT $1, $2 FROM t WHERE a = $1"),
+    ("SELECT 1 -- keep 'comment'\n FROM t", "SELECT ? -- keep 'comment'\n FROM t"),
+    ("SELECT -5, interval '1 day', true, null", "SELECT -?, interval ?, true, null"),
+    ("SET search_path = 'secret', public", "SET search_path = ?, public"),
+    ("SHOW search_path", "SHOW search_path"),
+    (
+        "INSERT INTO t VALUES (1, 'a'); DELETE FROM t WHERE x = 'b'",
+        "INSERT INTO t VALUES (?, ?); DELETE FROM t WHERE x = ?",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), CASES)
+def test_redact_sql(sql: str, expected: str) -> None:
+    assert redact_sql(sql) == expected
+
+
+@pytest.mark.parametrize(("sql", "expected"), CASES[:4] + CASES[5:8])
+def test_fallback_agrees_on_ordinary_sql(sql: str, expected: str) -> None:
+    assert redact_fallback(sql) == expected
+
+
+def test_unterminated_string_uses_fallback_and_hides_the_rest() -> None:
+    assert redact_sql("SELECT * FROM t WHERE name = 'Jane Do") == "SELECT * FROM t WHERE name = ?"
+    assert redact_sql("SELECT $$never ends") == "SELECT ?"
+    assert redact_fallback("SELECT \"ident\" FROM t /* 'x' */ WHERE a='b") == (
+        "SELECT \"ident\" FROM t /* 'x' */ WHERE a=?"
+    )
