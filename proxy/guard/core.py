@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxy.catalog import Catalog
 from proxy.errors import Blocked, ProxyError, VolumeLimit
-from proxy.guard.detectors import Hit, StatementFacts, detect, reason
+from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
 from proxy.hooks import StreamLimits
@@ -114,20 +115,21 @@ class Guard:
         self,
         rules: RuleSet,
         store: Store,
-        catalog: Any = None,
+        catalog: Catalog | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.clock = clock
         self._rules = rules
-        self._catalog = catalog
+        self._sizes = SizeEstimator(catalog)
         self._specs: dict[int, ExtractionSpec] = {}
 
-    def update(self, rules: RuleSet, catalog: Any) -> None:
+    def update(self, rules: RuleSet, catalog: Catalog | None) -> None:
         """Swap in reloaded rules; budgets live in the store keyed by rule id, so they survive."""
         self._rules = rules
-        self._catalog = catalog
+        if catalog is not self._sizes.catalog:
+            self._sizes = SizeEstimator(catalog)
         self._specs = {}
 
     def specs_for(self, facts: SessionFacts) -> list[ExtractionSpec]:
@@ -182,7 +184,7 @@ class Guard:
             if spec.detect is None:
                 continue
             for stmt in statements:
-                hit = await detect(spec, stmt, facts.user, self.store, self._catalog, now)
+                hit = await detect(spec, stmt, facts.user, self.store, self._sizes, now)
                 if hit is None:
                     continue
                 hits.append(hit)

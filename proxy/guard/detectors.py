@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.catalog import Catalog, Relation
 from proxy.guard.limits import ExtractionSpec
 from proxy.guard.store import Store
 
@@ -71,32 +72,52 @@ class Hit:
         return out
 
 
-def estimate_rows(catalog: Any, table: str) -> float | None:
-    """The planner's row estimate (pg_class.reltuples) for `schema.table`, if the catalog knows.
+class SizeEstimator:
+    """Planner row estimates (pg_class.reltuples) for `schema.table`, from a Catalog snapshot.
 
-    Catalog shapes: `reltuples(name)`, or a `table(name)` / `tables[name]` with
-    a `reltuples` attribute. Unknown tables and never-analyzed ones (-1) are None.
+    A view or materialized view without its own estimate counts as its
+    largest base table; a partitioned table as the sum of its leaf
+    partitions. Unknown or never-analyzed relations (-1) have no estimate,
+    and the detector stays quiet rather than guess. Answers are cached per
+    snapshot (the guard makes a new estimator when the catalog is swapped).
     """
-    if catalog is None:
+
+    def __init__(self, catalog: Catalog | None) -> None:
+        self.catalog = catalog
+        self._cache: dict[str, float | None] = {}
+        self._children: dict[str, list[Relation]] | None = None
+
+    def rows(self, table: str) -> float | None:
+        if table not in self._cache:
+            self._cache[table] = self._estimate(table)
+        return self._cache[table]
+
+    def _estimate(self, table: str) -> float | None:
+        if self.catalog is None:
+            return None
+        rel = self.catalog.relations.get(table)
+        if rel is None:
+            return None
+        if rel.kind == "partitioned":
+            leaves = [c.reltuples for c in self._leaves(table) if c.reltuples >= 0]
+            return sum(leaves) if leaves else None
+        if rel.reltuples >= 0 and rel.kind != "view":
+            return rel.reltuples
+        if rel.depends_on:
+            bases = [self.rows(t) for t in rel.depends_on if t != table]
+            known = [b for b in bases if b is not None]
+            return max(known) if known else None
         return None
-    value: Any = None
-    getter = getattr(catalog, "reltuples", None)
-    if callable(getter):
-        value = getter(table)
-    else:
-        info: Any = None
-        lookup = getattr(catalog, "table", None)
-        if callable(lookup):
-            info = lookup(table)
-        else:
-            tables: Any = getattr(catalog, "tables", None)
-            if hasattr(tables, "get"):
-                info = tables.get(table)
-        value = getattr(info, "reltuples", None)
-    if value is None:
-        return None
-    rows = float(value)
-    return rows if rows >= 0 else None
+
+    def _leaves(self, table: str) -> list[Relation]:
+        if self._children is None:
+            self._children = {}
+            assert self.catalog is not None
+            for r in self.catalog.relations.values():
+                if r.kind != "partitioned":
+                    for p in r.parents:
+                        self._children.setdefault(p, []).append(r)
+        return self._children.get(table, [])
 
 
 def _digest(values: Sequence[Any]) -> str:
@@ -112,7 +133,7 @@ async def detect(
     stmt: StatementFacts,
     user: str,
     store: Store,
-    catalog: Any,
+    sizes: SizeEstimator,
     now: float,
 ) -> Hit | None:
     """Run `spec`'s detector on one statement; record history; return a Hit if it fires."""
@@ -125,7 +146,7 @@ async def detect(
         if not _reads(stmt) or stmt.has_where or stmt.has_limit:
             return None
         for table in stmt.tables:
-            rows = estimate_rows(catalog, table)
+            rows = sizes.rows(table)
             if rows is not None and rows >= spec.min_table_rows:
                 figures = {"table": table, "reltuples": int(rows), "threshold": spec.min_table_rows}
                 return _hit(spec, figures)

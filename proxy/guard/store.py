@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 from proxy.errors import ProxyError
 
-CancelKey = tuple[int, int] | bytes
+# What a client's CancelRequest carries: (pid, secret) with a 4-byte integer secret or
+# the raw secret bytes (protocol 3.2 keys are variable length), or one opaque byte string.
+CancelKey = tuple[int, int] | tuple[int, bytes] | bytes
 
 # Distinct members a history key keeps at most: far above any detector threshold,
 # small enough that a scraper's millions of lookups cannot exhaust memory.
@@ -67,7 +69,21 @@ def cancel_key_name(key: CancelKey) -> str:
     if isinstance(key, bytes):
         return "b:" + key.hex()
     pid, secret = key
+    if isinstance(secret, bytes):
+        return f"{pid}:x{secret.hex()}"
     return f"{pid}:{secret}"
+
+
+def encode_target(target: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy of a cancel target: bytes values (backend secrets) become {"hex": ...}."""
+    return {k: {"hex": v.hex()} if isinstance(v, bytes) else v for k, v in target.items()}
+
+
+def decode_target(target: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: bytes.fromhex(v["hex"]) if isinstance(v, dict) and set(v) == {"hex"} else v
+        for k, v in target.items()
+    }
 
 
 class Store(Protocol):

@@ -34,6 +34,8 @@ from proxy.guard.store import (
     StoreUnavailable,
     Usage,
     cancel_key_name,
+    decode_target,
+    encode_target,
 )
 from proxy.guard.store_memory import MemoryStore
 from proxy.guard.windows import bucket_ms
@@ -277,7 +279,8 @@ class RedisStore:
         name = self._k("cancel", cancel_key_name(key))
 
         async def op() -> None:
-            await self._redis.set(name, orjson.dumps(target), px=max(int(ttl * 1000), 1))
+            blob = orjson.dumps(encode_target(target))
+            await self._redis.set(name, blob, px=max(int(ttl * 1000), 1))
 
         # Keep a local copy too: a session's own instance still finds it if Redis dies later.
         await self._fallback.put_cancel_key(key, target, ttl)
@@ -290,8 +293,7 @@ class RedisStore:
             raw = await self._redis.get(name)
             if raw is None:  # deleted or expired everywhere; the local copy is stale
                 return None
-            value: dict[str, Any] = orjson.loads(raw)
-            return value
+            return decode_target(orjson.loads(raw))
 
         return await self._run(op, lambda: self._fallback.get_cancel_key(key), may_refuse=False)
 

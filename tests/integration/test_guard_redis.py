@@ -203,6 +203,11 @@ async def test_cancel_keys_are_shared(stores: tuple[RedisStore, RedisStore]) -> 
     assert await b.get_cancel_key((1234, 5678)) == target
     assert (await b.get_cancel_key(b"\x01" * 32) or {})["secret"] == "ab" * 16
     assert await b.get_cancel_key((1234, 5679)) is None
+    # the server's own shape: (pid, proxy secret bytes) -> backend secret bytes
+    real = {"host": "127.0.0.1", "port": 5432, "pid": 77, "secret": b"\x00\x01\x02\xff"}
+    await a.put_cancel_key((77, b"\xaa\xbb\xcc\xdd"), real, ttl=30)
+    assert await b.get_cancel_key((77, b"\xaa\xbb\xcc\xdd")) == real
+    assert await b.get_cancel_key((77, b"\xaa\xbb\xcc\xde")) is None
     await b.del_cancel_key((1234, 5678))
     # deleted through b: a's local copy (kept for Redis outages) must not resurrect it
     assert await a.get_cancel_key((1234, 5678)) is None

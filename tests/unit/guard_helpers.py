@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.catalog import Catalog, Relation
 from proxy.identity import SessionFacts
 from proxy.rules import ExtractionRule, RuleSet, UserEntry
 
@@ -52,11 +53,11 @@ def ruleset(*entries: dict[str, Any]) -> RuleSet:
     )
 
 
-class Catalog:
-    """A catalog with only planner row estimates."""
-
-    def __init__(self, sizes: dict[str, float]) -> None:
-        self.sizes = sizes
-
-    def reltuples(self, table: str) -> float | None:
-        return self.sizes.get(table)
+def catalog(sizes: dict[str, float], **extra: Relation) -> Catalog:
+    """A catalog snapshot with tables of the given planner estimates, plus `extra` relations."""
+    rels = {}
+    for name, rows in sizes.items():
+        schema, _, table = name.partition(".")
+        rels[name] = Relation(schema, table, reltuples=rows)
+    rels.update(extra)
+    return Catalog(rels)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from guard_helpers import ALICE, BOB, Catalog, Clock, Stmt, ruleset
+from guard_helpers import ALICE, BOB, Clock, Stmt, catalog, ruleset
 
+from proxy.catalog import Relation
 from proxy.errors import Blocked
 from proxy.guard import Guard, MemoryStore
 
-CATALOG = Catalog({"public.people": 2_000_000, "public.regions": 12, "public.events": 150_000})
+CATALOG = catalog(
+    {"public.people": 2_000_000, "public.regions": 12, "public.events": 150_000},
+    **{
+        "public.people_v": Relation("public", "people_v", "view", depends_on=("public.people",)),
+        "public.log": Relation("public", "log", "partitioned"),
+        "public.log_1": Relation("public", "log_1", reltuples=60_000, parents=("public.log",)),
+        "public.log_2": Relation("public", "log_2", reltuples=70_000, parents=("public.log",)),
+        "public.fresh": Relation("public", "fresh", reltuples=-1),
+    },
+)
 
 
 def make(entry: dict[str, object]) -> tuple[Guard, Clock]:
@@ -44,11 +54,21 @@ async def test_unfiltered_scan_quiet_on_ordinary_work() -> None:
         Stmt(has_where=False, has_limit=True),  # a peek: SELECT * FROM people LIMIT 100
         Stmt(has_where=False, tables=("public.regions",)),  # small lookup table
         Stmt(has_where=False, tables=("public.unknown",)),  # no estimate: cannot judge
+        Stmt(has_where=False, tables=("public.fresh",)),  # never analyzed: cannot judge
+        Stmt(has_where=False, tables=("public.log_1",)),  # one partition is small
         Stmt(kind="explain", has_where=False),  # EXPLAIN reads no rows
     ]
     for stmt in quiet:
         adm = await guard.admit(ALICE, [stmt])
         assert adm.error is None and adm.hits == [], stmt
+
+
+async def test_unfiltered_scan_sees_through_views_and_partitions() -> None:
+    guard, _ = make({"id": "scan", "detect": "unfiltered_scan", "action": "log"})
+    adm = await guard.admit(ALICE, [Stmt(has_where=False, tables=("public.people_v",))])
+    assert adm.hits[0]["reltuples"] == 2_000_000
+    adm = await guard.admit(ALICE, [Stmt(has_where=False, tables=("public.log",))])
+    assert adm.hits[0]["reltuples"] == 130_000
 
 
 async def test_unfiltered_scan_threshold_is_a_rule_key() -> None:
