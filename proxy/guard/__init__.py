@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.guard.core import Guard, GuardAdmission, GuardToken
 from proxy.guard.detectors import Hit
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
@@ -24,6 +25,8 @@ def make_store(redis_url: str | None, *, fail_closed: bool = False) -> Store:
 
 __all__ = [
     "BudgetLimits",
+    "CancelDirectory",
+    "CancelTarget",
     "ExtractionSpec",
     "Guard",
     "GuardAdmission",

@@ -260,3 +260,17 @@ async def test_fail_closed_refuses_with_a_clear_error(redis_server: RedisServer)
     finally:
         await store.close()
         redis_server.start()
+
+
+async def test_cancel_directory_routes_across_instances(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    from proxy.guard import CancelDirectory, CancelTarget
+
+    here, there = (CancelDirectory(s) for s in stores)
+    target = CancelTarget("127.0.0.1", 5433, 4711, b"\x12\x34\x56\x78")
+    await here.register(4711, b"\xde\xad\xbe\xef", target)
+    assert await there.lookup(4711, b"\xde\xad\xbe\xef") == target
+    assert await there.lookup(4711, b"\xde\xad\xbe\xee") is None  # a guessed secret finds nothing
+    await here.unregister(4711, b"\xde\xad\xbe\xef")
+    assert await there.lookup(4711, b"\xde\xad\xbe\xef") is None
