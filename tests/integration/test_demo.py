@@ -1,0 +1,254 @@
+"""`oversight demo` end to end: it starts, the printed statements behave as printed, Ctrl-C
+stops everything.
+
+The demo runs as a real subprocess (`python -m proxy.cli demo`) at a small
+scale with its own embedded PostgreSQL; the test reads its banner, runs each
+user's printed statements through the printed connection strings (psycopg,
+and psql for the literal command line), checks /metrics on the printed admin
+address, then sends SIGINT and checks that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+SCALE = "0.05"  # 5,000 people: each region still holds more rows than the 1,000-row cap
+START_TIMEOUT = 90.0
+
+
+@dataclass
+class Shown:
+    """What the banner printed for one user."""
+
+    psql: str
+    dsn: str
+    examples: list[tuple[str, str]] = field(default_factory=list)  # (what it shows, SQL)
+
+
+@dataclass
+class Banner:
+    text: str
+    datadir: Path
+    metrics_url: str
+    users: dict[str, Shown]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if marker in line:
+                return "".join(out)
+        elif proc.poll() is not None:
+            break
+    stderr = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+    raise AssertionError(f"no {marker!r} from the demo:\n{''.join(out)}\n{stderr}")
+
+
+def _parse(text: str) -> Banner:
+    users: dict[str, Shown] = {}
+    current: Shown | None = None
+    what = ""
+    for line in text.splitlines():
+        if m := re.match(r'^  psql "(postgresql://(\w+):[^"]+)"$', line):
+            current = users[m.group(2)] = Shown(psql=line.strip(), dsn=m.group(1))
+        elif current is not None and (m := re.match(r"^    -- (.+)$", line)):
+            what = m.group(1)
+        elif current is not None and (m := re.match(r"^    (\S.*;)$", line)):
+            current.examples.append((what, m.group(1)))
+    datadir = re.search(r"^  data:\s+(\S+)", text, re.M)
+    metrics = re.search(r"^  metrics:\s+(\S+)", text, re.M)
+    assert datadir and metrics, text
+    return Banner(text, Path(datadir.group(1)), metrics.group(1), users)
+
+
+def _processes_mentioning(needle: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmdline:
+                found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[tuple[subprocess.Popen[str], Banner]]:
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "demo",
+            "--scale",
+            SCALE,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # a stray demo can be killed as a group
+    )
+    try:
+        text = _read_until(proc, "Press Ctrl-C", START_TIMEOUT)
+        yield proc, _parse(text)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _run(dsn: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _refused(dsn: str, sql: str) -> psycopg.Error:
+    """Run a statement that must fail; check the session stays usable afterwards."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(sql).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    return err.value
+
+
+def test_banner_shows_three_users_with_three_examples(demo: tuple[object, Banner]) -> None:
+    _, banner = demo
+    assert set(banner.users) == {"alice", "bob", "carol"}
+    shown = " ".join(w for u in banner.users.values() for w, _ in u.examples)
+    for behaviour in ("row filter", "mask", "block", "cut-off"):
+        assert behaviour in shown
+    for user in banner.users.values():
+        assert len(user.examples) == 3
+
+
+def test_alice_row_filter_masks_block_cutoff(demo: tuple[object, Banner]) -> None:
+    alice = demo[1].users["alice"]
+    (w1, filtered), (w2, blocked), (w3, cutoff) = alice.examples
+    assert "row filter" in w1 and "mask" in w1
+    rows = _run(alice.dsn, filtered)
+    assert len(rows) == 5
+    for full_name, region, ssn, phone, dob, email in rows:
+        assert region == "north"
+        assert ssn == "****"
+        assert re.fullmatch(r"\*\*\*\d{4}", phone)
+        assert (dob.month, dob.day) == (1, 1)
+        assert re.fullmatch(r"[0-9a-f]{64}", email)
+        assert full_name and " " in full_name
+    assert "block" in w2
+    err = _refused(alice.dsn, blocked)
+    assert err.sqlstate == "42501"
+    assert str(err).startswith("oversight: blocked by cases-by-region")
+    assert "cut-off" in w3
+    err = _refused(alice.dsn, cutoff)
+    assert err.sqlstate == "54000"
+    assert "oversight: result limit of 1000 rows reached (analyst-result-cap)" in str(err)
+
+
+def test_bob_sees_south_only_masked_and_star_blocked(demo: tuple[object, Banner]) -> None:
+    bob = demo[1].users["bob"]
+    (w1, counts), (w2, masked), (w3, star) = bob.examples
+    assert "row filter" in w1
+    rows = _run(bob.dsn, counts)
+    assert [r[0] for r in rows] == ["south"] and rows[0][1] > 1000
+    assert "mask" in w2
+    for _name, ssn, email in _run(bob.dsn, masked):
+        assert ssn == "****" and re.fullmatch(r"[0-9a-f]{64}", email)
+    assert "block" in w3
+    err = _refused(bob.dsn, star)
+    assert err.sqlstate == "42501" and "cases-by-region" in str(err)
+
+
+def test_carol_sees_all_regions_partial_ssn_internal_blocked(demo: tuple[object, Banner]) -> None:
+    carol = demo[1].users["carol"]
+    (_, counts), (w2, masked), (w3, internal) = carol.examples
+    rows = _run(carol.dsn, counts)
+    assert [r[0] for r in rows] == ["east", "north", "south", "west"]
+    assert sum(r[1] for r in rows) == 5000
+    assert "mask" in w2
+    for _name, ssn, phone in _run(carol.dsn, masked):
+        assert re.fullmatch(r"\*\*\*\d{4}", ssn)
+        assert re.fullmatch(r"\+1-555-\d{3}-\d{4}", phone)  # not masked for supervisors
+    assert "block" in w3
+    err = _refused(carol.dsn, internal)
+    assert err.sqlstate == "42501" and "internal-schema" in str(err)
+
+
+def test_printed_psql_command_line_works(demo: tuple[object, Banner]) -> None:
+    psql = shutil.which("psql")
+    assert psql, "psql is needed (apt-get install postgresql-client)"
+    alice = demo[1].users["alice"]
+    cmd = [*shlex.split(alice.psql), "-X", "-v", "ON_ERROR_STOP=1", "-c", alice.examples[1][1]]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0
+    assert "ERROR:  oversight: blocked by cases-by-region" in run.stderr
+    cmd = [*shlex.split(alice.psql), "-X", "-At", "-c", "SELECT count(*) FROM people"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert 1000 < int(run.stdout) < 5000  # the north region only
+
+
+def test_metrics_count_the_demo_statements(demo: tuple[object, Banner]) -> None:
+    alice = demo[1].users["alice"]
+    before = urllib.request.urlopen(demo[1].metrics_url, timeout=10).read().decode()
+    _refused(alice.dsn, alice.examples[1][1])
+    after = urllib.request.urlopen(demo[1].metrics_url, timeout=10).read().decode()
+
+    def value(text: str, name: str) -> float:
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    blocks = 'oversight_blocks_total{rule="cases-by-region"}'
+    assert value(after, blocks) == value(before, blocks) + 1
+    assert value(after, 'oversight_rows_total{user="alice"}') > 0
+
+
+def test_sigint_stops_everything(demo: tuple[subprocess.Popen[str], Banner]) -> None:
+    proc, banner = demo
+    port = int(banner.users["alice"].dsn.rsplit(":", 1)[1].split("/")[0])
+    assert banner.datadir.exists()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped." in out
+    assert not _processes_mentioning(str(banner.datadir))
+    assert not banner.datadir.exists()  # no --keep: the run leaves nothing behind
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
