@@ -1,0 +1,111 @@
+"""Turning samples into medians and ratios: the printed table and results/latest.json.
+
+Only medians and ratios to direct are quoted: the machine is small and shared,
+so single samples and means swing with whatever else is running.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(samples: dict[str, dict[str, list[dict[str, float]]]], metric: str) -> dict[str, Any]:
+    """{case: {target: samples}} -> {case: {target: {median_*, ratio, samples}}}."""
+    out: dict[str, Any] = {}
+    for case, by_target in samples.items():
+        rows: dict[str, Any] = {}
+        for target, runs in by_target.items():
+            values = [r[metric] for r in runs if metric in r]
+            row: dict[str, Any] = {"samples": runs, f"median_{metric}": median(values)}
+            if runs and "latency_ms" in runs[0]:
+                row["median_latency_ms"] = median(
+                    [r["latency_ms"] for r in runs if "latency_ms" in r]
+                )
+            rows[target] = row
+        base = rows.get("direct", {}).get(f"median_{metric}")
+        for row in rows.values():
+            m = row[f"median_{metric}"]
+            row["ratio_to_direct"] = round(m / base, 3) if base and m is not None else None
+        out[case] = rows
+    return out
+
+
+def bulk_samples_to_mbps(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**r, "mb_per_s": r["bytes"] / r["seconds"] / 1e6} if "seconds" in r else r for r in runs
+    ]
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(title: str, summary: dict[str, Any], metric: str, unit: str, latency: bool) -> str:
+    lines = [title]
+    head = f"  {'case':<30} {'target':<22} {unit:>11} {'x direct':>9}"
+    lines.append(head + (f" {'lat ms':>8}" if latency else "") + "  failed")
+    for case, rows in summary.items():
+        for target, row in rows.items():
+            failed = sum(1 for s in row["samples"] if "error" in s)
+            line = f"  {case:<30} {target:<22} {_fmt(row[f'median_{metric}'], '11.1f')}"
+            line += f" {_fmt(row['ratio_to_direct'], '9.3f')}"
+            if latency:
+                line += f" {_fmt(row.get('median_latency_ms'), '8.3f')}"
+            lines.append(line + f"  {failed or ''}")
+    return "\n".join(lines)
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def versions(direct_dsn: str) -> dict[str, str]:
+    with psycopg.connect(direct_dsn) as conn:
+        row = conn.execute("SELECT version()").fetchone()
+    repo = Path(__file__).resolve().parent.parent
+    pgbouncer = _run(["pgbouncer", "--version"])
+    return {
+        "python": platform.python_version(),
+        "postgresql": str(row[0]) if row else "",
+        "pgbench": _run(["pgbench", "--version"]),
+        "pgbouncer": (pgbouncer.splitlines() or [""])[0],
+        "psycopg": psycopg.__version__,
+        "uvloop": metadata.version("uvloop"),
+        "oversight_commit": _run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]),
+    }
