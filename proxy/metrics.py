@@ -213,7 +213,8 @@ class Metrics:
         """
         hours = min(max(hours, 1 / 60), HISTORY_S / 3600)
         minutes = max(1, int(hours * 3600 // BUCKET_S))
-        per_step = -(-minutes // max_points)  # ceil
+        # Round steps up to a clock-friendly size: 1, 2, 5, 10, 15, 30 or 60 minutes.
+        per_step = next((k for k in (1, 2, 5, 10, 15, 30) if minutes / k <= max_points), 60)
         step = per_step * BUCKET_S
         n = -(-minutes // per_step)
         now = self.clock()

@@ -341,3 +341,26 @@ async def test_dashboard_renders_with_data(tmp_path: Path) -> None:
     # Audit text is shown as text, never parsed as markup.
     assert "&lt;script&gt;bad()&lt;/script&gt;" in html
     assert "<script>bad()" not in html and "<img src=x" not in html
+
+
+def test_dashboard_memory_is_bounded() -> None:
+    from proxy import metrics as mod
+
+    clock = [1_000_000.0]
+    m = Metrics(clock=lambda: clock[0])
+    for i in range(mod.RING_SIZE + 50):
+        m.blocked({"user": f"u{i}", "sql": "x" * (mod.SQL_CHARS + 10)})
+    events = m.recent("blocked", limit=10_000)
+    assert len(events) == mod.RING_SIZE
+    assert events[-1]["user"] == f"u{mod.RING_SIZE + 49}"
+    assert len(events[0]["sql"]) == mod.SQL_CHARS + 1  # cut, with an ellipsis
+    # Rows older than the history fall out of the chart; users beyond the cap are evicted.
+    m.statement_done("old", "allow", [], 10, 0, 0, 0)
+    clock[0] += mod.HISTORY_S + 3600
+    m.statement_done("new", "allow", [], 20, 0, 0, 0)
+    chart = m.rows_by_user(hours=6)
+    assert chart["users"] == {"new": [0] * 71 + [20]}
+    assert chart["bucket_s"] == 300
+    for i in range(mod.MAX_USERS + 5):
+        m.statement_done(f"user{i}", "allow", [], 1, 0, 0, 0)
+    assert len(m.rows_by_user(hours=1)["users"]) == mod.MAX_USERS

@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -252,3 +253,72 @@ def test_sigint_stops_everything(demo: tuple[subprocess.Popen[str], Banner]) -> 
     assert not banner.datadir.exists()  # no --keep: the run leaves nothing behind
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+# -- the data set itself, loaded into the suite's shared PostgreSQL -------------------
+
+
+@pytest.fixture(scope="module")
+async def demo_db(pg: Any) -> AsyncIterator[str]:
+    import asyncpg
+
+    admin = await asyncpg.connect(pg.dsn(dbname="postgres"))
+    await admin.execute("DROP DATABASE IF EXISTS oversight_demo_data WITH (FORCE)")
+    await admin.execute("CREATE DATABASE oversight_demo_data")
+    try:
+        yield pg.dsn(dbname="oversight_demo_data")
+    finally:
+        await admin.execute("DROP DATABASE IF EXISTS oversight_demo_data WITH (FORCE)")
+        await admin.close()
+
+
+CHECKSUM = """
+SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM (
+    SELECT p::text AS t FROM public.people p UNION ALL
+    SELECT c::text FROM public.cases c UNION ALL
+    SELECT o::text FROM public.officers o UNION ALL
+    SELECT n::text FROM internal.audit_notes n) AS all_rows(t)
+"""
+
+
+async def test_data_set_is_deterministic_and_consistent(demo_db: str) -> None:
+    import asyncpg
+
+    from proxy.demo import data
+
+    conn = await asyncpg.connect(demo_db)
+    try:
+        seen: list[tuple[str, int, int]] = []
+        sizes = await data.load(conn, 0.02, lambda *a: seen.append(a))
+        first = await conn.fetchval(CHECKSUM)
+        await data.load(conn, 0.02)
+        assert await conn.fetchval(CHECKSUM) == first  # same rows on every run
+        assert (sizes.people, sizes.cases) == (2000, 3000)
+        assert seen[-1] == ("internal.audit_notes", sizes.audit_notes, sizes.audit_notes)
+        counts = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM people) AS people, (SELECT count(*) FROM cases) AS cases,"
+            " (SELECT count(*) FROM officers) AS officers,"
+            " (SELECT count(*) FROM internal.audit_notes) AS notes"
+        )
+        assert tuple(counts) == (sizes.people, sizes.cases, sizes.officers, sizes.audit_notes)
+        regions = await conn.fetch("SELECT region, count(*) FROM people GROUP BY 1 ORDER BY 1")
+        assert [r[0] for r in regions] == ["east", "north", "south", "west"]
+        assert min(r[1] for r in regions) > sizes.people / 4 * 0.8  # roughly even
+        # A case belongs to its person's region and to an officer of that region.
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM cases c JOIN people p ON p.id = c.person_id"
+            " JOIN officers o ON o.id = c.officer_id"
+            " WHERE c.region <> p.region OR o.region <> c.region"
+        )
+        assert await conn.fetchval(
+            "SELECT bool_and(ssn ~ '^\\d{3}-\\d{2}-\\d{4}$' AND phone ~ '^\\+1-555-\\d{3}-\\d{4}$'"
+            " AND email LIKE '%@%') FROM people"
+        )
+        # Notes quote personal data: the reason analysts are denied them.
+        assert await conn.fetchval(
+            "SELECT count(*) FROM cases c JOIN people p ON p.id = c.person_id"
+            " WHERE c.notes LIKE '%' || p.ssn || '%'"
+        )
+        assert await data.loaded_marker(conn) == data.marker(0.02)
+    finally:
+        await conn.close()
