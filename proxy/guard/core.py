@@ -17,6 +17,9 @@ The guard takes the `extraction:` entries matching the session's identity and
 flushes running totals every FLUSH_INTERVAL seconds, so other instances see
 a long stream's rows while it is still going.
 
+A lone FETCH gets its cursor's earlier output as StreamLimits.used_rows /
+used_bytes (cursors.py), so a per-query cap holds across a FETCH loop.
+
 A token is per admitted statement text; a prepared statement may execute
 (and finish) several times under one token, so accounting never assumes
 one execution per token.
@@ -32,6 +35,7 @@ from typing import Any, Literal
 
 from proxy.catalog import Catalog
 from proxy.errors import Blocked, ProxyError, VolumeLimit
+from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
@@ -85,8 +89,11 @@ class _Pacer:
         if rows <= self.rows_free and nbytes <= self.bytes_free:
             return 0.0
         if self.crossed_at is None:
-            self.crossed_at, self.rows_at_cross, self.bytes_at_cross = now, rows, nbytes
-            return 0.0
+            # The session asks after forwarding a chunk, so the part of this chunk past
+            # the free allowance was already sent "now" and is paid for from here on.
+            self.crossed_at = now
+            self.rows_at_cross = int(min(self.rows_free, rows))
+            self.bytes_at_cross = int(min(self.bytes_free, nbytes))
         due = 0.0
         if self.row_rate:
             due = max(due, (rows - self.rows_at_cross) / self.row_rate)
@@ -106,6 +113,7 @@ class GuardToken:
     flushed_rows: int = 0
     flushed_bytes: int = 0
     last_flush: float = 0.0
+    cursor: CursorCount | None = None  # the cursor a FETCH reads, counted across FETCHes
 
 
 class Guard:
@@ -124,6 +132,22 @@ class Guard:
         self._rules = rules
         self._sizes = SizeEstimator(catalog)
         self._specs: dict[int, ExtractionSpec] = {}
+        self._cursors = CursorTracker()
+
+    def _observe_cursors(
+        self, facts: SessionFacts, statements: Sequence[StatementFacts]
+    ) -> CursorCount | None:
+        """Track DECLARE/CLOSE; for a lone FETCH, the count of the cursor it reads."""
+        session = facts.session_id or f"{facts.user}@{facts.client}"
+        found = None
+        for stmt in statements:
+            text = getattr(stmt, "redacted", None) or getattr(stmt, "sql", None) or ""
+            found = self._cursors.observe(session, stmt.kind, str(text))
+        return found if len(statements) == 1 else None
+
+    def session_closed(self, facts: SessionFacts) -> None:
+        """Optional: forget a finished session's cursors (they are also dropped LRU)."""
+        self._cursors.forget(facts.session_id or f"{facts.user}@{facts.client}")
 
     def update(self, rules: RuleSet, catalog: Catalog | None) -> None:
         """Swap in reloaded rules; budgets live in the store keyed by rule id, so they survive."""
@@ -169,8 +193,9 @@ class Guard:
         caps = _Caps()
         budgets: list[_Budget] = []
         pacers: list[_Pacer] = []
+        cursor = self._observe_cursors(facts, statements)
         for spec in specs:
-            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query)
+            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, cursor)
         # Enforcing budgets first: if one refuses, the others are not charged.
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
             if not spec.has_budget:
@@ -200,14 +225,16 @@ class Guard:
                         )
                 break  # one hit per entry and statement text is enough
         adm.limits = caps.limits()
-        if budgets or pacers:
+        if budgets or pacers or (cursor is not None and adm.limits is not None):
             adm.token = GuardToken(
                 facts.user,
                 budgets,
                 pacers,
                 max(s.max_delay for s in specs),
                 last_flush=now,
+                cursor=cursor,
             )
+        if budgets or pacers:
             adm.paced = True
             if adm.limits is None:
                 adm.limits = StreamLimits()
@@ -289,6 +316,9 @@ class Guard:
             return
         await self._flush(token, int(result.rows), int(result.bytes), self.clock())
         token.flushed_rows = token.flushed_bytes = 0
+        if token.cursor is not None:
+            token.cursor.rows += int(result.rows)
+            token.cursor.bytes += int(result.bytes)
         for pacer in token.pacers:
             pacer.crossed_at = None  # the next execution starts its own pace
 
@@ -309,27 +339,44 @@ class Guard:
 
 
 class _Caps:
-    """The tightest row and byte caps offered, each with the rule it came from."""
+    """The tightest row and byte caps offered, each with the rule it came from.
+
+    A cap is (limit, used, rule): `used` is what earlier FETCHes from the same
+    cursor streamed, so what this statement may still send is limit - used.
+    """
 
     def __init__(self) -> None:
-        self.rows: tuple[int, str] | None = None
-        self.bytes: tuple[int, str] | None = None
+        self.rows: tuple[int, int, str] | None = None
+        self.bytes: tuple[int, int, str] | None = None
 
-    def offer(self, rule: str, rows: int | None, nbytes: int | None) -> None:
-        if rows is not None and (self.rows is None or rows < self.rows[0]):
-            self.rows = (rows, rule)
-        if nbytes is not None and (self.bytes is None or nbytes < self.bytes[0]):
-            self.bytes = (nbytes, rule)
+    def offer(
+        self,
+        rule: str,
+        rows: int | None,
+        nbytes: int | None,
+        used: CursorCount | None = None,
+    ) -> None:
+        used_rows, used_bytes = (used.rows, used.bytes) if used is not None else (0, 0)
+        if rows is not None and (
+            self.rows is None or rows - used_rows < self.rows[0] - self.rows[1]
+        ):
+            self.rows = (rows, used_rows, rule)
+        if nbytes is not None and (
+            self.bytes is None or nbytes - used_bytes < self.bytes[0] - self.bytes[1]
+        ):
+            self.bytes = (nbytes, used_bytes, rule)
 
     def limits(self) -> StreamLimits | None:
         if self.rows is None and self.bytes is None:
             return None
         # StreamLimits names one rule: the row cap's (the one the 54000 message states).
-        rule = self.rows[1] if self.rows else self.bytes[1] if self.bytes else ""
+        rule = self.rows[2] if self.rows else self.bytes[2] if self.bytes else ""
         return StreamLimits(
             max_rows=self.rows[0] if self.rows else None,
             max_bytes=self.bytes[0] if self.bytes else None,
             rule=rule,
+            used_rows=self.rows[1] if self.rows else 0,
+            used_bytes=self.bytes[1] if self.bytes else 0,
         )
 
 

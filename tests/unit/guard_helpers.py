@@ -39,6 +39,7 @@ class Stmt:
     offset: int | None = None
     copy_out: bool = False
     columns: tuple[str, ...] = field(default=())
+    redacted: str = ""
 
 
 def ruleset(*entries: dict[str, Any]) -> RuleSet:

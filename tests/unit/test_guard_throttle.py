@@ -52,13 +52,16 @@ async def test_stream_is_paced_at_the_budget_rate_once_past_the_budget() -> None
     # inside the budget: no pause at all
     assert await guard.pace(ALICE, adm.token, 3000, 0) == 0
     assert await guard.pace(ALICE, adm.token, 3600, 0) == 0
-    # past the budget: the first read marks the crossing, then pacing holds 1 row/s
-    assert await guard.pace(ALICE, adm.token, 3610, 0) == 0
+    # past the budget: every row beyond it costs a second, counted from the crossing
+    assert await guard.pace(ALICE, adm.token, 3610, 0) == pytest.approx(10.0)
+    clock.advance(10)
     assert await guard.pace(ALICE, adm.token, 3620, 0) == pytest.approx(10.0)
     clock.advance(10)
     assert await guard.pace(ALICE, adm.token, 3620, 0) == pytest.approx(0.0)
     clock.advance(2)
     assert await guard.pace(ALICE, adm.token, 3625, 0) == pytest.approx(3.0)
+    # a pause is never longer than max_delay (30 s by default)
+    assert await guard.pace(ALICE, adm.token, 9000, 0) == pytest.approx(30.0)
 
 
 async def test_simulated_stream_runs_at_about_the_configured_rate() -> None:
@@ -75,7 +78,7 @@ async def test_simulated_stream_runs_at_about_the_configured_rate() -> None:
         clock.advance(0.001)
         clock.advance(await guard.pace(ALICE, adm.token, rows, rows * 100))
     elapsed = clock.now - start
-    assert 45 <= elapsed <= 52  # 500 rows at 10 rows/s, give or take the first chunk
+    assert 49 <= elapsed <= 51  # 500 rows at 10 rows/s
 
 
 async def test_throttle_detector_delays_and_log_detector_does_not() -> None:

@@ -1,0 +1,212 @@
+"""The extraction guard through a real proxy in front of a real PostgreSQL.
+
+The hooks here are the guard alone (no policy engine): caps, budgets and
+throttling do not depend on what a statement reads, so these tests pin the
+guard-to-session path: a cap stops the stream at exactly N rows with the
+54000 error, the upstream query is cancelled, and the session stays usable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from proxy.guard import Guard, MemoryStore, Store
+from proxy.hooks import Admission, Hooks, StatementResult
+from proxy.identity import SessionFacts
+from proxy.rules import ExtractionRule, RuleSet
+
+BIG = "SELECT g, repeat('x', 50) AS pad FROM generate_series(1, 5000000) g"
+
+
+@dataclass(frozen=True)
+class Stmt:
+    kind: str
+    fingerprint: str
+    tables: tuple[str, ...] = ()
+    literals: tuple[object, ...] = ()
+    has_where: bool = True
+    has_limit: bool = False
+    offset: int | None = None
+    copy_out: bool = False
+    redacted: str = ""
+
+
+class GuardHooks(Hooks):
+    """The guard behind the session's seam, as proxy/enforce.py wires it, minus policy."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.results: list[StatementResult] = []
+
+    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+        word = sql.split(None, 1)[0].lower() if sql.strip() else ""
+        copy_out = word == "copy" and "to stdout" in sql.lower()
+        stmt = Stmt(word, sql, copy_out=copy_out, redacted=sql)
+        g = await self.guard.admit(facts, [stmt])
+        audit = {"detectors": g.hits} if g.hits else {}
+        if g.error is not None:
+            return Admission(
+                action="block", error=g.error, rules=g.rules, reason=g.error.message, audit=audit
+            )
+        return Admission(
+            action="throttle" if g.action == "throttle" else "allow",
+            delay=g.delay,
+            limits=g.limits,
+            rules=g.rules,
+            token=g.token,
+            audit=audit,
+        )
+
+    async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
+        return await self.guard.pace(facts, token, rows, nbytes)
+
+    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
+        self.results.append(result)
+        await self.guard.finished(facts, token, result)
+
+
+def rules(*entries: dict[str, object]) -> RuleSet:
+    return RuleSet(extraction=[ExtractionRule.model_validate(e) for e in entries])
+
+
+def guard_hooks(*entries: dict[str, object], store: Store | None = None) -> GuardHooks:
+    return GuardHooks(Guard(rules(*entries), store or MemoryStore()))
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_bytes().splitlines()
+    return [r for r in map(orjson.loads, lines) if r.get("event") == "statement"]
+
+
+async def backend_state(pg: Any, pid: int) -> tuple[str, str]:
+    async with await psycopg.AsyncConnection.connect(pg.dsn(), autocommit=True) as direct:
+        cur = await direct.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0]), str(row[1])
+
+
+async def test_cap_stops_at_exactly_n_rows_and_session_stays_usable(
+    pg: Any, proxy_factory: Any
+) -> None:
+    hooks = guard_hooks({"id": "result-cap", "max_rows_per_query": 1000})
+    proxy = await proxy_factory(hooks=hooks)
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as exc:
+            await conn.execute(BIG)
+        assert time.monotonic() - t0 < 10  # cut off, not read to the end
+        assert exc.value.sqlstate == "54000"
+        assert str(exc.value).startswith(
+            "oversight: result limit of 1000 rows reached (result-cap)"
+        )
+        # the session is usable and the upstream query is gone
+        cur = await conn.execute("SELECT 42")
+        assert await cur.fetchone() == (42,)
+        state, query = await backend_state(pg, conn.info.backend_pid)
+        assert "generate_series(1, 5000000)" not in query or state == "idle"
+    cut = [r for r in hooks.results if r.cutoff]
+    assert len(cut) == 1 and cut[0].rows == 1000
+    records = audit_records(proxy.audit_log)
+    big = [r for r in records if "generate_series" in (r.get("sql") or "")]  # literals redacted
+    assert len(big) == 1 and big[0]["decision"] == "cutoff" and big[0]["rows"] == 1000
+    assert big[0]["error"].startswith("54000")
+
+
+async def test_byte_cap(proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "byte-cap", "max_bytes_per_query": "100kB"})
+    proxy = await proxy_factory(hooks=hooks)
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            await conn.execute(BIG)
+        assert exc.value.sqlstate == "54000" and "byte-cap" in str(exc.value)
+        assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+    cut = [r for r in hooks.results if r.cutoff]
+    assert len(cut) == 1 and 0 < cut[0].bytes <= 100_000
+
+
+async def test_cap_in_extended_protocol(pg: Any, proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "cap", "max_rows_per_query": 250})
+    proxy = await proxy_factory(hooks=hooks)
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        for binary in (False, True):
+            with pytest.raises(psycopg.Error) as exc:
+                await conn.execute(
+                    "SELECT g FROM generate_series(1, %s) g", (5_000_000,), binary=binary
+                )
+            assert exc.value.sqlstate == "54000"
+            # under the cap passes untouched, with parameters
+            cur = await conn.execute("SELECT g FROM generate_series(1, %s) g", (250,))
+            assert len(await cur.fetchall()) == 250
+        state, _ = await backend_state(pg, conn.info.backend_pid)
+        assert state == "idle"
+    assert [r.rows for r in hooks.results if r.cutoff] == [250, 250]
+
+
+async def test_cap_counts_per_cursor_across_fetches(proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "cap", "max_rows_per_query": 1000})
+    proxy = await proxy_factory(hooks=hooks)
+    async with await psycopg.AsyncConnection.connect(proxy.dsn()) as conn:
+        await conn.execute("DECLARE c NO SCROLL CURSOR FOR " + BIG)
+        for _ in range(2):
+            cur = await conn.execute("FETCH 400 FROM c")
+            assert len(await cur.fetchall()) == 400
+        with pytest.raises(psycopg.Error) as exc:
+            await conn.execute("FETCH 400 FROM c")
+        assert exc.value.sqlstate == "54000"
+        await conn.rollback()
+        assert await (await conn.execute("SELECT 7")).fetchone() == (7,)
+
+
+async def test_cap_on_copy_to_stdout(proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "cap", "max_rows_per_query": 300})
+    proxy = await proxy_factory(hooks=hooks)
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        got = 0
+        with pytest.raises(psycopg.Error) as exc:
+            async with conn.cursor().copy(f"COPY ({BIG}) TO STDOUT") as copy:
+                async for _ in copy.rows():
+                    got += 1
+        assert exc.value.sqlstate == "54000"
+        assert got <= 300
+        assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+    assert [r.rows for r in hooks.results if r.cutoff] == [300]
+
+
+async def test_row_budget_across_statements(proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "hourly", "window": "1h", "max_rows": 500, "action": "block"})
+    proxy = await proxy_factory(hooks=hooks)
+    q = "SELECT g FROM generate_series(1, %s) g"
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        assert len(await (await conn.execute(q, (300,))).fetchall()) == 300
+        with pytest.raises(psycopg.Error) as exc:  # 200 left: this one is cut at 200
+            await conn.execute(q, (300,))
+        assert exc.value.sqlstate == "54000" and "hourly" in str(exc.value)
+        with pytest.raises(psycopg.Error) as exc:
+            await conn.execute(q, (1,))
+        assert exc.value.sqlstate == "53400"
+        assert str(exc.value).startswith("oversight: hourly: volume limit")
+
+
+async def test_throttle_slows_a_stream_to_about_the_budget_rate(proxy_factory: Any) -> None:
+    # 400 kB per 2 s window: once past the first 400 kB the stream is held at 200 kB/s.
+    hooks = guard_hooks({"id": "slow", "window": "2s", "max_bytes": 400_000, "action": "throttle"})
+    proxy = await proxy_factory(hooks=hooks, read_size=16384)
+    sql = "SELECT repeat('x', 1000) FROM generate_series(1, 1400)"  # ~1.4 MB on the wire
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        t0 = time.monotonic()
+        rows = await (await conn.execute(sql)).fetchall()
+        elapsed = time.monotonic() - t0
+    assert len(rows) == 1400
+    total = hooks.results[-1].bytes
+    expected = (total - 400_000) / 200_000  # ~5 s; the last chunk is not waited for
+    assert expected * 0.75 <= elapsed <= expected * 1.4, (elapsed, expected)
