@@ -1,0 +1,310 @@
+"""What one parsed statement reads, writes and calls.
+
+Three passes over a sqlglot tree:
+
+1. `collect`: every relation reference (`exp.Table`) that is not a CTE reference,
+   with PostgreSQL's CTE scoping (a CTE is visible to the main query and to
+   later CTEs of the same WITH; to all of them under RECURSIVE; never to itself
+   otherwise), whether it is written, and every function call.
+2. The engine resolves each reference to `schema.table` (search_path, catalog).
+3. `attribute_columns`: every column each reference gives up, including `*`,
+   `t.*`, whole-row references (`SELECT p FROM people p`, `row_to_json(p)`,
+   `(p).ssn`), USING/NATURAL joins and column aliases `people AS p(a, b)`.
+   Unqualified names resolve innermost scope first; when unsure it marks more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from proxy.catalog import Relation
+
+_SCOPES = (exp.Select, exp.Update, exp.Delete, exp.Merge, exp.Insert, exp.Copy)
+
+
+def fold(ident: exp.Expr | str | None) -> str:
+    """PostgreSQL identifier folding: unquoted to lower case, quoted exact."""
+    if ident is None:
+        return ""
+    if isinstance(ident, str):
+        return ident.lower()
+    if isinstance(ident, exp.Identifier):
+        return str(ident.this) if ident.quoted else str(ident.this).lower()
+    return ident.name.lower()
+
+
+@dataclass(slots=True, eq=False)
+class Occ:
+    """One reference to a relation in the statement."""
+
+    node: exp.Table
+    schema: str  # as written, folded; "" when unqualified
+    name: str
+    alias: str  # how the query refers to it
+    scope: exp.Expr | None
+    write: bool
+    qualified: str = ""
+    relation: Relation | None = None
+    colmap: dict[str, str] = field(default_factory=dict)  # alias column -> real column
+    columns: set[str] = field(default_factory=set)
+    whole: bool = False
+
+    def column_names(self) -> tuple[str, ...]:
+        return self.relation.columns if self.relation else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    schema: str  # "" when unqualified
+    names: tuple[str, ...]  # candidate names (sqlglot may normalize built-ins)
+    args: tuple[str | None, ...]  # literal text of each argument, None when not a literal
+    in_from: bool
+
+
+@dataclass(slots=True)
+class Collected:
+    occs: list[Occ]
+    calls: list[Call]
+
+
+def _with_of(node: exp.Expr) -> exp.With | None:
+    w = node.args.get("with_") or node.args.get("with")
+    return w if isinstance(w, exp.With) else None
+
+
+def is_cte_ref(t: exp.Table) -> bool:
+    if t.args.get("db") is not None or t.args.get("catalog") is not None:
+        return False
+    name = fold(t.this)
+    came_from: exp.CTE | None = None
+    node: exp.Expr | None = t.parent
+    while node is not None:
+        if isinstance(node, exp.CTE):
+            came_from = node
+        w = _with_of(node)
+        if w is not None:
+            ctes = list(w.expressions)
+            if came_from is not None and came_from.parent is w and not w.args.get("recursive"):
+                ctes = ctes[: ctes.index(came_from)]
+            if any(fold(c.args["alias"].this) == name for c in ctes if c.args.get("alias")):
+                return True
+            came_from = None
+        node = node.parent
+    return False
+
+
+def _scope(node: exp.Expr) -> exp.Expr | None:
+    p = node.parent
+    while p is not None and not isinstance(p, _SCOPES):
+        p = p.parent
+    return p
+
+
+def _write_targets(tree: exp.Expr) -> set[int]:
+    out: set[int] = set()
+
+    def add(x: exp.Expr | None) -> None:
+        if isinstance(x, exp.Schema):
+            x = x.this
+        if isinstance(x, exp.Table):
+            out.add(id(x))
+
+    if isinstance(tree, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+        add(tree.this)
+    if isinstance(tree, exp.Copy) and tree.args.get("kind"):
+        add(tree.this)
+    if isinstance(tree, exp.TruncateTable):
+        for t in tree.expressions:
+            add(t)
+    if isinstance(tree, exp.Create | exp.Drop | exp.Alter):
+        add(tree.this)
+    for into in tree.find_all(exp.Into):
+        add(into.this)
+    # Data-modifying CTEs: WITH x AS (DELETE FROM people ...) SELECT ...
+    for dml in tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
+        if dml is not tree:
+            add(dml.this)
+    return out
+
+
+def _args(node: exp.Func) -> tuple[str | None, ...]:
+    vals = [node.this] if node.args.get("this") is not None else []
+    vals += list(node.expressions)
+    return tuple(
+        str(v.this) if isinstance(v, exp.Literal) else None for v in vals if isinstance(v, exp.Expr)
+    )
+
+
+def _call(node: exp.Func) -> Call:
+    if isinstance(node, exp.Anonymous):
+        names: tuple[str, ...] = (fold(node.args["this"]),)
+    else:
+        names = tuple(n.lower() for n in type(node).sql_names())
+    schema, in_from = "", False
+    parent = node.parent
+    if isinstance(parent, exp.Dot) and parent.expression is node:
+        schema = fold(parent.this)
+    elif isinstance(parent, exp.Table) and parent.this is node:
+        schema, in_from = fold(parent.args.get("db")), True
+    return Call(schema, names, _args(node), in_from)
+
+
+def collect(tree: exp.Expr) -> Collected:
+    writes = _write_targets(tree)
+    occs: list[Occ] = []
+    for t in tree.find_all(exp.Table):
+        if not isinstance(t.this, exp.Identifier):
+            continue  # table function, ROWS FROM (...): seen as calls below
+        if t.find_ancestor(exp.Lock) is not None:
+            continue  # FOR UPDATE OF x names a FROM item, reads nothing new
+        if is_cte_ref(t):
+            continue
+        alias_node = t.args.get("alias")
+        alias = fold(alias_node.this) if alias_node is not None and alias_node.this else ""
+        o = Occ(
+            node=t,
+            schema=fold(t.args.get("db")),
+            name=fold(t.this),
+            alias=alias or fold(t.this),
+            scope=_scope(t),
+            write=id(t) in writes,
+        )
+        if alias_node is not None and alias_node.columns:
+            o.colmap = {fold(c): "" for c in alias_node.columns}
+        occs.append(o)
+    calls = [_call(f) for f in tree.find_all(exp.Func) if not isinstance(f, _NOT_CALLS)]
+    return Collected(occs, calls)
+
+
+# sqlglot models these as Func, but they are syntax, not function calls.
+_NOT_CALLS = (exp.Cast, exp.TryCast, exp.Case, exp.If, exp.Array, exp.Struct, exp.Coalesce)
+
+
+def bind_colmaps(occs: list[Occ]) -> None:
+    """After resolution: map `people AS p(a, b)` alias columns to the real ones by position."""
+    for o in occs:
+        if not o.colmap:
+            continue
+        real = o.column_names()
+        aliases = list(o.colmap)
+        if not real:
+            o.whole = True  # unknown columns under aliases: assume anything is read
+            o.colmap = {}
+            continue
+        renamed = {a: real[i] for i, a in enumerate(aliases) if i < len(real)}
+        # Columns past the alias list keep their names; renamed ones are hidden.
+        for c in real[len(aliases) :]:
+            renamed.setdefault(c, c)
+        o.colmap = renamed
+
+
+def _scopes_of(node: exp.Expr) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
+    p = node.parent
+    while p is not None:
+        if isinstance(p, _SCOPES):
+            out.append(p)
+        p = p.parent
+    return out
+
+
+def _visible(o: Occ, col: str) -> bool | None:
+    if o.relation is None or not o.relation.columns:
+        return None
+    if o.colmap:
+        return col in o.colmap
+    return col in o.relation.columns
+
+
+def attribute_columns(tree: exp.Expr, occs: list[Occ]) -> None:
+    by_scope: dict[int, list[Occ]] = {}
+    for o in occs:
+        by_scope.setdefault(id(o.scope), []).append(o)
+
+    def in_scopes(node: exp.Expr) -> list[list[Occ]]:
+        return [by_scope.get(id(s), []) for s in _scopes_of(node)]
+
+    def read(o: Occ, col: str) -> None:
+        o.columns.add(o.colmap.get(col, col) if o.colmap else col)
+
+    for col in tree.find_all(exp.Column):
+        if col.find_ancestor(exp.Lock) is not None or _is_set_target(col):
+            continue
+        scopes = in_scopes(col)
+        table = fold(col.args.get("table"))
+        if table:
+            db = fold(col.args.get("db"))
+            for group in scopes:
+                hits = [o for o in group if o.alias == table and (not db or o.schema in ("", db))]
+                for o in hits:
+                    if isinstance(col.this, exp.Star):
+                        o.whole = True
+                    else:
+                        read(o, fold(col.this))
+                if hits:
+                    break
+            continue
+        name = fold(col.this)
+        resolved = False
+        for group in scopes:
+            hits = [o for o in group if _visible(o, name)]
+            unsure = [o for o in group if _visible(o, name) is None]
+            for o in hits + unsure:
+                read(o, name)
+            if hits:
+                resolved = True
+                break
+        if resolved:
+            continue
+        for group in scopes:  # not a column anywhere: a whole-row reference?
+            hits = [o for o in group if o.alias == name]
+            for o in hits:
+                field_name = _field_access(col)
+                if field_name is not None and o.relation is not None:
+                    read(o, field_name)
+                else:
+                    o.whole = True
+            if hits:
+                break
+
+    for star in tree.find_all(exp.Star):
+        parent = star.parent
+        if isinstance(parent, exp.Select | exp.Returning) and star in parent.expressions:
+            scope = parent if isinstance(parent, exp.Select) else _scope(star)
+            for o in by_scope.get(id(scope), []):
+                if not o.write or isinstance(parent, exp.Returning):
+                    o.whole = True
+
+    for join in tree.find_all(exp.Join):
+        scope_occs = by_scope.get(id(_scope(join)), [])
+        if str(join.args.get("method") or "").upper() == "NATURAL":
+            for o in scope_occs:
+                o.whole = True
+        for ident in join.args.get("using") or []:
+            name = fold(ident)
+            for o in scope_occs:
+                if _visible(o, name) is not False:
+                    read(o, name)
+
+
+def _is_set_target(col: exp.Column) -> bool:
+    """`UPDATE t SET col = ...`: the left-hand column is written, not read."""
+    parent = col.parent
+    return (
+        isinstance(parent, exp.EQ)
+        and parent.this is col
+        and isinstance(parent.parent, exp.Update)
+        and parent in parent.parent.expressions
+    )
+
+
+def _field_access(col: exp.Column) -> str | None:
+    """`(p).ssn` reads one field of the whole-row value p."""
+    paren = col.parent
+    if isinstance(paren, exp.Paren) and isinstance(paren.parent, exp.Dot):
+        dot = paren.parent
+        if dot.this is paren and isinstance(dot.expression, exp.Identifier):
+            return fold(dot.expression)
+    return None

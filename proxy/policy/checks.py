@@ -1,0 +1,253 @@
+"""The individual checks decide.py runs on a statement; each may block the verdict.
+
+Kept apart from decide.py so each rule of the policy reads on its own: reads of
+governed tables (deny, access, views, unknown tables, side channels), writes,
+COPY, function calls, SET of parser-relevant settings, and statements checked
+only by the names in their tokens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+from sqlglot.tokenizer_core import TokenType
+
+from proxy.catalog import SYSTEM_SCHEMAS
+from proxy.policy.analyze import Call, Occ
+from proxy.policy.context import Context
+from proxy.policy.functions import SIDE_CHANNEL_COLUMNS, dangerous, side_channel
+from proxy.policy.kinds import Head
+from proxy.policy.split import Piece
+from proxy.rules import TableRule
+
+if TYPE_CHECKING:
+    from proxy.policy.decide import Verdict
+
+# Utility statements that act on named tables: a governed one needs the rule's consent.
+TOUCHES_TABLES = frozenset(
+    {"grant", "revoke", "comment", "cluster", "reindex", "refresh", "security_label", "lock"}
+)
+_SAFE_ENCODINGS = {"utf8", "utf-8", "unicode", "sql_ascii"}
+_WRITE_DDL = {"create", "alter", "drop"}
+
+
+def restrictive(rule: TableRule) -> bool:
+    return rule.access == "deny" or bool(rule.row_filter) or bool(rule.columns)
+
+
+def describe(v: Verdict, tree: exp.Expr, occs: list[Occ], calls: list[Call], ctx: Context) -> None:
+    """Fill the audit facts: tables, columns, functions, WHERE/LIMIT/OFFSET, COPY TO."""
+    seen: dict[str, None] = {}
+    for o in occs:
+        seen.setdefault(o.qualified)
+    v.tables = list(seen)
+    cols: dict[str, None] = {}
+    for o in occs:
+        names = o.column_names() if o.whole else sorted(o.columns)
+        for c in names:
+            cols.setdefault(f"{o.qualified}.{c}")
+    v.columns = list(cols)
+    v.functions = list(dict.fromkeys(ctx.resolve_function(c.schema, c.names) for c in calls))
+    body = tree.expression if isinstance(tree, exp.Insert) else tree
+    if isinstance(tree, exp.Copy) and isinstance(tree.this, exp.Subquery):
+        body = tree.this.this
+    if isinstance(body, exp.Expr):
+        v.has_where = body.args.get("where") is not None
+        v.has_limit = body.args.get("limit") is not None or body.args.get("fetch") is not None
+        off = body.args.get("offset")
+        if isinstance(off, exp.Offset) and isinstance(off.expression, exp.Literal):
+            try:
+                v.offset = int(off.expression.this)
+            except ValueError:
+                v.offset = None
+    if isinstance(tree, exp.Copy) and not tree.args.get("kind"):
+        v.copy_out = True
+
+
+def writes(v: Verdict, occs: list[Occ], ctx: Context) -> bool:
+    """Check write targets; True when each is a governed table whose rule allows the kind."""
+    targets = [o for o in occs if o.write]
+    consent = bool(targets)
+    kind = v.kind
+    for o in targets:
+        rule = ctx.rule_for(o.qualified)
+        if rule is None:
+            consent = False
+            view_rule = _governed_base(o, ctx)
+            if view_rule is not None:
+                v.block(view_rule.id, f"{o.qualified} is over governed tables; writes are blocked")
+            continue
+        if rule.access == "deny":
+            v.block(rule.id, f"access to {o.qualified} is denied")
+        elif kind not in rule.statements:
+            v.block(rule.id, f"{kind.upper()} on governed table {o.qualified} is not allowed")
+        elif o.whole or o.columns & set(rule.columns):
+            v.block(rule.id, f"{kind.upper()} reads masked columns of {o.qualified}")
+        elif kind in ("merge", "truncate") and rule.row_filter:
+            v.block(rule.id, f"{kind.upper()} cannot be limited to the permitted rows")
+    return consent
+
+
+def _governed_base(o: Occ, ctx: Context) -> TableRule | None:
+    rel = o.relation
+    if rel is None or rel.kind not in ("view", "matview"):
+        return None
+    for dep in rel.depends_on:
+        r = ctx.rule_for(dep)
+        if r is not None and restrictive(r):
+            return r
+    return None
+
+
+def read(v: Verdict, o: Occ, ctx: Context) -> None:
+    rule = ctx.rule_for(o.qualified)
+    if ctx.has_policy:
+        why = side_channel(o.qualified)
+        if why:
+            v.block("defaults.side_channels", why)
+            return
+        hidden = SIDE_CHANNEL_COLUMNS.get(o.qualified, frozenset())
+        if hidden and (o.whole or o.columns & hidden):
+            v.block("defaults.side_channels", f"{o.qualified}.query holds other sessions' SQL")
+            return
+    if rule is None:
+        base = _governed_base(o, ctx)
+        if base is not None:
+            v.block(base.id, f"{o.qualified} reads governed tables; only a rule on it can allow it")
+        elif (
+            ctx.has_policy
+            and ctx.defaults.unknown_tables == "block"
+            and o.qualified.split(".", 1)[0] not in SYSTEM_SCHEMAS
+        ):
+            v.block("defaults.unknown_tables", f"no rule allows {o.qualified}")
+        return
+    v.note(rule.id)
+    if rule.access == "deny":
+        v.block(rule.id, f"access to {o.qualified} is denied")
+        return
+    denied = {c for c, p in rule.columns.items() if p == "deny"}
+    if not denied:
+        return
+    if o.whole:
+        v.block(rule.id, f"reads every column of {o.qualified}, including denied ones")
+    elif o.columns & denied:
+        cols = ", ".join(sorted(o.columns & denied))
+        v.block(rule.id, f"column {o.qualified}.{cols} is denied")
+
+
+def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
+    for c in calls:
+        q = ctx.resolve_function(c.schema, c.names)
+        schema, _, name = q.partition(".")
+        frule = ctx.function_rule(q)
+        if frule is not None:
+            v.note(frule.id)
+            continue
+        if schema != "pg_catalog":
+            v.block("defaults.functions", f"function {q} is not allowed by any functions: rule")
+            return
+        why = dangerous(name, list(c.args))
+        if why:
+            v.block("defaults.functions", why)
+            return
+
+
+def copy(v: Verdict, tree: exp.Copy, ctx: Context) -> None:
+    files = tree.args.get("files") or []
+    target = files[0] if files else None
+    to_client = isinstance(target, exp.Identifier) and target.name.upper() in ("STDOUT", "STDIN")
+    if ctx.has_policy and not to_client:
+        v.block("defaults.side_channels", "COPY to or from a server file or program")
+
+
+def copy_to_query(tree: exp.Copy) -> None:
+    """COPY t (cols) TO STDOUT with t now a subquery: PostgreSQL wants COPY (query) TO."""
+    this = tree.this
+    cols: list[exp.Expr] = []
+    if isinstance(this, exp.Schema):
+        cols = [exp.column(c.copy()) for c in this.expressions]
+        this = this.this
+    if isinstance(this, exp.Subquery):
+        select = exp.Select(expressions=cols or [exp.Star()]).from_(this)
+        tree.set("this", exp.Subquery(this=select))
+
+
+def explain_analyze(v: Verdict, tree: exp.Expr, ctx: Context) -> None:
+    """EXPLAIN ANALYZE reports real row counts (rows removed by the filter): a side channel."""
+    from proxy.policy.analyze import collect
+
+    for o in collect(tree).occs:
+        q, _ = ctx.resolve_table(o.schema, o.name)
+        rule = ctx.rule_for(q)
+        if rule is not None and restrictive(rule):
+            v.block(rule.id, f"EXPLAIN ANALYZE of governed table {q} reveals row counts")
+            return
+
+
+def setting(v: Verdict, h: Head) -> None:
+    """SETs that would make PostgreSQL read statement text differently from the proxy."""
+    value = h.values[0].lower() if h.values else ""
+    if h.setting == "standard_conforming_strings" and not h.reset and value not in ("on", "true"):
+        v.block("defaults.parser", "standard_conforming_strings must stay on behind the proxy")
+    if h.setting in ("client_encoding", "names") and not h.reset and value not in _SAFE_ENCODINGS:
+        v.block("defaults.parser", f"client_encoding {value!r} is not supported by the proxy")
+
+
+def _names(piece: Piece) -> list[tuple[str, str]]:
+    """Every `name` and `schema.name` in the tokens, folded."""
+    toks = piece.tokens
+    out: list[tuple[str, str]] = []
+    ident = (TokenType.VAR, TokenType.IDENTIFIER)
+
+    def fold(i: int) -> str:
+        t = toks[i]
+        return t.text if t.token_type == TokenType.IDENTIFIER else t.text.lower()
+
+    for i, t in enumerate(toks):
+        if t.token_type not in ident and not t.text.isidentifier():
+            continue
+        if i + 2 < len(toks) and toks[i + 1].token_type == TokenType.DOT:
+            out.append((fold(i), fold(i + 2)))
+        out.append(("", fold(i)))
+    return out
+
+
+def token_targets(v: Verdict, piece: Piece, ctx: Context) -> None:
+    """A statement only known by name: any governed table it names needs the rule's consent."""
+    for schema, name in _names(piece):
+        q, _ = ctx.resolve_table(schema, name)
+        rule = ctx.rule_for(q)
+        if rule is not None and v.kind not in rule.statements:
+            v.block(rule.id, f"{v.kind.upper()} on governed table {q} is not allowed")
+            return
+
+
+def call(v: Verdict, piece: Piece, ctx: Context) -> None:
+    """CALL [schema.]proc(...): procedures need a functions: rule like functions do."""
+    toks = piece.tokens
+
+    def fold(i: int) -> str:
+        t = toks[i] if i < len(toks) else None
+        if t is None or t.token_type == TokenType.L_PAREN:
+            return ""
+        return t.text if t.token_type == TokenType.IDENTIFIER else t.text.lower()
+
+    schema, name = "", fold(1)
+    if len(toks) > 3 and toks[2].token_type == TokenType.DOT:
+        schema, name = name, fold(3)
+    if not name:
+        v.unparsed(ctx, "CALL without a procedure name")
+        return
+    q = ctx.resolve_function(schema, (name,))
+    frule = ctx.function_rule(q)
+    if frule is None:
+        v.block("defaults.functions", f"procedure {q} is not allowed by any functions: rule")
+    else:
+        v.note(frule.id)
+
+
+def execute_args(v: Verdict, piece: Piece, ctx: Context) -> None:
+    """EXECUTE s(args): the statement was decided at PREPARE; args must not read tables."""
+    if any(t.token_type in (TokenType.SELECT, TokenType.FROM) for t in piece.tokens):
+        v.unparsed(ctx, "EXECUTE with a subquery in its arguments")

@@ -1,0 +1,265 @@
+"""The decision for one statement: kind gate, reads, writes, functions, rewrite.
+
+Order of business for a statement:
+1. its kind from the leading tokens (kinds.py); EXPLAIN / DECLARE / PREPARE
+   decide their inner statement as if it stood alone;
+2. statements sqlglot models are parsed; anything else that may touch tables
+   is checked by name from its tokens; what is left is "unparsed";
+3. every relation reference is resolved and checked against the identity's
+   rules; every function call against the function rules and the dangerous list;
+4. if nothing blocks, governed reads are replaced by masking subqueries
+   (rewrite.py) and permitted writes to governed tables get the row filter.
+The first blocking reason found wins, so the error names one rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from proxy.errors import Blocked, NotUnderstood, ProxyError
+from proxy.policy import checks
+from proxy.policy.analyze import Occ, attribute_columns, bind_colmaps, collect
+from proxy.policy.context import Context
+from proxy.policy.kinds import PARSED, Head, head, search_path_of
+from proxy.policy.redact import redact
+from proxy.policy.rewrite import (
+    Masker,
+    MissingAttribute,
+    UnknownColumns,
+    as_from_item,
+    bind,
+    qualify_columns,
+)
+from proxy.policy.split import Piece, SplitError, tokenize
+
+_KIND_OF = (
+    (exp.Insert, "insert"),
+    (exp.Update, "update"),
+    (exp.Delete, "delete"),
+    (exp.Merge, "merge"),
+    (exp.Copy, "copy"),
+    (exp.TruncateTable, "truncate"),
+    (exp.Query, "select"),
+    (exp.Create, "create"),
+    (exp.Drop, "drop"),
+    (exp.Alter, "alter"),
+)
+WRITES = frozenset({"insert", "update", "delete", "merge", "truncate", "copy"})
+
+
+@dataclass(slots=True)
+class Verdict:
+    kind: str
+    text: str
+    action: str = "allow"
+    sql: str = ""
+    error: ProxyError | None = None
+    rules: list[str] = field(default_factory=list)
+    reason: str = ""
+    tables: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)
+    has_where: bool = False
+    has_limit: bool = False
+    offset: int | None = None
+    copy_out: bool = False
+    ddl: bool = False
+    search_path: tuple[str, ...] | None = None
+    redacted: str = ""
+    fingerprint: str = ""
+    literals: tuple[str, ...] = ()
+
+    def block(self, rule: str, reason: str) -> None:
+        if self.action != "block":
+            self.action, self.error, self.reason = "block", Blocked(rule, reason), reason
+            self.rules.insert(0, rule) if rule not in self.rules else None
+
+    def unparsed(self, ctx: Context, reason: str) -> None:
+        if self.action == "block":
+            return
+        if ctx.defaults.unparsed == "allow":
+            self.reason = f"not understood, allowed by defaults.unparsed: {reason}"
+            return
+        self.action, self.error, self.reason = "block", NotUnderstood(reason), reason
+
+    def note(self, rule: str) -> None:
+        if rule not in self.rules:
+            self.rules.append(rule)
+
+
+def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False) -> Verdict:
+    h = head(piece)
+    v = Verdict(kind=h.kind, text=piece.text, sql=piece.text, ddl=h.ddl)
+    v.redacted, v.fingerprint, v.literals = redact(piece.text, piece.tokens)
+    if h.kind == "unknown":
+        v.unparsed(ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
+        return v
+    if h.inner is not None:
+        return _with_inner(v, h, ctx, masker, extended)
+    if not h.parse:
+        _utility(v, h, piece, ctx)
+        return v
+    try:
+        tree = sqlglot.parse_one(piece.parse_text, read="postgres")
+    except (ParseError, TokenError) as e:
+        tree = None
+        why = str(e).splitlines()[0] if str(e) else "parse error"
+    if tree is None or isinstance(tree, exp.Command):
+        if h.ddl:
+            # Recognized DDL that sqlglot does not model: police its targets by name.
+            _gate(v, ctx, writes_ok=False)
+            if v.action != "block":
+                checks.token_targets(v, piece, ctx)
+            if v.action != "block":
+                v.unparsed(ctx, f"{h.kind.upper()} statement the parser does not model")
+            return v
+        v.unparsed(ctx, why if tree is None else "the parser read it only as a generic command")
+        return v
+    kind = next((k for cls, k in _KIND_OF if isinstance(tree, cls)), None)
+    if kind is None or (h.kind not in ("select",) and kind != h.kind and not h.ddl):
+        v.unparsed(ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
+        return v
+    v.kind = kind
+    statement(v, tree, ctx, masker)
+    return v
+
+
+def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: bool) -> Verdict:
+    assert h.inner is not None
+    try:
+        toks = tuple(tokenize(h.inner))
+    except SplitError as e:
+        v.unparsed(ctx, str(e))
+        return v
+    inner = Piece(h.inner, h.inner, toks)
+    ih = head(inner)
+    if ih.kind not in PARSED or ih.inner is not None:
+        v.unparsed(ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
+        return v
+    if h.kind == "declare" and ih.kind != "select":
+        v.unparsed(ctx, "DECLARE of something other than a query")
+        return v
+    _gate(v, ctx, writes_ok=False)
+    if v.action == "block":
+        return v
+    sub = decide(inner, ctx, masker, extended=extended)
+    if h.analyze and sub.action != "block":
+        sub_tree = sqlglot.parse_one(inner.parse_text, read="postgres")
+        checks.explain_analyze(sub, sub_tree, ctx)
+    for name in ("tables", "columns", "functions", "copy_out", "has_where", "has_limit"):
+        setattr(v, name, getattr(sub, name))
+    v.offset = sub.offset
+    v.action, v.error, v.rules, v.reason = sub.action, sub.error, sub.rules, sub.reason
+    if sub.action == "rewrite":
+        v.sql = h.prefix + sub.sql
+    return v
+
+
+def _gate(v: Verdict, ctx: Context, *, writes_ok: bool) -> None:
+    if ctx.defaults.allows_kind(v.kind) or writes_ok:
+        return
+    v.block("defaults.statements", f"{v.kind.upper()} statements are not allowed")
+
+
+def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
+    """Statements without a tree: SET, SHOW, transaction control, cursors, utilities."""
+    v.search_path = search_path_of(h)
+    if h.kind == "set":
+        checks.setting(v, h)
+    _gate(v, ctx, writes_ok=False)
+    if v.action == "block":
+        return
+    if h.kind == "do" and ctx.has_policy:
+        v.unparsed(ctx, "DO runs code the proxy cannot see")
+    elif h.kind == "call" and ctx.has_policy:
+        checks.call(v, piece, ctx)
+    elif h.kind == "execute":
+        checks.execute_args(v, piece, ctx)
+    elif h.kind in checks.TOUCHES_TABLES:
+        checks.token_targets(v, piece, ctx)
+
+
+def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
+    """Analyze, check and (if allowed) rewrite one parsed statement in place."""
+    found = collect(tree)
+    occs = found.occs
+    pinned: list[Occ] = []
+    for o in occs:
+        o.qualified, o.relation = ctx.resolve_table(o.schema, o.name)
+        ungoverned = not o.schema and not o.write and ctx.rule_for(o.qualified) is None
+        if ungoverned and ctx.governed_elsewhere(o.qualified, o.name):
+            pinned.append(o)  # ambiguous: pin it to what we decided it reads
+    bind_colmaps(occs)
+    attribute_columns(tree, occs)
+    checks.describe(v, tree, occs, found.calls, ctx)
+
+    writes_ok = checks.writes(v, occs, ctx)
+    _gate(v, ctx, writes_ok=writes_ok)
+    if isinstance(tree, exp.Copy):
+        checks.copy(v, tree, ctx)
+    for o in occs:
+        if not o.write:
+            checks.read(v, o, ctx)
+    if ctx.has_policy:
+        checks.functions(v, found.calls, ctx)
+    if v.action == "block":
+        return
+
+    changed = False
+    for o in pinned:
+        o.node.set("db", exp.to_identifier(o.qualified.split(".", 1)[0], quoted=True))
+        changed = True
+    for o in occs:
+        rule = ctx.rule_for(o.qualified)
+        if rule is None:
+            continue
+        v.note(rule.id)
+        try:
+            if o.write:
+                changed |= _filter_write(tree, o, ctx, masker)
+            elif rule.row_filter or rule.columns:
+                sub = masker.subquery(rule, o.qualified, o.relation, ctx.who, ctx.pin, o.node)
+                _unqualify_columns(tree, o)
+                o.node.replace(as_from_item(sub, o.node))
+                changed = True
+        except MissingAttribute as e:
+            v.block(rule.id, f"user {ctx.who.user} has no attribute :{e.name}")
+            return
+        except UnknownColumns as e:
+            v.block(rule.id, f"the catalog has no column list for {e}; cannot mask it")
+            return
+    if isinstance(tree, exp.Copy) and changed:
+        checks.copy_to_query(tree)
+    if changed:
+        v.action = "rewrite"
+        v.sql = tree.sql(dialect="postgres")
+        v.reason = v.reason or "row filter / column policies applied"
+
+
+def _filter_write(tree: exp.Expr, o: Occ, ctx: Context, masker: Masker) -> bool:
+    rule = ctx.rule_for(o.qualified)
+    if rule is None or not rule.row_filter or not isinstance(tree, exp.Update | exp.Delete):
+        return False
+    if o.node is not tree.this:
+        return False
+    cond = masker.snippet(rule.row_filter)
+    bind(cond, ctx.who)
+    for t in cond.find_all(exp.Table):
+        ctx.pin(t)
+    cond = exp.Paren(this=qualify_columns(cond, o.alias))
+    where = tree.args.get("where")
+    new = exp.and_(exp.Paren(this=where.this), cond) if where is not None else cond
+    tree.set("where", exp.Where(this=new))
+    return True
+
+
+def _unqualify_columns(tree: exp.Expr, o: Occ) -> None:
+    """`public.people.name` must become `people.name` once people is a subquery alias."""
+    for col in tree.find_all(exp.Column):
+        if col.args.get("db") is not None and col.table == o.node.name:
+            col.set("db", None)
+            col.set("catalog", None)

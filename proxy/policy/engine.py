@@ -1,0 +1,208 @@
+"""The policy engine: (SQL text, identity facts) in, decision out. Pure and cached.
+
+Theory of operation
+-------------------
+`decide(sql, facts)` splits the text into statements exactly as PostgreSQL
+will (split.py) and decides each one against a `Context`: the identity's
+matching rules, the session's search_path and the catalog snapshot
+(decide.py). A statement is allowed as written, rewritten (every read of a
+governed table replaced by a masking subquery), or blocked with the id of the
+first rule that refused it. A multi-statement string is blocked as a whole if
+any part is; otherwise the parts (original or rewritten) are joined by "; ".
+
+Fail closed: text that does not tokenize, statements sqlglot cannot model and
+kinds the engine does not know follow `defaults.unparsed`.
+
+Dry run: rules in `mode: dry_run` are left out of the enforced context; when
+any such rule fits the identity (or the whole set is in dry-run mode) the
+statement is decided a second time with them, and what would have happened is
+reported in `would` with the rule ids, while `action` says what is enforced.
+
+Decisions are cached by (text, extended, every fact a match depends on, rules
+version, catalog version); the cache is a plain dict LRU, safe under asyncio.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from proxy.catalog import Catalog
+from proxy.errors import NotUnderstood, ProxyError
+from proxy.identity import SessionFacts
+from proxy.policy.context import Context, lower_functions
+from proxy.policy.decide import Verdict, decide
+from proxy.policy.rewrite import Masker
+from proxy.policy.split import SplitError, split
+from proxy.rules import RuleSet
+
+Action = Literal["allow", "rewrite", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    """One per non-empty statement in the text, in order."""
+
+    kind: str
+    tables: tuple[str, ...]
+    columns: tuple[str, ...]
+    functions: tuple[str, ...]
+    fingerprint: str
+    redacted: str
+    literals: tuple[str, ...]
+    has_where: bool
+    has_limit: bool
+    offset: int | None
+    copy_out: bool
+    ddl: bool
+    search_path: tuple[str, ...] | None
+    action: str = "allow"  # this statement's own decision
+    rewritten: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    sql: str
+    error: ProxyError | None
+    rules: tuple[str, ...]
+    reason: str
+    dry_run: bool
+    would: str | None
+    statements: tuple[StatementInfo, ...]
+
+
+def _info(v: Verdict) -> StatementInfo:
+    return StatementInfo(
+        kind=v.kind,
+        tables=tuple(v.tables),
+        columns=tuple(v.columns),
+        functions=tuple(v.functions),
+        fingerprint=v.fingerprint,
+        redacted=v.redacted,
+        literals=v.literals,
+        has_where=v.has_where,
+        has_limit=v.has_limit,
+        offset=v.offset,
+        copy_out=v.copy_out,
+        ddl=v.ddl,
+        search_path=v.search_path,
+        action=v.action,
+        rewritten=v.sql if v.action == "rewrite" else None,
+    )
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        rules: RuleSet,
+        catalog: Catalog,
+        *,
+        hash_salt: str | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.rules = rules
+        self.catalog = catalog
+        self.masker = Masker(hash_salt)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
+        self._user_functions = lower_functions(catalog)
+        self._hours = rules.uses_hours
+        self._dry = (
+            rules.defaults.mode == "dry_run"
+            or any(r.mode == "dry_run" for r in rules.rules)
+            or any(r.mode == "dry_run" for r in rules.functions)
+        )
+
+    def decide(self, sql: str, facts: SessionFacts, *, extended: bool = False) -> Decision:
+        key = self._key(sql, facts, extended)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        decision = self._decide(sql, facts, extended)
+        self._cache[key] = decision
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return decision
+
+    def _key(self, sql: str, facts: SessionFacts, extended: bool) -> tuple[object, ...]:
+        when = None
+        if self._hours:
+            now = facts.now or datetime.now().astimezone()
+            when = (now.hour, now.minute)
+        return (
+            sql,
+            extended,
+            facts.user,
+            facts.application,
+            facts.client_ip,
+            facts.search_path,
+            when,
+            self.rules.version,
+            self.catalog.version,
+        )
+
+    def _context(self, facts: SessionFacts, enforce_only: bool) -> Context:
+        return Context.build(
+            self.rules,
+            self.catalog,
+            facts,
+            enforce_only=enforce_only,
+            user_functions=self._user_functions,
+        )
+
+    def _decide(self, sql: str, facts: SessionFacts, extended: bool) -> Decision:
+        ctx = self._context(facts, enforce_only=True)
+        actual = self._run(sql, ctx, extended)
+        if not self._dry:
+            return actual
+        full = self._context(facts, enforce_only=False)
+        differs = (full.table_rules, full.function_rules) != (ctx.table_rules, ctx.function_rules)
+        would = self._run(sql, full, extended) if differs else actual
+        if self.rules.defaults.mode == "dry_run":
+            actual = Decision("allow", sql, None, (), "", False, None, would.statements)
+        if would.action == actual.action and would.sql == actual.sql:
+            return actual
+        rules = tuple(dict.fromkeys([*would.rules, *actual.rules]))
+        reason = f"dry run: would {would.action}" + (f": {would.reason}" if would.reason else "")
+        return Decision(
+            actual.action,
+            actual.sql,
+            actual.error,
+            rules,
+            reason,
+            True,
+            would.action,
+            would.statements,
+        )
+
+    def _run(self, sql: str, ctx: Context, extended: bool) -> Decision:
+        try:
+            pieces = split(sql)
+        except SplitError as e:
+            return self._unsplittable(sql, ctx, str(e))
+        if extended and len(pieces) > 1:
+            err = NotUnderstood("a prepared statement must hold exactly one statement")
+            return Decision("block", sql, err, (), err.reason, False, None, ())
+        verdicts = [decide(p, ctx, self.masker, extended=extended) for p in pieces]
+        infos = tuple(_info(v) for v in verdicts)
+        blocked = next((v for v in verdicts if v.action == "block"), None)
+        rules = tuple(dict.fromkeys(r for v in verdicts for r in v.rules))
+        if blocked is not None:
+            first = tuple(dict.fromkeys([*blocked.rules, *rules]))
+            return Decision("block", sql, blocked.error, first, blocked.reason, False, None, infos)
+        if any(v.action == "rewrite" for v in verdicts):
+            text = "; ".join(v.sql for v in verdicts)
+            reason = "; ".join(dict.fromkeys(v.reason for v in verdicts if v.reason))
+            return Decision("rewrite", text, None, rules, reason, False, None, infos)
+        reason = "; ".join(dict.fromkeys(v.reason for v in verdicts if v.reason))
+        return Decision("allow", sql, None, rules, reason, False, None, infos)
+
+    def _unsplittable(self, sql: str, ctx: Context, why: str) -> Decision:
+        if ctx.defaults.unparsed == "allow":
+            return Decision("allow", sql, None, (), f"not understood: {why}", False, None, ())
+        err = NotUnderstood(why)
+        return Decision("block", sql, err, (), why, False, None, ())

@@ -1,0 +1,58 @@
+"""Literal-free forms of a statement for the audit log and the extraction detectors.
+
+Works on tokens rather than the tree, so it covers every statement kind the
+same way (utility commands included) and costs one pass: `redacted` is the
+original text with each literal replaced by `?`, `fingerprint` a short stable
+hash of the normalized token stream, `literals` the values in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlglot.tokenizer_core import Token, TokenType
+
+LITERALS = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.NATIONAL_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.BIT_STRING,
+        TokenType.HEX_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.RAW_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+
+
+def redact(text: str, tokens: tuple[Token, ...]) -> tuple[str, str, tuple[str, ...]]:
+    """(redacted text, fingerprint, literals) of one statement."""
+    out: list[str] = []
+    norm: list[str] = []
+    literals: list[str] = []
+    pos = 0
+    prev: Token | None = None
+    for t in tokens:
+        if t.token_type in LITERALS:
+            # A minus sign glued to a number is part of the literal.
+            if t.token_type == TokenType.NUMBER and prev is not None and _is_sign(prev, t):
+                norm.pop()
+            out.append(text[pos : t.start])
+            out.append("?")
+            pos = t.end + 1
+            literals.append(t.text)
+            norm.append("?")
+        elif t.token_type in (TokenType.VAR, TokenType.IDENTIFIER):
+            norm.append(t.text if t.token_type == TokenType.IDENTIFIER else t.text.lower())
+        else:
+            norm.append(t.text.upper())
+        prev = t
+    out.append(text[pos:])
+    digest = hashlib.blake2b(" ".join(norm).encode(), digest_size=8).hexdigest()
+    return "".join(out), digest, tuple(literals)
+
+
+def _is_sign(prev: Token, t: Token) -> bool:
+    return prev.token_type == TokenType.DASH and prev.end + 1 == t.start

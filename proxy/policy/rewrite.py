@@ -1,0 +1,156 @@
+"""Build the masking subquery that stands in for every read of a governed table.
+
+`FROM people p` becomes `FROM (SELECT id, name, region, '****' AS ssn, ... FROM
+public.people WHERE region = 'north') AS p`: the same columns in the same order,
+masked, only the permitted rows, under the alias the query used. Joins,
+aggregates, WHERE clauses on masked columns and whole-row references all see
+the subquery, "as if the table itself held only the permitted rows".
+
+Rule snippets are parsed once and cached; `:name` placeholders are replaced by
+sqlglot string literals (never by pasting text), and unqualified table names
+inside a snippet are pinned to the schema they resolve to, so a user's CTE or
+search_path cannot capture them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlglot import exp
+
+from proxy.catalog import Relation
+from proxy.policy.sqlcheck import parse_snippet
+from proxy.rules import Principal, SqlMask, TableRule
+
+
+class MissingAttribute(Exception):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class UnknownColumns(Exception):
+    """A rule masks columns of a relation whose column list the catalog does not have."""
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _col(name: str) -> exp.Column:
+    return exp.Column(this=_ident(name))
+
+
+def _text(col: str) -> exp.Expr:
+    return exp.Cast(this=_col(col), to=exp.DataType.build("text"))
+
+
+class Masker:
+    """Masks and subqueries for one rule set; caches parsed snippets by text."""
+
+    def __init__(self, hash_salt: str | None = None) -> None:
+        self.hash_salt = hash_salt
+        self._snippets: dict[str, exp.Expr] = {}
+
+    def snippet(self, text: str) -> exp.Expr:
+        tree = self._snippets.get(text)
+        if tree is None:
+            tree = self._snippets[text] = parse_snippet(text)
+        return tree.copy()
+
+    def mask(self, policy: str | SqlMask, col: str) -> exp.Expr:
+        if isinstance(policy, SqlMask):
+            return self.snippet(policy.sql)
+        if policy in ("null", "deny"):
+            # deny: the statement is blocked before this runs; NULL is the backstop.
+            return exp.Null()
+        if policy == "redact":
+            return exp.Literal.string("****")
+        if policy == "partial":
+            right = exp.Anonymous(this="right", expressions=[_text(col), exp.Literal.number(4)])
+            return exp.DPipe(this=exp.Literal.string("***"), expression=right, safe=True)
+        if policy == "hash":
+            value: exp.Expr = _text(col)
+            if self.hash_salt:
+                value = exp.DPipe(this=exp.Literal.string(self.hash_salt), expression=value)
+            conv = exp.Anonymous(this="convert_to", expressions=[value, exp.Literal.string("UTF8")])
+            sha = exp.Anonymous(this="sha256", expressions=[conv])
+            return exp.Anonymous(this="encode", expressions=[sha, exp.Literal.string("hex")])
+        raise ValueError(f"unknown column policy {policy!r}")
+
+    def subquery(
+        self,
+        rule: TableRule,
+        qualified: str,
+        relation: Relation | None,
+        who: Principal,
+        pin: Callable[[exp.Table], None],
+        source: exp.Table | None = None,
+    ) -> exp.Select:
+        """SELECT <masked columns> FROM schema.table WHERE <bound row filter>."""
+        schema, _, name = qualified.partition(".")
+        table = exp.Table(this=_ident(name), db=_ident(schema))
+        if source is not None:
+            for arg in ("only", "sample"):  # FROM ONLY t / TABLESAMPLE stay on the table
+                if source.args.get(arg) is not None:
+                    table.set(arg, source.args[arg])
+        masked = {c: p for c, p in rule.columns.items()}
+        columns = relation.columns if relation is not None else ()
+        if masked and not columns:
+            raise UnknownColumns(qualified)
+        if columns:
+            projection: list[exp.Expr] = []
+            for c in columns:
+                pol = masked.get(c)
+                if pol is None:
+                    projection.append(_col(c))
+                else:
+                    projection.append(exp.alias_(self.mask(pol, c), _ident(c)))
+        else:
+            projection = [exp.Star()]
+        select = exp.Select(expressions=projection).from_(table)
+        if rule.row_filter:
+            select = select.where(exp.Paren(this=self.snippet(rule.row_filter)))
+        bind(select, who)
+        for t in select.find_all(exp.Table):
+            if t is not table:
+                pin(t)
+        return select
+
+
+def bind(tree: exp.Expr, who: Principal) -> None:
+    """Replace every `:name` by the principal's attribute as a string literal."""
+    for ph in list(tree.find_all(exp.Placeholder)):
+        name = ph.name
+        if name == "user":
+            value = who.user
+        elif name in who.attributes:
+            value = who.attributes[name]
+        else:
+            raise MissingAttribute(name)
+        ph.replace(exp.Literal.string(value))
+
+
+def as_from_item(select: exp.Select, source: exp.Table) -> exp.Subquery:
+    """Wrap `select` as a FROM item carrying the reference's alias (and column aliases)."""
+    alias = source.args.get("alias")
+    if alias is None or alias.this is None:
+        cols = alias.columns if alias is not None else []
+        alias = exp.TableAlias(this=_ident_from(source.this), columns=cols)
+    else:
+        alias = alias.copy()
+    return exp.Subquery(this=select, alias=alias)
+
+
+def _ident_from(node: exp.Expr) -> exp.Identifier:
+    if isinstance(node, exp.Identifier):
+        return node.copy()
+    return _ident(node.name)
+
+
+def qualify_columns(expr: exp.Expr, alias: str) -> exp.Expr:
+    """Qualify bare columns of a row filter with the write target's alias (not in subqueries)."""
+    for col in list(expr.find_all(exp.Column)):
+        if not col.table and col.find_ancestor(exp.Select) is None:
+            col.set("table", _ident(alias))
+    return expr
