@@ -8,6 +8,7 @@ guard-to-session path: a cap stops the stream at exactly N rows with the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,14 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from fix_guard import RedisServer, redis_server
 
-from proxy.guard import Guard, MemoryStore, Store
+from proxy.guard import Guard, MemoryStore, RedisStore, Store
 from proxy.hooks import Admission, Hooks, StatementResult
 from proxy.identity import SessionFacts
 from proxy.rules import ExtractionRule, RuleSet
+
+__all__ = ["redis_server"]  # the fixture, imported from fix_guard
 
 BIG = "SELECT g, repeat('x', 50) AS pad FROM generate_series(1, 5000000) g"
 
@@ -210,3 +214,48 @@ async def test_throttle_slows_a_stream_to_about_the_budget_rate(proxy_factory: A
     total = hooks.results[-1].bytes
     expected = (total - 400_000) / 200_000  # ~5 s; the last chunk is not waited for
     assert expected * 0.75 <= elapsed <= expected * 1.4, (elapsed, expected)
+
+
+async def test_two_proxies_sharing_redis_enforce_one_budget(
+    proxy_factory: Any, redis_server: RedisServer
+) -> None:
+    redis_server.flush()
+    entry = {"id": "team-hourly", "window": "1h", "max_rows": 1000, "action": "block"}
+    stores = [RedisStore(redis_server.url), RedisStore(redis_server.url)]
+    hooks = [guard_hooks(entry, store=store) for store in stores]
+    proxies = [await proxy_factory(hooks=h) for h in hooks]
+    q = "SELECT g FROM generate_series(1, 300) g"
+    got: list[str] = []
+    try:
+        conns = [await psycopg.AsyncConnection.connect(p.dsn(), autocommit=True) for p in proxies]
+        for i in range(6):  # alternate between the two instances
+            conn = conns[i % 2]
+            try:
+                rows = await (await conn.execute(q)).fetchall()
+                got.append(str(len(rows)))
+            except psycopg.Error as e:
+                got.append(str(e.sqlstate))
+        # 300 + 300 + 300, then the last 100 rows are cut off, then refused everywhere
+        assert got == ["300", "300", "300", "54000", "53400", "53400"]
+        delivered = sum(r.rows for h in hooks for r in h.results)
+        assert delivered == 1000
+        # racing: both instances admitted at once may overshoot by at most one statement
+        redis_server.flush()
+        big = "SELECT g FROM generate_series(1, 700) g"
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            try:
+                await (await conn.execute(big)).fetchall()
+            except psycopg.Error as e:
+                assert e.sqlstate in ("54000", "53400")
+
+        before = delivered
+        for _ in range(2):
+            await asyncio.gather(*(run(c) for c in conns))
+        raced = sum(r.rows for h in hooks for r in h.results) - before
+        assert 1000 <= raced <= 1700
+        for c in conns:
+            await c.close()
+    finally:
+        for store in stores:
+            await store.close()

@@ -8,16 +8,11 @@ Oversight instances: each has its own client and connection pool.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import redis
+from fix_guard import RedisServer, redis_server
 
 from proxy.errors import Blocked, VolumeLimit
 from proxy.guard import Guard, RedisStore, StoreUnavailable
@@ -26,6 +21,7 @@ from proxy.identity import SessionFacts
 from proxy.rules import ExtractionRule, RuleSet, UserEntry
 
 ALICE = SessionFacts(user="alice", database="db")
+__all__ = ["redis_server"]  # the fixture, imported from fix_guard
 
 
 @dataclass(frozen=True)
@@ -38,75 +34,6 @@ class Stmt:
     has_limit: bool = False
     offset: int | None = None
     copy_out: bool = False
-
-
-class RedisServer:
-    """A throwaway redis-server on 127.0.0.1 that a test can kill and restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.binary = binary
-        self.workdir = workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def flush(self) -> None:
-        with redis.Redis(host="127.0.0.1", port=self.port) as client:
-            client.flushall()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
