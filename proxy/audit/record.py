@@ -52,8 +52,8 @@ _ORDERED = frozenset(FIELD_ORDER) | {"prev", "hash"}
 def format_ts(when: datetime) -> str:
     """RFC 3339 UTC with microseconds: 2026-11-28T02:31:07.123456Z."""
     if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when.isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: str) -> datetime:
@@ -88,21 +88,6 @@ def _scrub(value: Any) -> Any:
     return _scrub(_default(value))
 
 
-def normalize(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record as plain JSON values, exactly as a verifier will read it back.
-
-    Hashing the round-tripped form guarantees the verifier rebuilds the same
-    canonical bytes whatever Python types the caller passed (tuples, datetimes,
-    dataclasses, odd strings).
-    """
-    try:
-        raw = orjson.dumps(record, default=_default)
-    except (TypeError, orjson.JSONEncodeError):
-        raw = orjson.dumps(_scrub(record))
-    value: dict[str, Any] = orjson.loads(raw)
-    return value
-
-
 def canonical(record: Mapping[str, Any]) -> bytes:
     """Sorted-key JSON of the record without its `hash` (what the hash covers)."""
     body = {k: v for k, v in record.items() if k != "hash"}
@@ -128,10 +113,19 @@ def ordered(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def seal(record: Mapping[str, Any], prev: str, key: bytes | None) -> tuple[bytes, str]:
-    """Chain one record after `prev`: returns (line with trailing newline, its hash)."""
-    body = normalize(record)
+    """Chain one record after `prev`: returns (line with trailing newline, its hash).
+
+    The hash is taken over the line parsed back, exactly as a verifier will
+    read it, so whatever Python types the caller passed (tuples, datetimes,
+    dataclasses, odd strings) the verifier rebuilds the same canonical bytes.
+    """
+    body = dict(record)
     body.pop("hash", None)
     body["prev"] = prev
-    digest = compute_hash(prev, canonical(body), key)
-    body["hash"] = digest
-    return orjson.dumps(ordered(body), option=orjson.OPT_APPEND_NEWLINE), digest
+    try:
+        head = orjson.dumps(ordered(body), default=_default)
+    except (TypeError, orjson.JSONEncodeError):
+        head = orjson.dumps(ordered(_scrub(body)))
+    digest = compute_hash(prev, orjson.dumps(orjson.loads(head), option=orjson.OPT_SORT_KEYS), key)
+    # `prev` is the last field so far; `hash` goes after it.
+    return b'%s,"hash":"%s"}\n' % (head[:-1], digest.encode()), digest
