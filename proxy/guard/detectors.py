@@ -9,7 +9,7 @@ scraper. A detector returns a `Hit` with its figures; what happens then
 
 - copy_out: COPY ... TO STDOUT or COPY (query) TO.
 - unfiltered_scan: a read of a table the planner estimates at >= min_rows
-  rows, with no WHERE and no LIMIT.
+  rows, with no WHERE and no LIMIT (and not just aggregates over it).
 - paging_scan: the same fingerprint with a LIMIT, run over >= max_pages
   distinct OFFSETs (or keyset literal values) in the window.
 - enumeration: the same fingerprint with >= max_distinct distinct literal
@@ -31,6 +31,60 @@ from proxy.guard.store import Store
 # inner query (engine.py), so its tables and WHERE/LIMIT facts are that query's.
 READ_KINDS = frozenset({"select", "declare", "copy", "with", "table", "values"})
 
+# A whole-table read that only aggregates (SELECT count(*) FROM big) is everyday
+# analyst work, not extraction; aggregates that gather rows into one value are not.
+REDUCING = frozenset(
+    [
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "bool_and",
+        "bool_or",
+        "every",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "corr",
+        "covar_pop",
+        "covar_samp",
+        "regr_avgx",
+        "regr_avgy",
+        "regr_count",
+        "regr_intercept",
+        "regr_r2",
+        "regr_slope",
+        "regr_sxx",
+        "regr_sxy",
+        "regr_syy",
+        "percentile_cont",
+        "percentile_disc",
+        "mode",
+        "approx_count_distinct",
+    ]
+)
+COLLECTING = frozenset(
+    [
+        "array_agg",
+        "string_agg",
+        "group_concat",
+        "json_agg",
+        "jsonb_agg",
+        "json_object_agg",
+        "jsonb_object_agg",
+        "xmlagg",
+        "json_arrayagg",
+        "json_objectagg",
+    ]
+)
+
 
 class StatementFacts(Protocol):
     """What the detectors need from policy.engine.StatementInfo."""
@@ -51,6 +105,8 @@ class StatementFacts(Protocol):
     def offset(self) -> int | None: ...
     @property
     def copy_out(self) -> bool: ...
+    @property
+    def functions(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +184,11 @@ def _reads(stmt: StatementFacts) -> bool:
     return stmt.kind in READ_KINDS
 
 
+def _only_aggregates(stmt: StatementFacts) -> bool:
+    names = {f.rpartition(".")[2].lower() for f in stmt.functions}
+    return bool(names & REDUCING) and not names & COLLECTING
+
+
 async def detect(
     spec: ExtractionSpec,
     stmt: StatementFacts,
@@ -143,7 +204,7 @@ async def detect(
             return None
         return _hit(spec, {"tables": list(stmt.tables)})
     if kind == "unfiltered_scan":
-        if not _reads(stmt) or stmt.has_where or stmt.has_limit:
+        if not _reads(stmt) or stmt.has_where or stmt.has_limit or _only_aggregates(stmt):
             return None
         for table in stmt.tables:
             rows = sizes.rows(table)

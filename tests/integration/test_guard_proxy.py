@@ -39,6 +39,7 @@ class Stmt:
     has_limit: bool = False
     offset: int | None = None
     copy_out: bool = False
+    functions: tuple[str, ...] = ()
     redacted: str = ""
 
 

@@ -34,6 +34,7 @@ class Stmt:
     has_limit: bool = False
     offset: int | None = None
     copy_out: bool = False
+    functions: tuple[str, ...] = ()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ class Stmt:
     copy_out: bool = False
     columns: tuple[str, ...] = field(default=())
     redacted: str = ""
+    functions: tuple[str, ...] = ()
 
 
 def ruleset(*entries: dict[str, Any]) -> RuleSet:

@@ -57,10 +57,20 @@ async def test_unfiltered_scan_quiet_on_ordinary_work() -> None:
         Stmt(has_where=False, tables=("public.fresh",)),  # never analyzed: cannot judge
         Stmt(has_where=False, tables=("public.log_1",)),  # one partition is small
         Stmt(kind="explain", has_where=False),  # EXPLAIN reads no rows
+        Stmt(has_where=False, functions=("pg_catalog.count",)),  # SELECT count(*) FROM people
+        Stmt(has_where=False, functions=("pg_catalog.avg", "pg_catalog.max")),
     ]
     for stmt in quiet:
         adm = await guard.admit(ALICE, [stmt])
         assert adm.error is None and adm.hits == [], stmt
+
+
+async def test_unfiltered_scan_sees_gathering_aggregates() -> None:
+    guard, _ = make({"id": "scan", "detect": "unfiltered_scan", "action": "block"})
+    gather = Stmt(has_where=False, functions=("pg_catalog.count", "pg_catalog.string_agg"))
+    assert isinstance((await guard.admit(ALICE, [gather])).error, Blocked)
+    upper = Stmt(has_where=False, functions=("pg_catalog.upper",))
+    assert isinstance((await guard.admit(ALICE, [upper])).error, Blocked)
 
 
 async def test_unfiltered_scan_sees_through_views_and_partitions() -> None:
