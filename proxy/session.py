@@ -69,6 +69,8 @@ class Entry:
     plan: Plan | None = None  # Parse: the statement prepared; Query: the string
     count: int = 0  # Query: statements started so far
     aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
+    name: str = ""  # Parse: the statement name it (re)defines
+    prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
 
 
 class Session:
@@ -85,6 +87,8 @@ class Session:
         self._discard = False  # drop client messages until Sync (after an error)
         self._held = False  # cancel in flight: hold client messages back
         self._cutting: Running | None = None  # statement being cut off
+        self._drain = False  # extended batch cut off: drop server replies until ReadyForQuery
+        self._copy_in = False  # upstream in COPY FROM STDIN: it ignores Sync and Flush
         self.closed = False
 
     # ------------------------------------------------------------ client side
@@ -106,9 +110,10 @@ class Session:
                 if adm.delay > 0:
                     out.append(Throttle(adm.delay))
                 sql = adm.sql if adm.sql is not None else waiting.sql
+                prev = self.statements.get(waiting.name)
                 self.statements[waiting.name] = plan
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
-                self._push(Entry(b"P", plan=plan), out)
+                self._push(Entry(b"P", plan=plan, name=waiting.name, prev=prev), out)
         elif isinstance(waiting, str):
             plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
             if adm.error is not None:
@@ -155,10 +160,14 @@ class Session:
             out.append(ToServer(raw))
             out.append(Close())
             return
+        if t in b"cf":
+            self._copy_in = False
         if self._discard and t != b"S":
             return  # PostgreSQL ignores everything until Sync after an error
         if t in b"dcf":  # COPY data from the client: relay untouched
             out.append(ToServer(raw))
+        elif self._copy_in and t in b"SH":
+            out.append(ToServer(raw))  # ignored by the upstream mid-COPY: expect no reply
         elif t == b"Q":
             self._waiting = m.parse_query(body)
             out.append(Decide(self._waiting, extended=False))
@@ -169,7 +178,7 @@ class Session:
             portal, stmt = m.parse_bind_names(body)
             plan = self.statements.get(stmt)
             if plan is not None:
-                self.portals[portal] = plan
+                self.portals[portal] = _for_portal(plan)
             out.append(ToServer(raw))
             self._push(Entry(b"B"), out)
         elif t == b"E":
@@ -225,14 +234,14 @@ class Session:
         head = self.queue[0] if self.queue else None
         stmt = head.stmts[0] if head and head.stmts else None
         limits = stmt.plan.limits if stmt else None
-        cutting = self._cutting is not None
+        cutting = self._dropping(head)
         while n - pos >= 5:
             t = buf[pos]
             end = pos + 1 + unpack_len(buf, pos + 1)[0]
             if end > n:
                 break
             if t in (D, d):
-                if cutting:  # drop the rest of a statement being cut off
+                if cutting:  # drop the rest of output being cut off
                     if start < pos:
                         out.append(ToClient(bytes(buf[start:pos])))
                     start = end
@@ -273,11 +282,15 @@ class Session:
             head = self.queue[0] if self.queue else None
             stmt = head.stmts[0] if head and head.stmts else None
             limits = stmt.plan.limits if stmt else None
-            cutting = self._cutting is not None
+            cutting = self._dropping(head)
         if start < pos:
             out.append(ToClient(bytes(buf[start:pos])))
         del buf[:pos]
         return out
+
+    def _dropping(self, head: Entry | None) -> bool:
+        """Is upstream output now being thrown away (a cut-off statement or batch)?"""
+        return self._cutting is not None or self._drain or (head is not None and head.aborted)
 
     def current(self) -> Running | None:
         """The statement whose output is streaming now, if any."""
@@ -296,6 +309,10 @@ class Session:
             out.append(ToClient(raw))  # e.g. a FATAL on admin shutdown
             return
         kind = head.kind
+        if self._drain:
+            if t != b"Z":
+                return  # the rest of a cut-off batch, or the cancel's 57014
+            self._drain = False
         if head.aborted and t != b"Z":
             self._drop_statement_end(head, t, body, out)
             return
@@ -303,27 +320,38 @@ class Session:
             if t in b"CIsE":
                 self._finish_cut(head, out)
             return  # drop everything else of the statement being cut
+        if t in b"CE":
+            self._copy_in = False
         if t == b"E":
             fields = m.error_fields(body)
             error = f"{fields.get('C', '?????')}: {fields.get('M', '')}"
+            if kind == b"Q" and not head.stmts:
+                _next_stmt(head)  # a statement past those the hooks counted failed
             if head.stmts:
                 s = head.stmts.popleft()
                 s.error = error
                 out.append(Finish(s))
             out.append(ToClient(raw))
             if kind in b"QFS":
-                head.stmts.clear()  # a failed string is skipped to its ReadyForQuery
-                return
-            q.popleft()
+                return  # the rest of a failed string is audited at its ReadyForQuery
+            failed = q.popleft()
             self._skip_to_sync(out)
+            _undo_parse(self.statements, failed)
             return
         if t == b"Z":
+            if kind in b"QSF":
+                self._ready(body, out)  # audits what never ran before the client hears
             out.append(ToClient(raw))
             if kind in b"QSF":
-                self._ready(body, out)
                 self._pop(out)
             return
-        if kind in b"QE" and t in b"CIs":
+        if t in b"GH" and kind in b"QE":
+            # COPY: the upstream ignores Sync and Flush while copying in, so a
+            # Sync the client sent right behind this Execute gets no reply.
+            self._copy_in = t == b"G"
+            while self._copy_in and len(q) > 1 and q[1].kind == b"S":
+                del q[1]
+        if (kind in b"QE" and t in b"CIs") or (kind == b"F" and t == b"V"):
             if t == b"s":
                 head.stmts[0].tag = "suspended"
             self._complete(head, body if t == b"C" else b"", out)
@@ -345,6 +373,11 @@ class Session:
             _next_stmt(head)  # more results than the hooks counted (they need not split)
         s = head.stmts.popleft()
         s.tag = s.tag or tag.rstrip(b"\0").decode("ascii", "replace")
+        lim = s.plan.limits
+        if s.portal is not None and lim is not None:
+            # Later Executes of this portal continue this count (see _for_portal).
+            lim.used_rows += s.rows
+            lim.used_bytes += s.bytes
         out.append(Finish(s))
         sp = _first(s).get("search_path")
         if isinstance(sp, list | tuple) and not s.error:
@@ -365,11 +398,15 @@ class Session:
     def _skip_to_sync(self, out: list[Action]) -> None:
         """After an error in an extended batch the upstream skips to Sync; so do we."""
         q = self.queue
+        skipped: list[Entry] = []
         while q and q[0].kind != b"S":
             e = q.popleft()
+            skipped.append(e)
             for s in e.stmts:
                 s.error = s.error or "not executed: an earlier message in the batch failed"
                 out.append(Finish(s))
+        for e in reversed(skipped):
+            _undo_parse(self.statements, e)
         if not q:
             self._discard = True
         self._emit_synthetic(out)
@@ -395,6 +432,9 @@ class Session:
             return
         self.queue.popleft()
         self._skip_to_sync(out)
+        # Whether the cancel hit (57014) or came too late, nothing more of this
+        # batch reaches the client: it has its error and waits for ReadyForQuery.
+        self._drain = True
 
     def _drop_statement_end(self, head: Entry, t: bytes, body: bytes, out: list[Action]) -> None:
         if t in b"CIE" and len(t) == 1 and head.stmts:
@@ -420,6 +460,24 @@ def _next_stmt(head: Entry) -> Running:
     head.count += 1
     head.stmts.append(s)
     return s
+
+
+def _for_portal(plan: Plan) -> Plan:
+    """A portal's own copy of its statement's plan: its limits count across Executes."""
+    lim = plan.limits
+    if lim is None:
+        return plan
+    return replace(plan, admission=replace(plan.admission, limits=replace(lim)))
+
+
+def _undo_parse(statements: dict[str, Plan], e: Entry) -> None:
+    """A Parse the upstream did not carry out leaves the name as it was."""
+    if e.kind != b"P" or e.plan is None or statements.get(e.name) is not e.plan:
+        return
+    if e.prev is None:
+        del statements[e.name]
+    else:
+        statements[e.name] = e.prev
 
 
 def _over(stmt: Running, lim: StreamLimits) -> bool:

@@ -1,0 +1,746 @@
+"""The relay-phase session as conversations: client and server bytes in, actions out.
+
+Each test reads top to bottom like a protocol trace (see playbook.py for the
+notation). Server replies are what PostgreSQL sends for the client messages;
+the session must forward them untouched, audit each statement once, put
+proxy-made errors exactly where PostgreSQL would, and emit exactly one
+ReadyForQuery per Sync or Query.
+"""
+
+from __future__ import annotations
+
+from playbook import (
+    BIND_COMPLETE,
+    CLIENT_COPY_DONE,
+    CLOSE_COMPLETE,
+    COPY_DONE,
+    EMPTY_QUERY,
+    FLUSH,
+    NO_DATA,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    SYNC,
+    TERMINATE,
+    Playbook,
+    Policy,
+    bind,
+    close,
+    command_complete,
+    copy_data,
+    copy_fail,
+    copy_response,
+    data_row,
+    describe,
+    error,
+    execute,
+    extended,
+    finishes,
+    notice,
+    notification,
+    parameter_description,
+    parameter_status,
+    parse,
+    query,
+    ready_for_query,
+    row_description,
+    rows,
+    select,
+    tokens,
+)
+
+from proxy.actions import ToClient, ToServer
+from proxy.errors import Blocked
+from proxy.hooks import Admission, StreamLimits
+from proxy.wire import frame
+
+BLOCK = Admission(action="block", error=Blocked("no-secrets", "secret column"))
+
+
+def policy(
+    blocked: tuple[str, ...] = (),
+    caps: dict[str, int] | None = None,
+    split: dict[str, int] | None = None,
+) -> Policy:
+    """Block statements containing any of `blocked`; cap rows of `caps`; count statements."""
+
+    def decide(sql: str, extended: bool) -> Admission:
+        if any(b in sql for b in blocked):
+            return BLOCK
+        n = (split or {}).get(sql, 1)
+        stmts: list[dict[str, object]] = [{} for _ in range(n)]
+        for key, cap in (caps or {}).items():
+            if key in sql:
+                return Admission(limits=StreamLimits(max_rows=cap, rule="cap"), statements=stmts)
+        return Admission(statements=stmts)
+
+    return decide
+
+
+# ---------------------------------------------------------------- simple query
+
+
+def test_simple_query() -> None:
+    pb = Playbook()
+    assert pb.client(query("select x from t")) == ["decide 'select x from t'", "server Q"]
+    assert pb.server(select(2)) == [
+        "client T D*2",
+        "finish 'select x from t' rows=2 SELECT 2",
+        "client C Z:I",
+    ]
+    assert not pb.session.queue
+
+
+def test_decide_waits_for_the_hooks_and_holds_later_messages() -> None:
+    pb = Playbook()
+    assert pb.client(query("select 1") + query("select 2"), auto=False) == ["decide 'select 1'"]
+    assert pb.decided(Admission()) == ["server Q", "decide 'select 2'", "server Q"]
+
+
+def test_rewrite_and_throttle_are_applied_before_forwarding() -> None:
+    pb = Playbook()
+    pb.client(query("select ssn from people"), auto=False)
+    out = pb.session.decided(Admission(action="rewrite", sql="select '****' from people", delay=2))
+    assert [type(a).__name__ for a in out] == ["Throttle", "ToServer"]
+    assert isinstance(out[1], ToServer)
+    assert out[1].data == query("select '****' from people")
+
+
+def test_multi_statement_query_finishes_each_statement_with_its_rows() -> None:
+    sql = "select 1; select 2"
+    pb = Playbook(policy(split={sql: 2}))
+    pb.client(query(sql))
+    reply = (
+        row_description("a")
+        + rows("1")
+        + command_complete("SELECT 1")
+        + row_description("b")
+        + rows("1", "2")
+        + command_complete("SELECT 2")
+        + ready_for_query()
+    )
+    assert pb.server(reply) == [
+        "client T D",
+        "finish 'select 1; select 2' rows=1 SELECT 1",
+        "client C T D*2",
+        "finish 'select 1; select 2#1' rows=2 SELECT 2",
+        "client C Z:I",
+    ]
+
+
+def test_multi_statement_counted_as_one_by_the_hooks_still_finishes_each() -> None:
+    pb = Playbook()
+    pb.client(query("set a=1; select 2"))
+    reply = command_complete("SET") + row_description("b") + rows("2")
+    reply += command_complete("SELECT 1") + ready_for_query()
+    assert pb.server(reply) == [
+        "finish 'set a=1; select 2' rows=0 SET",
+        "client C T D",
+        "finish 'set a=1; select 2#1' rows=1 SELECT 1",
+        "client C Z:I",
+    ]
+
+
+def test_error_in_a_multi_statement_query_audits_the_rest_as_not_executed() -> None:
+    sql = "select 1; select 1/0; select 3"
+    pb = Playbook(policy(split={sql: 3}))
+    pb.client(query(sql))
+    reply = row_description("a") + rows("1") + command_complete("SELECT 1")
+    reply += error("22012", "division by zero") + ready_for_query()
+    assert pb.server(reply) == [
+        "client T D",
+        f"finish {sql!r} rows=1 SELECT 1",
+        "client C",
+        f"finish '{sql}#1' rows=0 error=22012",
+        "client E:22012",
+        f"finish '{sql}#2' rows=0 error=not executed",
+        "client Z:I",
+    ]
+
+
+def test_error_after_more_results_than_counted_is_still_audited() -> None:
+    pb = Playbook()
+    pb.client(query("select 1; select 1/0"))
+    reply = row_description("a") + rows("1") + command_complete("SELECT 1")
+    reply += error("22012") + ready_for_query()
+    assert pb.server(reply) == [
+        "client T D",
+        "finish 'select 1; select 1/0' rows=1 SELECT 1",
+        "client C",
+        "finish 'select 1; select 1/0#1' rows=0 error=22012",
+        "client E:22012 Z:I",
+    ]
+
+
+def test_empty_query() -> None:
+    pb = Playbook()
+    pb.client(query(""))
+    assert pb.server(EMPTY_QUERY + ready_for_query()) == ["finish '' rows=0", "client I Z:I"]
+
+
+def test_server_bytes_split_at_every_boundary_reach_the_client_unchanged() -> None:
+    reply = (
+        parameter_status("TimeZone", "UTC")
+        + row_description("a", "b")
+        + data_row("1", None)
+        + notice("hello")
+        + data_row("2", "x" * 40)
+        + command_complete("SELECT 2")
+        + ready_for_query(b"T")
+    )
+    for cut in range(1, len(reply)):
+        pb = Playbook()
+        pb.client(query("select a, b from t"))
+        got = pb.raw(reply[:cut]) + pb.raw(reply[cut:])
+        assert got == reply, cut
+        (stmt,) = finishes(pb.actions)
+        assert (stmt.rows, stmt.tag) == (2, "SELECT 2")
+        assert pb.session.status == b"T"
+
+
+def test_server_bytes_fed_one_at_a_time() -> None:
+    pb = Playbook()
+    pb.client(query("select 1"))
+    reply = select(3)
+    got = b"".join(pb.raw(reply[i : i + 1]) for i in range(len(reply)))
+    assert got == reply
+
+
+def test_client_bytes_fed_one_at_a_time_reach_the_server_unchanged() -> None:
+    batch = query("select 1") + extended("select $1", "s1", "p1") + SYNC + FLUSH
+    pb = Playbook()
+    got = b"".join(pb.raw(batch[i : i + 1], to=ToServer) for i in range(len(batch)))
+    assert got == batch
+
+
+# ---------------------------------------------------------------- extended protocol
+
+
+def test_named_statement_and_portal_then_reuse_without_a_new_decision() -> None:
+    pb = Playbook()
+    batch = parse("s1", "select $1::int") + bind("p1", "s1", "5")
+    batch += describe(b"P", "p1") + execute("p1") + SYNC
+    assert pb.client(batch) == ["decide 'select $1::int'", "server P B D E S"]
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("int4") + rows("5")
+    assert pb.server(reply + command_complete("SELECT 1") + ready_for_query()) == [
+        "client 1 2 T D",
+        "finish 'select $1::int' rows=1 SELECT 1",
+        "client C Z:I",
+    ]
+    # Bind and Execute of the prepared statement: no Parse, no new decision.
+    assert pb.client(bind("", "s1", "7") + execute("") + SYNC) == ["server B E S"]
+    reply = BIND_COMPLETE + rows("7", "7") + command_complete("SELECT 2") + ready_for_query()
+    assert pb.server(reply) == [
+        "client 2 D*2",
+        "finish 'select $1::int' rows=2 SELECT 2",
+        "client C Z:I",
+    ]
+    assert pb.client(close(b"S", "s1") + close(b"P", "p1") + SYNC) == ["server C*2 S"]
+    assert pb.server(CLOSE_COMPLETE * 2 + ready_for_query()) == ["client 3*2 Z:I"]
+    assert "s1" not in pb.session.statements and "p1" not in pb.session.portals
+
+
+def test_unnamed_statement_is_replaced_by_the_next_parse() -> None:
+    pb = Playbook()
+    pb.client(extended("select 1") + SYNC)
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + command_complete("SELECT 0"))
+    pb.server(ready_for_query())
+    pb.client(extended("select 2") + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("2")
+    assert pb.server(reply + command_complete("SELECT 1") + ready_for_query())[1] == (
+        "finish 'select 2' rows=1 SELECT 1"
+    )
+
+
+def test_describe_statement_gets_parameter_description_and_row_description() -> None:
+    pb = Playbook()
+    assert pb.client(parse("s", "select $1") + describe(b"S", "s") + SYNC) == [
+        "decide 'select $1'",
+        "server P D S",
+    ]
+    reply = PARSE_COMPLETE + parameter_description(25) + row_description("a")
+    assert pb.server(reply + ready_for_query()) == ["client 1 t T Z:I"]
+    assert not pb.session.queue
+
+
+def test_pipeline_with_several_syncs() -> None:
+    pb = Playbook()
+    batch = b"".join(extended(f"select {i}") + SYNC for i in range(3))
+    assert pb.client(batch) == [
+        "decide 'select 0'",
+        "server P B D E S",
+        "decide 'select 1'",
+        "server P B D E S",
+        "decide 'select 2'",
+        "server P B D E S",
+    ]
+    one = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("x")
+    one += command_complete("SELECT 1") + ready_for_query()
+    assert pb.server(one * 3) == [
+        "client 1 2 T D",
+        "finish 'select 0' rows=1 SELECT 1",
+        "client C Z:I 1 2 T D",
+        "finish 'select 1' rows=1 SELECT 1",
+        "client C Z:I 1 2 T D",
+        "finish 'select 2' rows=1 SELECT 1",
+        "client C Z:I",
+    ]
+
+
+def test_pipeline_with_one_sync_psycopg_style() -> None:
+    pb = Playbook()
+    pb.client(b"".join(extended(f"select {i}") for i in range(3)) + SYNC)
+    one = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("x")
+    one += command_complete("SELECT 1")
+    out = pb.server(one * 3 + ready_for_query())
+    assert [line for line in out if line.startswith("finish")] == [
+        f"finish 'select {i}' rows=1 SELECT 1" for i in range(3)
+    ]
+    assert out[-1].endswith("Z:I")
+
+
+def test_execute_with_row_limit_and_portal_suspended() -> None:
+    pb = Playbook(status=b"T")
+    pb.client(parse("", "select n from big") + bind("c1") + execute("c1", 2) + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + rows("1", "2") + PORTAL_SUSPENDED
+    assert pb.server(reply + ready_for_query(b"T")) == [
+        "client 1 2 D*2",
+        "finish 'select n from big' rows=2 suspended",
+        "client s Z:T",
+    ]
+    assert pb.client(execute("c1", 2) + SYNC) == ["server E S"]
+    assert pb.server(rows("3") + command_complete("SELECT 3") + ready_for_query(b"T")) == [
+        "client D",
+        "finish 'select n from big' rows=1 SELECT 3",
+        "client C Z:T",
+    ]
+
+
+def test_flush_passes_through_and_replies_come_back_without_sync() -> None:
+    pb = Playbook()
+    # asyncpg prepares with Parse + Describe(S) + Flush and no Sync.
+    name = "__asyncpg_stmt_1__"
+    assert pb.client(parse(name, "select 1") + describe(b"S", name) + FLUSH) == [
+        "decide 'select 1'",
+        "server P D H",
+    ]
+    assert pb.server(PARSE_COMPLETE + parameter_description() + row_description("a")) == [
+        "client 1 t T"
+    ]
+    assert not pb.session.queue
+    # node-postgres `rows`: Execute(rows) + Flush, then PortalSuspended, no Sync yet.
+    assert pb.client(bind("", name) + execute("", 1) + FLUSH) == ["server B E H"]
+    assert pb.server(BIND_COMPLETE + rows("1") + PORTAL_SUSPENDED) == [
+        "client 2 D",
+        "finish 'select 1' rows=1 suspended",
+        "client s",
+    ]
+    assert pb.client(SYNC) == ["server S"]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+
+
+# ---------------------------------------------------------------- COPY
+
+
+def test_copy_out_counts_copy_data() -> None:
+    pb = Playbook()
+    pb.client(query("copy t to stdout"))
+    reply = copy_response(b"H") + copy_data(b"1\n") + copy_data(b"2\n") + COPY_DONE
+    assert pb.server(reply + command_complete("COPY 2") + ready_for_query()) == [
+        "client H d*2 c",
+        "finish 'copy t to stdout' rows=2 COPY 2",
+        "client C Z:I",
+    ]
+
+
+def test_copy_in_relays_client_data() -> None:
+    pb = Playbook()
+    pb.client(query("copy t from stdin"))
+    assert pb.server(copy_response(b"G")) == ["client G"]
+    data = copy_data(b"1\n") + copy_data(b"2\n") + CLIENT_COPY_DONE
+    assert pb.client(data) == ["server d*2 c"]
+    assert pb.server(command_complete("COPY 2") + ready_for_query()) == [
+        "finish 'copy t from stdin' rows=0 COPY 2",
+        "client C Z:I",
+    ]
+
+
+def test_copy_in_fail() -> None:
+    pb = Playbook()
+    pb.client(query("copy t from stdin"))
+    pb.server(copy_response(b"G"))
+    assert pb.client(copy_data(b"1\n") + copy_fail("client gave up")) == ["server d f"]
+    assert pb.server(error("57014", "COPY from stdin failed") + ready_for_query()) == [
+        "finish 'copy t from stdin' rows=0 error=57014",
+        "client E:57014 Z:I",
+    ]
+
+
+def test_extended_copy_in_with_libpq_syncs() -> None:
+    """libpq sends P/B/D/E/S, then CopyDone + Sync; the server ignores the Sync sent mid-COPY."""
+    pb = Playbook()
+    assert pb.client(extended("copy t from stdin") + SYNC) == [
+        "decide 'copy t from stdin'",
+        "server P B D E S",
+    ]
+    assert pb.server(PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + copy_response(b"G")) == [
+        "client 1 2 n G"
+    ]
+    assert pb.client(copy_data(b"1\n") + CLIENT_COPY_DONE + SYNC) == ["server d c S"]
+    assert pb.server(command_complete("COPY 1") + ready_for_query()) == [
+        "finish 'copy t from stdin' rows=0 COPY 1",
+        "client C Z:I",
+    ]
+    assert not pb.session.queue
+    # The session is still in step: the next statement is audited as itself.
+    pb.client(query("select 1"))
+    assert pb.server(select(1))[1] == "finish 'select 1' rows=1 SELECT 1"
+
+
+def test_async_messages_are_forwarded_at_any_time_including_mid_copy() -> None:
+    pb = Playbook()
+    # Idle: nothing outstanding.
+    assert pb.server(notification(42, "chan", "hi")) == ["client A"]
+    pb.client(query("copy t to stdout"))
+    reply = copy_response(b"H") + copy_data(b"1\n") + notice("careful")
+    reply += parameter_status("application_name", "psql-2") + notification(42, "chan", "x")
+    reply += copy_data(b"2\n") + COPY_DONE + command_complete("COPY 2") + ready_for_query()
+    assert pb.server(reply) == [
+        "client H d N S A d c",
+        "finish 'copy t to stdout' rows=2 COPY 2",
+        "client C Z:I",
+    ]
+    assert pb.session.parameters["application_name"] == "psql-2"
+    assert pb.session.facts.application == "psql-2"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_upstream_error_mid_batch_skips_to_sync() -> None:
+    pb = Playbook()
+    pb.client(extended("select 1/0") + extended("select 2") + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + error("22012")
+    assert pb.server(reply + ready_for_query()) == [
+        "client 1 2 T",
+        "finish 'select 1/0' rows=0 error=22012",
+        "client E:22012",
+        "finish 'select 2' rows=0 error=not executed",
+        "client Z:I",
+    ]
+    assert not pb.session.queue
+
+
+def test_upstream_error_before_sync_discards_client_messages_until_sync() -> None:
+    pb = Playbook()
+    pb.client(parse("", "selec 1") + FLUSH)
+    assert pb.server(error("42601")) == ["client E:42601"]
+    # PostgreSQL ignores these until Sync, and so does the session.
+    assert pb.client(bind() + execute() + SYNC) == ["server S"]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+
+
+def test_failed_reparse_of_a_named_statement_keeps_the_old_one() -> None:
+    pb = Playbook(policy(caps={"big": 1}))
+    pb.client(parse("s1", "select 1") + SYNC)
+    pb.server(PARSE_COMPLETE + ready_for_query())
+    pb.client(parse("s1", "select big") + SYNC)
+    # 42P05: prepared statement "s1" already exists; upstream keeps `select 1`.
+    pb.server(error("42P05") + ready_for_query())
+    pb.client(bind("", "s1") + execute() + SYNC)
+    assert pb.server(BIND_COMPLETE + rows("1", "1") + command_complete("SELECT 2")) == [
+        "client 2 D*2",
+        "finish 'select 1' rows=2 SELECT 2",
+        "client C",
+    ]
+
+
+def test_refused_parse_sends_42501_and_discards_until_sync() -> None:
+    pb = Playbook(policy(blocked=("secret",)))
+    assert pb.client(extended("select secret from t") + SYNC) == [
+        "decide 'select secret from t'",
+        "finish 'select secret from t' rows=0 error=42501",
+        "client E:42501",
+        "server S",
+    ]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+    assert pb.client(query("select 1")) == ["decide 'select 1'", "server Q"]
+
+
+def test_refused_parse_ready_for_query_carries_the_real_status() -> None:
+    for status in (b"I", b"T", b"E"):
+        pb = Playbook(policy(blocked=("secret",)), status=status)
+        pb.client(parse("", "select secret") + bind() + execute() + SYNC)
+        assert pb.server(ready_for_query(status)) == [f"client Z:{status.decode()}"]
+
+
+def test_refused_parse_waits_behind_replies_still_owed() -> None:
+    pb = Playbook(policy(blocked=("secret",)))
+    batch = extended("select 1") + parse("", "select secret") + bind() + execute() + SYNC
+    assert pb.client(batch) == [
+        "decide 'select 1'",
+        "server P B D E",
+        "decide 'select secret'",
+        "server S",
+    ]
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("1")
+    assert pb.server(reply + command_complete("SELECT 1") + ready_for_query(b"T")) == [
+        "client 1 2 T D",
+        "finish 'select 1' rows=1 SELECT 1",
+        "client C",
+        "finish 'select secret' rows=0 error=42501",
+        "client E:42501 Z:T",
+    ]
+
+
+def test_refused_parse_after_an_upstream_error_sends_only_the_first_error() -> None:
+    pb = Playbook(policy(blocked=("secret",)))
+    pb.client(extended("select 1/0") + parse("", "select secret") + execute() + SYNC)
+    assert pb.server(PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + error("22012")) == [
+        "client 1 2 n",
+        "finish 'select 1/0' rows=0 error=22012",
+        "client E:22012",
+        "finish 'select secret' rows=0 error=42501",
+    ]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+
+
+def test_refused_query_answers_error_and_ready_with_the_last_status() -> None:
+    pb = Playbook(policy(blocked=("secret",)), status=b"T")
+    assert pb.client(query("select secret from t")) == [
+        "decide 'select secret from t'",
+        "finish 'select secret from t' rows=0 error=42501",
+        "client E:42501 Z:T",
+    ]
+    assert not pb.session.queue
+
+
+def test_refused_query_pipelined_behind_an_outstanding_query() -> None:
+    pb = Playbook(policy(blocked=("secret",)))
+    assert pb.client(query("begin") + query("select secret") + query("select 2")) == [
+        "decide 'begin'",
+        "server Q",
+        "decide 'select secret'",
+        "decide 'select 2'",
+        "server Q",
+    ]
+    reply = command_complete("BEGIN") + ready_for_query(b"T")
+    assert pb.server(reply) == [
+        "finish 'begin' rows=0 BEGIN",
+        "client C Z:T",
+        "finish 'select secret' rows=0 error=42501",
+        "client E:42501 Z:T",
+    ]
+    assert pb.server(select(1, status=b"T")) == [
+        "client T D",
+        "finish 'select 2' rows=1 SELECT 1",
+        "client C Z:T",
+    ]
+
+
+# ---------------------------------------------------------------- stream limits
+
+
+def test_cap_in_simple_query_cuts_cancels_and_recovers() -> None:
+    pb = Playbook(policy(caps={"big": 3}))
+    pb.client(query("select n from big"))
+    assert pb.server(row_description("n") + rows("1", "2", "3", "4", "5")) == [
+        "client T D*3",
+        "cancel",
+    ]
+    # Messages the client sends now wait until the cancel has gone out.
+    assert pb.client(query("select 1")) == []
+    assert pb.server(rows("6", "7") + error("57014", "canceling statement")) == [
+        "finish 'select n from big' rows=3 cutoff error=54000",
+        "client E:54000",
+    ]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+    assert pb.cancel_done() == ["decide 'select 1'", "server Q"]
+    assert pb.server(select(1))[1] == "finish 'select 1' rows=1 SELECT 1"
+
+
+def test_cap_error_message_names_the_limit_and_rule() -> None:
+    pb = Playbook(policy(caps={"big": 2}))
+    pb.client(query("select n from big"))
+    sent = pb.raw(row_description("n") + rows("1", "2", "3") + error("57014") + ready_for_query())
+    assert b"oversight: result limit of 2 rows reached (cap)" in sent
+
+
+def test_cap_exactly_reached_is_not_a_cutoff() -> None:
+    pb = Playbook(policy(caps={"big": 3}))
+    pb.client(query("select n from big"))
+    assert pb.server(select(3)) == [
+        "client T D*3",
+        "finish 'select n from big' rows=3 SELECT 3",
+        "client C Z:I",
+    ]
+
+
+def test_cap_when_the_query_ends_before_the_cancel_lands() -> None:
+    sql = "select n from big; select 2"
+    pb = Playbook(policy(caps={"big": 1}, split={sql: 2}))
+    pb.client(query(sql))
+    reply = row_description("n") + rows("1", "2") + command_complete("SELECT 2")
+    reply += row_description("x") + rows("2") + command_complete("SELECT 1") + ready_for_query()
+    assert pb.server(reply) == [
+        "client T D",
+        "cancel",
+        f"finish {sql!r} rows=1 cutoff error=54000",
+        "client E:54000",
+        f"finish '{sql}#1' rows=0 error=not executed or discarded",
+        "client Z:I",
+    ]
+
+
+def test_cap_in_extended_protocol() -> None:
+    pb = Playbook(policy(caps={"big": 2}))
+    pb.client(extended("select n from big") + extended("select 2") + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("n") + rows("1", "2", "3")
+    assert pb.server(reply) == ["client 1 2 T D*2", "cancel"]
+    assert pb.server(error("57014") + ready_for_query()) == [
+        "finish 'select n from big' rows=2 cutoff error=54000",
+        "client E:54000",
+        "finish 'select 2' rows=0 error=not executed",
+        "client Z:I",
+    ]
+    assert pb.cancel_done() == []
+    pb.client(extended("select 3") + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + command_complete("SELECT 0")
+    assert pb.server(reply + ready_for_query()) == [
+        "client 1 2 n",
+        "finish 'select 3' rows=0 SELECT 0",
+        "client C Z:I",
+    ]
+
+
+def test_cap_in_extended_protocol_when_the_batch_ends_before_the_cancel_lands() -> None:
+    pb = Playbook(policy(caps={"big": 2}))
+    pb.client(extended("select n from big") + extended("select 2") + SYNC)
+    # The upstream finished everything before the cancel arrived: no 57014.
+    reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("n") + rows("1", "2", "3")
+    reply += command_complete("SELECT 3")
+    reply += PARSE_COMPLETE + BIND_COMPLETE + row_description("x") + rows("2")
+    reply += command_complete("SELECT 1") + ready_for_query()
+    assert pb.server(reply) == [
+        "client 1 2 T D*2",
+        "cancel",
+        "finish 'select n from big' rows=2 cutoff error=54000",
+        "client E:54000",
+        "finish 'select 2' rows=0 error=not executed",
+        "client Z:I",
+    ]
+
+
+def test_cap_holds_across_executes_of_one_portal() -> None:
+    pb = Playbook(policy(caps={"big": 3}), status=b"T")
+    pb.client(parse("", "select n from big") + bind("c1") + execute("c1", 2) + SYNC)
+    reply = PARSE_COMPLETE + BIND_COMPLETE + rows("1", "2") + PORTAL_SUSPENDED
+    pb.server(reply + ready_for_query(b"T"))
+    pb.client(execute("c1", 2) + SYNC)
+    assert pb.server(rows("3", "4")) == ["client D", "cancel"]
+    assert pb.server(error("57014") + ready_for_query(b"E")) == [
+        "finish 'select n from big' rows=1 cutoff error=54000",
+        "client E:54000 Z:E",
+    ]
+
+
+def test_cap_with_copy_to_stdout() -> None:
+    pb = Playbook(policy(caps={"copy": 2}))
+    pb.client(query("copy big to stdout"))
+    reply = copy_response(b"H") + b"".join(copy_data(b"%d\n" % i) for i in range(4))
+    assert pb.server(reply) == ["client H d*2", "cancel"]
+    assert pb.server(error("57014") + ready_for_query()) == [
+        "finish 'copy big to stdout' rows=2 cutoff error=54000",
+        "client E:54000 Z:I",
+    ]
+
+
+def test_cap_with_copy_to_stdout_finishing_before_the_cancel() -> None:
+    pb = Playbook(policy(caps={"copy": 1}))
+    pb.client(query("copy big to stdout"))
+    reply = copy_response(b"H") + copy_data(b"1\n") + copy_data(b"2\n") + COPY_DONE
+    assert pb.server(reply + command_complete("COPY 2") + ready_for_query()) == [
+        "client H d",
+        "cancel",
+        "finish 'copy big to stdout' rows=1 cutoff error=54000",
+        "client E:54000 Z:I",
+    ]
+
+
+# ---------------------------------------------------------------- ready for query, ending
+
+
+def test_one_ready_for_query_per_sync_or_query() -> None:
+    pb = Playbook(policy(blocked=("secret",), caps={"big": 1}))
+    client = (
+        query("select 1")
+        + query("select secret")
+        + extended("select 2")
+        + SYNC
+        + extended("select secret")
+        + SYNC
+        + extended("select 1/0")
+        + extended("select 3")
+        + SYNC
+        + SYNC
+    )
+    pb.client(client)
+    one = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("x")
+    server = select(1) + one + command_complete("SELECT 1") + ready_for_query()
+    server += ready_for_query()  # for the refused Parse's Sync
+    server += PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + error("22012")
+    server += ready_for_query() + ready_for_query()
+    sent = pb.raw(server)
+    zs = [t for t in tokens(sent) if t.startswith("Z")]
+    assert len(zs) == 6  # two Queries (one refused) and four Syncs
+    assert not pb.session.queue
+
+
+def test_terminate_closes() -> None:
+    pb = Playbook()
+    assert pb.client(TERMINATE) == ["server X", "close"]
+    assert pb.session.closed
+
+
+def test_client_protocol_violations_close_the_session() -> None:
+    pb = Playbook()
+    assert pb.client(ready_for_query()) == ["close 08P01"]
+    pb = Playbook()
+    pb.session._client.max_size = 100
+    assert pb.client(query("x" * 200)) == ["close 08P01"]
+    pb = Playbook()
+    assert pb.client(frame(b"D", b"X")) == ["close 08P01"]
+
+
+def test_interrupted_audits_what_is_outstanding() -> None:
+    pb = Playbook()
+    pb.client(extended("select pg_sleep(10)") + SYNC)
+    out = pb.session.interrupted("interrupted")
+    assert [s.error for s in finishes(out)] == ["interrupted"]
+    assert not pb.session.queue and pb.session.closed
+    assert not [a for a in out if isinstance(a, ToClient)]
+
+
+def test_function_call_is_audited_once_on_its_result() -> None:
+    pb = Playbook()
+    call = frame(b"F", b"\0\0\x03\xe8" + b"\0\0" + b"\0\0" + b"\0\0")
+    assert pb.client(call) == ["server F"]
+    result = frame(b"V", b"\xff\xff\xff\xff")
+    assert pb.server(result + ready_for_query()) == [
+        "finish '<function call>' rows=0",
+        "client V Z:I",
+    ]
+
+
+def test_extended_copy_in_failing_on_the_server_side() -> None:
+    pb = Playbook()
+    pb.client(extended("copy t from stdin") + SYNC)
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + copy_response(b"G"))
+    pb.client(copy_data(b"oops\n"))
+    # Bad data: the upstream leaves COPY and ignores messages until Sync.
+    assert pb.server(error("22P02")) == [
+        "finish 'copy t from stdin' rows=0 error=22P02",
+        "client E:22P02",
+    ]
+    assert pb.client(copy_data(b"2\n") + CLIENT_COPY_DONE + SYNC) == ["server S"]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
+    assert not pb.session.queue
