@@ -19,6 +19,7 @@ scraper. A detector returns a `Hit` with its figures; what happens then
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -180,6 +181,18 @@ def _digest(values: Sequence[Any]) -> str:
     return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=12).hexdigest()
 
 
+# COPY ... TO STDOUT / PROGRAM / a file (redacted to `?`), found in the text for
+# statements the parser could not model (e.g. `TO STDOUT (FORMAT csv)` options).
+_COPY_TO = re.compile(r"^\s*COPY\b.*\bTO\s+(?:STDOUT\b|PROGRAM\b|\?|E?')", re.I | re.S)
+
+
+def _copies_out(stmt: StatementFacts) -> bool:
+    if stmt.copy_out:
+        return True
+    text = getattr(stmt, "redacted", None) or ""
+    return stmt.kind == "copy" and bool(_COPY_TO.match(str(text)))
+
+
 def _reads(stmt: StatementFacts) -> bool:
     return stmt.kind in READ_KINDS
 
@@ -200,7 +213,7 @@ async def detect(
     """Run `spec`'s detector on one statement; record history; return a Hit if it fires."""
     kind = spec.detect
     if kind == "copy_out":
-        if not stmt.copy_out:
+        if not _copies_out(stmt):
             return None
         return _hit(spec, {"tables": list(stmt.tables)})
     if kind == "unfiltered_scan":

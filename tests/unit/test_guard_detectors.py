@@ -39,6 +39,19 @@ async def test_copy_out_blocks_copy_to_stdout_only() -> None:
     assert isinstance(adm.error, Blocked)
 
 
+async def test_copy_out_from_the_text_when_the_parser_gave_up() -> None:
+    guard, _ = make({"id": "no-copy", "detect": "copy_out", "action": "block"})
+    for text in (
+        "COPY (SELECT * FROM people) TO STDOUT (FORMAT csv)",
+        "copy people to program ?",
+        "COPY people TO ?",
+    ):
+        adm = await guard.admit(ALICE, [Stmt(kind="copy", tables=(), redacted=text)])
+        assert isinstance(adm.error, Blocked), text
+    for text in ("COPY people FROM STDIN", "COPY people (a, b) FROM ?"):
+        assert (await guard.admit(ALICE, [Stmt(kind="copy", redacted=text)])).error is None
+
+
 async def test_unfiltered_scan_of_a_large_table() -> None:
     guard, _ = make({"id": "scan", "detect": "unfiltered_scan", "action": "block"})
     adm = await guard.admit(ALICE, [Stmt(has_where=False)])
