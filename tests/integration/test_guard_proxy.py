@@ -260,3 +260,37 @@ async def test_two_proxies_sharing_redis_enforce_one_budget(
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_cap_holds_across_a_suspended_portal(proxy_factory: Any) -> None:
+    """asyncpg cursors: Execute(portal, 100) again and again on one portal."""
+    import asyncpg
+
+    hooks = guard_hooks({"id": "cap", "max_rows_per_query": 1000})
+    proxy = await proxy_factory(hooks=hooks)
+    conn = await asyncpg.connect(proxy.dsn())
+    try:
+        got = 0
+        with pytest.raises(asyncpg.PostgresError) as exc:
+            async with conn.transaction():
+                async for _ in conn.cursor(BIG, prefetch=100):
+                    got += 1
+        assert exc.value.sqlstate == "54000"
+        assert got == 1000
+        assert await conn.fetchval("SELECT 5") == 5
+    finally:
+        await conn.close()
+
+
+async def test_cap_is_per_execution_of_a_prepared_statement(proxy_factory: Any) -> None:
+    hooks = guard_hooks({"id": "cap", "max_rows_per_query": 1000})
+    proxy = await proxy_factory(hooks=hooks)
+    q = "SELECT g FROM generate_series(1, %s) g"
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        for _ in range(4):  # named server-side statement, executed again and again
+            cur = await conn.execute(q, (600,), prepare=True)
+            assert len(await cur.fetchall()) == 600
+        with pytest.raises(psycopg.Error) as exc:
+            await conn.execute(q, (1001,), prepare=True)
+        assert exc.value.sqlstate == "54000"
+    assert [r.rows for r in hooks.results] == [600, 600, 600, 600, 1000]
