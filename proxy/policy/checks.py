@@ -65,15 +65,18 @@ def describe(v: Verdict, tree: exp.Expr, occs: list[Occ], calls: list[Call], ctx
         v.copy_out = True
 
 
-def writes(v: Verdict, occs: list[Occ], ctx: Context) -> bool:
-    """Check write targets; True when each is a governed table whose rule allows the kind."""
-    targets = [o for o in occs if o.write]
-    consent = bool(targets)
+def write_consent(kind: str, occs: list[Occ], ctx: Context) -> bool:
+    """True when every write target is a governed table whose rule allows this kind."""
+    targets = [ctx.rule_for(o.qualified) for o in occs if o.write]
+    return bool(targets) and all(r is not None and kind in r.statements for r in targets)
+
+
+def writes(v: Verdict, occs: list[Occ], ctx: Context) -> None:
+    """Writes to governed tables need the rule's consent and must not read masked columns."""
     kind = v.kind
-    for o in targets:
+    for o in (o for o in occs if o.write):
         rule = ctx.rule_for(o.qualified)
         if rule is None:
-            consent = False
             view_rule = _governed_base(o, ctx)
             if view_rule is not None:
                 v.block(view_rule.id, f"{o.qualified} is over governed tables; writes are blocked")
@@ -86,7 +89,6 @@ def writes(v: Verdict, occs: list[Occ], ctx: Context) -> bool:
             v.block(rule.id, f"{kind.upper()} reads masked columns of {o.qualified}")
         elif kind in ("merge", "truncate") and rule.row_filter:
             v.block(rule.id, f"{kind.upper()} cannot be limited to the permitted rows")
-    return consent
 
 
 def _governed_base(o: Occ, ctx: Context) -> TableRule | None:
@@ -147,10 +149,23 @@ def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
         if schema != "pg_catalog":
             v.block("defaults.functions", f"function {q} is not allowed by any functions: rule")
             return
+        if name == "set_config" and _literal_search_path(v, c):
+            continue
         why = dangerous(name, list(c.args))
         if why:
             v.block("defaults.functions", why)
             return
+
+
+def _literal_search_path(v: Verdict, c: Call) -> bool:
+    """set_config('search_path', '<literal>', ...) is tracked like SET search_path."""
+    if len(c.args) < 2 or c.args[0] is None or c.args[1] is None:
+        return False
+    if c.args[0].strip().lower() != "search_path":
+        return False
+    parts = [p.strip() for p in c.args[1].split(",") if p.strip()]
+    v.search_path = tuple(p[1:-1] if p.startswith('"') else p.lower() for p in parts)
+    return True
 
 
 def copy(v: Verdict, tree: exp.Copy, ctx: Context) -> None:

@@ -76,7 +76,9 @@ class Verdict:
     def block(self, rule: str, reason: str) -> None:
         if self.action != "block":
             self.action, self.error, self.reason = "block", Blocked(rule, reason), reason
-            self.rules.insert(0, rule) if rule not in self.rules else None
+            if rule in self.rules:
+                self.rules.remove(rule)
+            self.rules.insert(0, rule)
 
     def unparsed(self, ctx: Context, reason: str) -> None:
         if self.action == "block":
@@ -197,8 +199,8 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     attribute_columns(tree, occs)
     checks.describe(v, tree, occs, found.calls, ctx)
 
-    writes_ok = checks.writes(v, occs, ctx)
-    _gate(v, ctx, writes_ok=writes_ok)
+    checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate
+    _gate(v, ctx, writes_ok=checks.write_consent(v.kind, occs, ctx))
     if isinstance(tree, exp.Copy):
         checks.copy(v, tree, ctx)
     for o in occs:
