@@ -136,6 +136,17 @@ def warm_up(targets: list[Target]) -> None:
         workloads.bulk_read(targets[0], "copy binary")
 
 
+def failure_logs(targets: list[Target], *runs: Samples) -> list[str]:
+    """The tail of each server's log whose samples failed: the exact error, for the report."""
+    out = []
+    for t in targets:
+        failed = any("error" in s for r in runs for c in r.values() for s in c.get(t.name, []))
+        if failed and t.log is not None and t.log.exists():
+            tail = t.log.read_text(errors="replace")[-1500:]
+            out.append(f"{t.name} had failed samples; end of its log:\n{tail}")
+    return out
+
+
 def write_results(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -195,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
                     bulk_samples,
                 )
             result["complete"] = True
+            # Read before the ExitStack removes the servers' temp dirs.
+            notes.extend(failure_logs(targets, pg_samples, bulk_samples))
     finally:
         result["finished"] = dt.datetime.now(dt.UTC).isoformat()
         result["wall_seconds"] = round(time.monotonic() - t0, 1)
@@ -204,9 +217,12 @@ def run(args: argparse.Namespace) -> int:
                 by_target[name] = report.bulk_samples_to_mbps(runs)
         result["pgbench"] = report.summarize(pg_samples, "tps")
         result["bulk"] = report.summarize(bulk_samples, "mb_per_s")
-        if pg_samples or bulk_samples:
-            write_results(args.output, result)
-        print_summary(result, args.output if (pg_samples or bulk_samples) else None)
+        # An interrupted run must not replace the last complete one.
+        out = args.output if result["complete"] else args.output.with_suffix(".partial.json")
+        written = out if (pg_samples or bulk_samples) else None
+        if written:
+            write_results(written, result)
+        print_summary(result, written)
     return 0 if result["complete"] else 1
 
 

@@ -53,6 +53,7 @@ class Target:
     port: int
     password: str
     note: str = ""
+    log: Path | None = None  # the server's own log, quoted when its samples fail
 
     def dsn(self) -> str:
         return (
@@ -208,7 +209,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
         )
     # SIGINT is PgBouncer's "safe shutdown" (waits for clients); SIGTERM ends it now.
     stack.callback(stop_process, proc, signal.SIGTERM)
-    target = Target("pgbouncer", "127.0.0.1", port, upstream.password, "session pool")
+    target = Target("pgbouncer", "127.0.0.1", port, upstream.password, "session pool", log)
     wait_connectable(target, proc, log, 20)
     return target
 
@@ -281,7 +282,8 @@ def start_oversight(
             why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
             raise RuntimeError(f"oversight serve ({name}) {why} before listening:\n{tail}")
         time.sleep(0.1)
-    target = Target(name, "127.0.0.1", port, upstream.password)
+    note = f"rules {rules.name}, audit {'on' if audit else 'off'}"
+    target = Target(name, "127.0.0.1", port, upstream.password, note, log)
     wait_connectable(target, proc, log, 20)
     return OversightProcess(target, proc, audit_log, log)
 
