@@ -20,9 +20,42 @@ import pytest
 from pgcluster import PgCluster
 
 from proxy.audit import verify_files
+from proxy.catalog import load_catalog
+from proxy.enforce import Enforcer
 from proxy.errors import Blocked
+from proxy.guard import Guard, MemoryStore
 from proxy.hooks import Admission, Hooks, StreamLimits
 from proxy.identity import SessionFacts
+from proxy.rules import load_rules
+
+RULES = """\
+version: 1
+defaults:
+  mode: enforce
+  unknown_tables: allow
+  unparsed: allow
+  statements: [all]
+users:
+  {user}: {{groups: [analysts]}}
+rules:
+  - id: mask-ssn
+    match: {{groups: [analysts]}}
+    table: public.audit_people
+    columns: {{ssn: redact}}
+  - id: no-notes
+    match: {{groups: [analysts]}}
+    table: public.audit_cases
+    columns: {{notes: deny}}
+extraction:
+  - id: cap-20
+    match: {{groups: [analysts]}}
+    max_rows_per_query: 20
+  - id: slow-app
+    match: {{applications: [slowapp]}}
+    window: 1s
+    max_rows: 1000000
+    action: throttle  # paces streams at 1M rows/s: every statement is throttled, none waits
+"""
 
 
 class Decisions(Hooks):
@@ -215,3 +248,48 @@ async def test_unwritable_log_refuses_statements(
         assert await conn.fetchval("SELECT 3") == 3
     finally:
         await conn.close()
+
+
+async def test_records_from_the_real_engine_and_guard(
+    pg: PgCluster, audit_tables: None, proxy_factory: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit-rules.yaml"
+    path.write_text(RULES.format(user=pg.user))
+    rules = load_rules(path)
+    catalog = await load_catalog(pg.dsn())
+    hooks = Enforcer(rules, catalog, Guard(rules, MemoryStore(), catalog))
+    proxy = await proxy_factory(hooks=hooks, rules=path)
+    conn = await asyncpg.connect(proxy.dsn(), timeout=10)
+    try:
+        assert await conn.fetchval("SELECT 40 + 2") == 42
+        row = await conn.fetchrow("SELECT name, ssn FROM audit_people WHERE id = 3")
+        assert row is not None and tuple(row) == ("name3", "****")
+        with pytest.raises(asyncpg.PostgresError) as blocked:
+            await conn.fetch("SELECT notes FROM audit_cases WHERE notes = 'secret'")
+        assert blocked.value.sqlstate == "42501"
+        with pytest.raises(asyncpg.PostgresError) as cut:
+            await conn.fetch("SELECT id FROM audit_people ORDER BY id")
+        assert cut.value.sqlstate == "54000"
+    finally:
+        await conn.close()
+    slow = await asyncpg.connect(
+        proxy.dsn(), timeout=10, server_settings={"application_name": "slowapp"}
+    )
+    try:
+        assert await slow.fetchval("SELECT count(*) FROM audit_cases") == 1
+    finally:
+        await slow.close()
+    await proxy.stop()
+
+    assert verify_files([str(proxy.audit_log)], None).ok
+    stmts = [r for r in read(proxy.audit_log) if r["event"] == "statement"]
+    by_decision = {r["decision"]: r for r in stmts}
+    assert set(by_decision) >= {"allow", "rewrite", "block", "cutoff", "throttle"}
+    assert by_decision["rewrite"]["rules"][0] == "mask-ssn"
+    assert by_decision["rewrite"]["rows"] == 1 and by_decision["rewrite"]["rewritten"]
+    assert by_decision["block"]["rules"] == ["no-notes"] and by_decision["block"]["rows"] == 0
+    assert by_decision["cutoff"]["rows"] == 20 and "cap-20" in by_decision["cutoff"]["rules"]
+    assert "slow-app" in by_decision["throttle"]["rules"]
+    for r in stmts:
+        assert "secret" not in r["sql"] and "'" not in r["sql"]
+        assert r["groups"] == ["analysts"] and r["fingerprint"] and r["kind"]
