@@ -59,6 +59,9 @@ class Reader:
     def i32(self) -> int:
         return self._unpack(I32)
 
+    def u32(self) -> int:
+        return self._unpack(U32)
+
     def byte(self) -> bytes:
         if self.pos >= len(self.data):
             raise ProtocolViolation("message too short")
@@ -239,12 +242,12 @@ def parse_parse(body: bytes) -> Parse:
     n = r.i16()
     if n < 0:
         raise ProtocolViolation("negative parameter count in Parse")
-    return Parse(name, sql, tuple(r.i32() for _ in range(n)))
+    return Parse(name, sql, tuple(r.u32() for _ in range(n)))  # type OIDs are unsigned
 
 
 def parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
     body = cstr(name) + cstr(sql) + I16.pack(len(param_types))
-    body += b"".join(I32.pack(t) for t in param_types)
+    body += b"".join(U32.pack(t) for t in param_types)
     return frame(b"P", body)
 
 
