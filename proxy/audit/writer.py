@@ -79,6 +79,7 @@ class AuditLog:
         self._size = 0
         self._day: date | None = None
         self._prev = GENESIS
+        self._head_known = False  # set once a file has been opened and the head recovered
         self._dirty = False
         # Read on the loop, written on the thread (plain attribute stores).
         self._error: str | None = "audit log not started"
@@ -239,8 +240,10 @@ class AuditLog:
     def _start_file(self) -> str | None:
         try:
             self._open()
+            self._head_known = True
         except OSError as exc:
             self._prev = previous_head(self.config.path).hash
+            self._head_known = True
             return f"cannot open {self.config.path}: {exc.strerror or exc}"
         return None
 
@@ -262,8 +265,11 @@ class AuditLog:
             os.close(fd)
             raise
         if line is None:
-            head = previous_head(path)
-            self._prev, self._day = head.hash, self._today()
+            # A fresh file: the chain goes on from what this process last wrote,
+            # or at start from the newest rotated file.
+            if not self._head_known:
+                self._prev = previous_head(path).hash
+            self._day = self._today()
         else:
             try:
                 head = head_of_line(line)
@@ -298,8 +304,12 @@ class AuditLog:
     def _write_data(self, data: bytes, sealed_after: str) -> str | None:
         if self.config.path:
             try:
+                if self._fd is not None and self._replaced():
+                    log.warning("audit: %s was moved or replaced; reopening", self.config.path)
+                    self._drop_fd()
                 if self._fd is None:
                     self._open()
+                    self._head_known = True
                     if self._prev != sealed_after:
                         return _RESEAL
                 self._write_file(data)
@@ -315,6 +325,16 @@ class AuditLog:
                     return f"cannot write stdout: {exc}"
                 log.error("audit: cannot copy records to stdout: %s", exc)
         return None
+
+    def _replaced(self) -> bool:
+        """Whether the path no longer names the open file (an outside rotation, a deletion)."""
+        assert self._fd is not None
+        try:
+            st = os.stat(self.config.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _write_file(self, data: bytes) -> None:
         self._maybe_rotate(len(data))

@@ -177,6 +177,21 @@ async def test_restart_after_rotation_takes_head_from_newest_rotated_file(tmp_pa
     assert verify_files(discover(str(path)), KEY).ok
 
 
+async def test_outside_rotation_is_noticed_and_the_chain_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditConfig(path=str(path), key=KEY))
+    await log.start()
+    await log.write(stmt(0))
+    moved = tmp_path / "a.jsonl.1"
+    os.rename(path, moved)  # logrotate without copytruncate
+    await log.write(stmt(1))
+    await log.write(stmt(2))
+    await log.close()
+    assert [r["n"] for r in records(moved)] == [0]
+    assert [r["n"] for r in records(path)] == [1, 2]
+    assert verify_files([str(moved), str(path)], KEY).ok
+
+
 async def test_crash_mid_write_torn_tail_is_cut_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     log = AuditLog(AuditConfig(path=str(path), key=KEY))
