@@ -114,6 +114,7 @@ class GuardToken:
     flushed_bytes: int = 0
     last_flush: float = 0.0
     cursor: CursorCount | None = None  # the cursor a FETCH reads, counted across FETCHes
+    dry_caps: list[ExtractionSpec] = field(default_factory=list)
 
 
 class Guard:
@@ -161,7 +162,8 @@ class Guard:
         for entry in self._rules.matching_extraction(facts):
             spec = self._specs.get(id(entry))
             if spec is None:
-                spec = self._specs[id(entry)] = spec_from_entry(entry)
+                spec = spec_from_entry(entry, self._rules.defaults.mode)
+                self._specs[id(entry)] = spec
             out.append(spec)
         return out
 
@@ -194,7 +196,12 @@ class Guard:
         budgets: list[_Budget] = []
         pacers: list[_Pacer] = []
         cursor = self._observe_cursors(facts, statements)
+        dry_caps: list[ExtractionSpec] = []
         for spec in specs:
+            if spec.dry_run:  # a dry-run cap cuts nothing; `finished` logs what it would have
+                if spec.max_rows_per_query is not None or spec.max_bytes_per_query is not None:
+                    dry_caps.append(spec)
+                continue
             caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, cursor)
         # Enforcing budgets first: if one refuses, the others are not charged.
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
@@ -225,7 +232,7 @@ class Guard:
                         )
                 break  # one hit per entry and statement text is enough
         adm.limits = caps.limits()
-        if budgets or pacers or (cursor is not None and adm.limits is not None):
+        if budgets or pacers or dry_caps or (cursor is not None and adm.limits is not None):
             adm.token = GuardToken(
                 facts.user,
                 budgets,
@@ -233,6 +240,7 @@ class Guard:
                 max(s.max_delay for s in specs),
                 last_flush=now,
                 cursor=cursor,
+                dry_caps=dry_caps,
             )
         if budgets or pacers:
             adm.paced = True
@@ -319,6 +327,18 @@ class Guard:
         if token.cursor is not None:
             token.cursor.rows += int(result.rows)
             token.cursor.bytes += int(result.bytes)
+        for spec in token.dry_caps:
+            rows_cap, bytes_cap = spec.max_rows_per_query, spec.max_bytes_per_query
+            if (rows_cap is not None and result.rows > rows_cap) or (
+                bytes_cap is not None and result.bytes > bytes_cap
+            ):
+                log.warning(
+                    "guard dry run: %s would have cut off a statement of %s (%d rows, %d bytes)",
+                    spec.id,
+                    facts.user,
+                    result.rows,
+                    result.bytes,
+                )
         for pacer in token.pacers:
             pacer.crossed_at = None  # the next execution starts its own pace
 

@@ -110,8 +110,11 @@ def _enum_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def spec_from_entry(entry: Any) -> ExtractionSpec:
-    """Build an ExtractionSpec from a rules.py extraction entry (or a mapping)."""
+def spec_from_entry(entry: Any, default_mode: str = "enforce") -> ExtractionSpec:
+    """Build an ExtractionSpec from a rules.py extraction entry (or a mapping).
+
+    An entry without its own `mode` follows `defaults.mode` (`default_mode`).
+    """
     raw = _raw(entry)
     rule_id = str(raw.get("id") or "")
     if not rule_id:
@@ -129,7 +132,7 @@ def spec_from_entry(entry: Any) -> ExtractionSpec:
     return ExtractionSpec(
         id=rule_id,
         action=action,  # type: ignore[arg-type]
-        dry_run=str(_enum_value(raw.get("mode") or "")) == "dry_run",
+        dry_run=str(_enum_value(raw.get("mode") or default_mode)) == "dry_run",
         max_rows_per_query=_opt(raw, "max_rows_per_query", int),
         max_bytes_per_query=_opt(raw, "max_bytes_per_query", parse_size),
         window=None if window is None else parse_duration(window),

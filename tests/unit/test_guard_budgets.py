@@ -190,3 +190,23 @@ async def test_zero_and_tiny_budgets(limit: int) -> None:
         assert isinstance(adm.error, VolumeLimit)
     else:
         assert adm.limits is not None and adm.limits.max_rows == 1
+
+
+async def test_defaults_dry_run_applies_to_entries_without_a_mode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rules = ruleset(
+        {"id": "cap", "max_rows_per_query": 10},
+        {"id": "q", "window": "1h", "max_queries": 1, "action": "block"},
+        {"id": "strict", "max_rows_per_query": 500, "mode": "enforce"},
+    )
+    rules.defaults = rules.defaults.model_copy(update={"mode": "dry_run"})
+    guard = Guard(rules, MemoryStore(), clock=Clock())
+    await guard.admit(ALICE, [Stmt()])
+    adm = await guard.admit(ALICE, [Stmt()])
+    assert adm.error is None and adm.hits[0]["dry_run"] is True
+    # the dry-run cap cuts nothing; the entry that says enforce still does
+    assert adm.limits is not None and (adm.limits.max_rows, adm.limits.rule) == (500, "strict")
+    with caplog.at_level("WARNING", logger="oversight.guard"):
+        await guard.finished(ALICE, adm.token, result(20))
+    assert "cap would have cut off" in caplog.text
