@@ -202,3 +202,29 @@ async def test_cancel_directory_routes_across_instances(
     assert await there.lookup(4711, b"\xde\xad\xbe\xee") is None  # a guessed secret finds nothing
     await here.unregister(4711, b"\xde\xad\xbe\xef")
     assert await there.lookup(4711, b"\xde\xad\xbe\xef") is None
+
+
+async def test_hung_redis_times_out_into_degraded_mode(redis_server: RedisServer) -> None:
+    import signal
+    import time
+
+    if redis_server.proc is None:
+        redis_server.start()
+    store = RedisStore(redis_server.url, timeout=0.3, retry_interval=30)
+    guard = Guard(ruleset({"id": "q", "window": "1h", "max_queries": 100}), store)
+    assert redis_server.proc is not None
+    try:
+        assert (await guard.admit(ALICE, [Stmt()])).error is None
+        redis_server.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
+        t0 = time.monotonic()
+        adm = await guard.admit(ALICE, [Stmt()])
+        first = time.monotonic() - t0
+        assert adm.error is None and {"store": "degraded"} in adm.hits
+        assert first < 2.0  # bounded by the socket timeout (and one retry)
+        t0 = time.monotonic()
+        for _ in range(20):  # while degraded, Redis is not waited for again
+            assert (await guard.admit(ALICE, [Stmt()])).error is None
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        await store.close()
