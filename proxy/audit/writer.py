@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -43,6 +44,7 @@ log = logging.getLogger("oversight.audit")
 
 # Sealing runs on the loop (~10 us a record): a cap keeps each stall short.
 _MAX_BATCH = 256
+_DROP_LOG_EVERY = 10.0  # seconds between "records lost" errors while failing open
 _RESEAL = "reseal"  # the chain head moved under a sealed batch (file reopened)
 # Read access too: recovery reads the tail back to find the chain head.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -86,6 +88,7 @@ class AuditLog:
         self.records = 0
         self.batches = 0
         self.dropped = 0
+        self._drop_logged = 0.0
 
     # ---- public API -------------------------------------------------------
 
@@ -219,7 +222,10 @@ class AuditLog:
             log.error("audit log unavailable: %s", error)
         if self.config.fail_open:
             self.dropped += len(batch)
-            log.error("audit: %d record(s) not written (fail_open): %s", len(batch), error)
+            now = time.monotonic()
+            if was_healthy or now - self._drop_logged >= _DROP_LOG_EVERY:
+                self._drop_logged = now
+                log.error("audit: %d record(s) lost so far (fail_open): %s", self.dropped, error)
         for _, fut in batch:
             if fut.done():
                 continue
