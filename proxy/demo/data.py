@@ -8,6 +8,7 @@ is the same on every run and loads in seconds without shipping a file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +227,20 @@ SELECT i, 1 + {_h("i", 30)} % {s.cases},
        timestamptz '2024-01-01 00:00:00+00' + ({_h("i", 33)} % 31536000) * interval '1 second'
 FROM generate_series($1::int, $2::int) AS i
 """
+
+
+def schema_catalog() -> dict[str, Any]:
+    """The demo schema in the catalog-file format (`oversight test --schema`), from SCHEMA.
+
+    rules/demo-schema.json is this, written out, so the rule tests run in CI
+    without a database; a unit test keeps the two equal.
+    """
+    relations = []
+    for name, body in re.findall(r"CREATE TABLE (\S+) \((.*?)\n\);", SCHEMA, re.S):
+        columns = [line.split()[0] for line in body.strip().splitlines()]
+        relations.append({"name": name, "kind": "table", "columns": columns})
+    functions = re.findall(r"CREATE FUNCTION (\S+)\(", SCHEMA)
+    return {"relations": relations, "functions": functions}
 
 
 Progress = Callable[[str, int, int], None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -16,6 +17,7 @@ from proxy.rules import RulesError, SqlMask, load_rules
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 PACKAGED = ROOT / "proxy" / "demo_rules"
+SCHEMA = RULES / "demo-schema.json"
 
 
 def test_example_rules_load_without_problems() -> None:
@@ -59,6 +61,23 @@ def test_every_rule_and_test_names_a_known_user_or_group() -> None:
     ids = {r.id for r in [*rs.rules, *rs.functions, *rs.extraction]}
     for t in rs.tests:
         assert set(t.expect.rules or ()) <= ids, t.sql
+
+
+def test_schema_file_matches_the_demo_data() -> None:
+    """rules/demo-schema.json stands in for the catalog in CI; it must be the demo's schema."""
+    from proxy.demo.data import schema_catalog
+
+    assert orjson.loads(SCHEMA.read_bytes()) == schema_catalog()
+
+
+def test_rule_file_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `oversight test rules/ --schema rules/demo-schema.json` runs in CI."""
+    from proxy.policy.commands import cmd_test
+
+    rc = cmd_test(str(RULES), str(SCHEMA), None)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"{len(load_rules(RULES).tests)} passed, 0 failed" in out
 
 
 def test_packaged_copy_matches_rules_dir() -> None:
