@@ -744,3 +744,48 @@ def test_extended_copy_in_failing_on_the_server_side() -> None:
     assert pb.client(copy_data(b"2\n") + CLIENT_COPY_DONE + SYNC) == ["server S"]
     assert pb.server(ready_for_query()) == ["client Z:I"]
     assert not pb.session.queue
+
+
+def test_byte_cap_cuts_on_wire_bytes() -> None:
+    limits = StreamLimits(max_bytes=40, rule="bytes-cap")
+    pb = Playbook(lambda sql, ext: Admission(limits=limits))
+    pb.client(query("select blob from t"))
+    row = data_row("x" * 20)  # 31 bytes on the wire
+    assert pb.server(row_description("blob") + row * 2) == ["client T D", "cancel"]
+    sent = pb.raw(error("57014") + ready_for_query())
+    assert b"result limit of 40 bytes reached (bytes-cap)" in sent
+
+
+def test_cap_counts_rows_already_fetched_by_earlier_statements() -> None:
+    # FETCH loops on one cursor: the hooks say 8 rows were already streamed.
+    limits = StreamLimits(max_rows=10, rule="cap", used_rows=8)
+    pb = Playbook(lambda sql, ext: Admission(limits=limits))
+    pb.client(query("fetch 5 from c"))
+    assert pb.server(row_description("n") + rows("1", "2", "3")) == ["client T D*2", "cancel"]
+    assert pb.server(error("57014") + ready_for_query(b"T")) == [
+        "finish 'fetch 5 from c' rows=2 cutoff error=54000",
+        "client E:54000 Z:T",
+    ]
+
+
+def test_search_path_follows_a_successful_set() -> None:
+    adm = Admission(statements=[{"search_path": ["sales", "public"]}])
+    pb = Playbook(lambda sql, ext: adm)
+    pb.client(query("set search_path = sales, public"))
+    pb.server(error("42501") + ready_for_query())
+    assert pb.session.facts.search_path == ("$user", "public")
+    pb.client(query("set search_path = sales, public"))
+    pb.server(command_complete("SET") + ready_for_query())
+    assert pb.session.facts.search_path == ("sales", "public")
+
+
+def test_refused_asyncpg_prepare_answers_at_once_then_waits_for_sync() -> None:
+    pb = Playbook(policy(blocked=("secret",)))
+    assert pb.client(parse("__asyncpg_stmt_2__", "select secret") + describe(b"S") + FLUSH) == [
+        "decide 'select secret'",
+        "finish 'select secret' rows=0 error=42501",
+        "client E:42501",
+    ]
+    assert "__asyncpg_stmt_2__" not in pb.session.statements
+    assert pb.client(SYNC) == ["server S"]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
