@@ -324,9 +324,11 @@ async def test_interval_fsync_runs(tmp_path: Path) -> None:
     log = AuditLog(AuditConfig(path=str(path), fsync_interval=0.02))
     await log.start()
     await log.write(stmt(0))
+    sink = log._sink
+    assert sink is not None
     for _ in range(100):
-        if not log._dirty:
+        if not sink._dirty:
             break
         await asyncio.sleep(0.01)
-    assert not log._dirty
+    assert not sink._dirty
     await log.close()
