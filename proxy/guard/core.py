@@ -38,7 +38,8 @@ from proxy.errors import Blocked, ProxyError, VolumeLimit
 from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
-from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
+from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
+from proxy.guard.store import BudgetLimits, Store, StoreUnavailable
 from proxy.hooks import StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import RuleSet
@@ -73,42 +74,12 @@ class _Budget:
 
 
 @dataclass(slots=True)
-class _Pacer:
-    """Aims one stream at a rate once it has used up what the budget still allowed."""
-
-    rule: str
-    row_rate: float | None
-    byte_rate: float | None
-    rows_free: int | float  # rows the stream may send before pacing starts
-    bytes_free: int | float
-    crossed_at: float | None = None
-    rows_at_cross: int = 0
-    bytes_at_cross: int = 0
-
-    def wait(self, now: float, rows: int, nbytes: int) -> float:
-        if rows <= self.rows_free and nbytes <= self.bytes_free:
-            return 0.0
-        if self.crossed_at is None:
-            # The session asks after forwarding a chunk, so the part of this chunk past
-            # the free allowance was already sent "now" and is paid for from here on.
-            self.crossed_at = now
-            self.rows_at_cross = int(min(self.rows_free, rows))
-            self.bytes_at_cross = int(min(self.bytes_free, nbytes))
-        due = 0.0
-        if self.row_rate:
-            due = max(due, (rows - self.rows_at_cross) / self.row_rate)
-        if self.byte_rate:
-            due = max(due, (nbytes - self.bytes_at_cross) / self.byte_rate)
-        return max(0.0, due - (now - self.crossed_at))
-
-
-@dataclass(slots=True)
 class GuardToken:
     """Per-statement state handed back to `pace` and `finished`."""
 
     user: str
     budgets: list[_Budget]
-    pacers: list[_Pacer]
+    pacers: list[Pacer]
     max_pause: float
     flushed_rows: int = 0
     flushed_bytes: int = 0
@@ -192,9 +163,9 @@ class Guard:
         now = self.clock()
         adm = GuardAdmission(rules=tuple(s.id for s in specs))
         hits: list[Hit] = []
-        caps = _Caps()
+        caps = Caps()
         budgets: list[_Budget] = []
-        pacers: list[_Pacer] = []
+        pacers: list[Pacer] = []
         cursor = self._observe_cursors(facts, statements)
         dry_caps: list[ExtractionSpec] = []
         for spec in specs:
@@ -228,7 +199,7 @@ class Guard:
                     adm.delay = max(adm.delay, min(spec.delay, spec.max_delay))
                     if spec.rows_per_second or spec.bytes_per_second:
                         pacers.append(
-                            _Pacer(spec.id, spec.rows_per_second, spec.bytes_per_second, 0, 0)
+                            Pacer(spec.id, spec.rows_per_second, spec.bytes_per_second, 0, 0)
                         )
                 break  # one hit per entry and statement text is enough
         adm.limits = caps.limits()
@@ -256,8 +227,8 @@ class Guard:
         now: float,
         adm: GuardAdmission,
         hits: list[Hit],
-        caps: _Caps,
-        pacers: list[_Pacer],
+        caps: Caps,
+        pacers: list[Pacer],
     ) -> ProxyError | None:
         spec = budget.spec
         limits = BudgetLimits(spec.max_queries, spec.max_rows, spec.max_bytes)
@@ -268,7 +239,9 @@ class Guard:
         )
         what = limits.exhausted(used, queries)
         if what is not None:
-            hits.append(Hit(spec.id, "budget", spec.action, _figures(spec, used), spec.dry_run))
+            hits.append(
+                Hit(spec.id, "budget", spec.action, budget_figures(spec, used), spec.dry_run)
+            )
         if not counted:
             return VolumeLimit(spec.id, f"{what} in {spec.window:g}s")
         if enforce:
@@ -278,13 +251,13 @@ class Guard:
             caps.offer(spec.id, left_rows, left_bytes)
         elif spec.action == "throttle" and not spec.dry_run:
             if what is not None:
-                adm.delay = max(adm.delay, _throttle_delay(spec, used, queries))
+                adm.delay = max(adm.delay, throttle_delay(spec, used, queries))
             row_rate, byte_rate = spec.row_rate(), spec.byte_rate()
             if row_rate or byte_rate:
                 rows_free = float("inf") if spec.max_rows is None else spec.max_rows - used.rows
                 bytes_free = float("inf") if spec.max_bytes is None else spec.max_bytes - used.bytes
                 pacers.append(
-                    _Pacer(spec.id, row_rate, byte_rate, max(rows_free, 0), max(bytes_free, 0))
+                    Pacer(spec.id, row_rate, byte_rate, max(rows_free, 0), max(bytes_free, 0))
                 )
         return None
 
@@ -358,78 +331,5 @@ class Guard:
                 log.error("guard: could not account %s rows for %s: %s", d_rows, budget.key, exc)
 
 
-class _Caps:
-    """The tightest row and byte caps offered, each with the rule it came from.
-
-    A cap is (limit, used, rule): `used` is what earlier FETCHes from the same
-    cursor streamed, so what this statement may still send is limit - used.
-    """
-
-    def __init__(self) -> None:
-        self.rows: tuple[int, int, str] | None = None
-        self.bytes: tuple[int, int, str] | None = None
-
-    def offer(
-        self,
-        rule: str,
-        rows: int | None,
-        nbytes: int | None,
-        used: CursorCount | None = None,
-    ) -> None:
-        used_rows, used_bytes = (used.rows, used.bytes) if used is not None else (0, 0)
-        if rows is not None and (
-            self.rows is None or rows - used_rows < self.rows[0] - self.rows[1]
-        ):
-            self.rows = (rows, used_rows, rule)
-        if nbytes is not None and (
-            self.bytes is None or nbytes - used_bytes < self.bytes[0] - self.bytes[1]
-        ):
-            self.bytes = (nbytes, used_bytes, rule)
-
-    def limits(self) -> StreamLimits | None:
-        if self.rows is None and self.bytes is None:
-            return None
-        # StreamLimits names one rule: the row cap's (the one the 54000 message states).
-        rule = self.rows[2] if self.rows else self.bytes[2] if self.bytes else ""
-        return StreamLimits(
-            max_rows=self.rows[0] if self.rows else None,
-            max_bytes=self.bytes[0] if self.bytes else None,
-            rule=rule,
-            used_rows=self.rows[1] if self.rows else 0,
-            used_bytes=self.bytes[1] if self.bytes else 0,
-        )
-
-
 def _enforces(spec: ExtractionSpec) -> bool:
     return spec.action == "block" and not spec.dry_run
-
-
-def _figures(spec: ExtractionSpec, used: Usage) -> dict[str, Any]:
-    out: dict[str, Any] = {"window_s": spec.window}
-    if spec.max_queries is not None:
-        out.update(queries=used.queries, max_queries=spec.max_queries)
-    if spec.max_rows is not None:
-        out.update(rows=used.rows, max_rows=spec.max_rows)
-    if spec.max_bytes is not None:
-        out.update(bytes=used.bytes, max_bytes=spec.max_bytes)
-    return out
-
-
-def _throttle_delay(spec: ExtractionSpec, used: Usage, queries: int) -> float:
-    """How long an over-budget statement waits: its overdraft at the sustainable rate.
-
-    The sustainable rate is the budget spread over the window (2000 queries
-    an hour is one query every 1.8 s). At least the entry's base delay, at
-    most max_delay, so a throttled client slows down but never hangs.
-    """
-    window = spec.window or 0.0
-    delay = spec.delay
-    if spec.max_queries is not None and used.queries + queries > spec.max_queries:
-        over = used.queries + queries - spec.max_queries
-        delay = max(delay, over * window / max(spec.max_queries, 1))
-    row_rate, byte_rate = spec.row_rate(), spec.byte_rate()
-    if spec.max_rows is not None and row_rate and used.rows >= spec.max_rows:
-        delay = max(delay, (used.rows - spec.max_rows) / row_rate)
-    if spec.max_bytes is not None and byte_rate and used.bytes >= spec.max_bytes:
-        delay = max(delay, (used.bytes - spec.max_bytes) / byte_rate)
-    return min(delay, spec.max_delay)
