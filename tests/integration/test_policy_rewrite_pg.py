@@ -32,6 +32,8 @@ from proxy.rules import load_rules
 HERE = Path(__file__).parent
 RULES = HERE.parent / "unit" / "policy" / "fixtures" / "rules.yaml"
 FULL, REDUCED = "policy_full", "policy_reduced"
+DROP = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+RUNNABLE = ("select", "explain", "update", "delete", "insert")
 
 SCHEMA = """
 CREATE TABLE people (id int PRIMARY KEY, name text, region text, ssn text, dob date, email text);
