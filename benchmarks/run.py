@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -60,6 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--targets must include direct and name only {', '.join(TARGETS)}")
     if args.seconds < 1 or args.repeat < 1:
         p.error("--seconds and --repeat must be at least 1")
+    if not set(args.modes) <= {"simple", "extended", "prepared"}:
+        p.error("--modes takes simple, extended, prepared")
+    if not all(c.isdigit() and int(c) > 0 for c in args.clients):
+        p.error("--clients takes positive integers, e.g. 1,16")
+    if shutil.which("pgbench") is None:
+        p.error("pgbench is not on PATH (Debian: apt-get install -y postgresql-15)")
     return args
 
 
