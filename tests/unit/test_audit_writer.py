@@ -6,6 +6,8 @@ import asyncio
 import io
 import os
 import re
+import resource
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -233,6 +235,29 @@ async def test_garbage_last_line_is_moved_aside_and_flagged(tmp_path: Path) -> N
     verdict = verify_files(files, KEY)
     assert verdict.problem is not None and verdict.problem.file == files[0]
     assert verdict.problem.line == 2
+
+
+async def test_batch_cut_short_is_truncated_back(tmp_path: Path) -> None:
+    # A file size limit makes write(2) stop part way, like a disk filling up mid-batch.
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditConfig(path=str(path), key=KEY))
+    await log.start()
+    await log.write(stmt(0))
+    size = path.stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))
+    try:
+        with pytest.raises(AuditUnavailable, match="too large"):
+            await log.write({**stmt(1), "sql": "SELECT " + "x" * 1000})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert path.stat().st_size == size  # no half line left behind
+    await log.write(stmt(2))
+    await log.close()
+    assert [r["n"] for r in records(path)] == [0, 2]
+    assert verify_files([str(path)], KEY).ok
 
 
 async def test_disk_full_refuses_or_fails_open(caplog: pytest.LogCaptureFixture) -> None:
