@@ -109,3 +109,67 @@ def versions(direct_dsn: str) -> dict[str, str]:
         "uvloop": metadata.version("uvloop"),
         "oversight_commit": _run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]),
     }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """A recorded run for benchmarks/README.md: machine, versions, then the two tables."""
+    m, v = result["machine"], result.get("versions", {})
+    s = result["settings"]
+    lines = [
+        f"Run of {result['started'][:16].replace('T', ' ')} UTC, {result['wall_seconds']:.0f} s,"
+        f" commit {v.get('oversight_commit', '?')}; {s.get('repeat')} samples per figure,"
+        f" pgbench samples of {s.get('seconds')} s.",
+        "",
+        f"- machine: `nproc` {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB,"
+        f" Linux {m['kernel']}; load average {m['loadavg_start'][0]:.2f} at start,"
+        f" {m['loadavg_end'][0]:.2f} at end (other work was running)",
+        f"- {v.get('postgresql', '?').split(' on ')[0]} (pgserver), {v.get('pgbench', '?')},"
+        f" {v.get('pgbouncer', '?')}, Python {v.get('python', '?')}, psycopg"
+        f" {v.get('psycopg', '?')}, uvloop {v.get('uvloop', '?')}",
+        "",
+    ]
+    targets = list(result.get("targets", {}))
+    for title, key, metric, unit in (
+        ("pgbench select-only: median tps (ratio to direct)", "pgbench", "tps", "tps"),
+        ("bulk read of 1M rows: median MB/s (ratio to direct)", "bulk", "mb_per_s", "MB/s"),
+    ):
+        summary = result.get(key) or {}
+        if not summary:
+            continue
+        lines += [f"{title}:", "", "| case | " + " | ".join(targets) + " |"]
+        lines.append("|---|" + "---:|" * len(targets))
+        for case, rows in summary.items():
+            cells = []
+            for t in targets:
+                row = rows.get(t, {})
+                med = row.get(f"median_{metric}")
+                if med is None:
+                    cells.append("failed")
+                    continue
+                ratio = row.get("ratio_to_direct")
+                cell = f"{med:.0f}" if unit == "tps" else f"{med:.1f}"
+                if t != "direct" and ratio is not None:
+                    cell += f" ({ratio:.2f})"
+                cells.append(cell)
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("pgbench"):
+        lines += ["pgbench median latency, ms:", "", "| case | " + " | ".join(targets) + " |"]
+        lines.append("|---|" + "---:|" * len(targets))
+        for case, rows in result["pgbench"].items():
+            cells = [_fmt(rows.get(t, {}).get("median_latency_ms"), ".3f") for t in targets]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    failures = sorted(
+        {
+            f"- {t}, {case}: {sample['error']}"
+            for key in ("pgbench", "bulk")
+            for case, rows in (result.get(key) or {}).items()
+            for t, row in rows.items()
+            for sample in row["samples"]
+            if "error" in sample
+        }
+    )
+    if failures:
+        lines += ["Failed samples:", "", *failures, ""]
+    return "\n".join(lines)

@@ -53,7 +53,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--no-bulk", action="store_true")
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument(
+        "--markdown", type=Path, metavar="JSON", help="print a result as Markdown, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        return args
     if args.quick:
         args.seconds = 3
     unknown = set(args.targets) - set(TARGETS)
@@ -272,6 +277,9 @@ def print_summary(result: dict[str, Any], written: Path | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(report.markdown(json.loads(args.markdown.read_text())))
+        return 0
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
