@@ -39,7 +39,7 @@ from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
-from proxy.guard.store import BudgetLimits, Store, StoreUnavailable
+from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
 from proxy.hooks import StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import RuleSet
@@ -71,6 +71,7 @@ class _Budget:
     spec: ExtractionSpec
     key: str
     window: float
+    pacer: Pacer | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +87,10 @@ class GuardToken:
     last_flush: float = 0.0
     cursor: CursorCount | None = None  # the cursor a FETCH reads, counted across FETCHes
     dry_caps: list[ExtractionSpec] = field(default_factory=list)
+    # For re-arming between executions of a prepared statement (see `finished`):
+    caps: list[ExtractionSpec] = field(default_factory=list)  # entries with per-query caps
+    limits: StreamLimits | None = None  # the object the session enforces, updated in place
+    executions: int = 0
 
 
 class Guard:
@@ -168,11 +173,13 @@ class Guard:
         pacers: list[Pacer] = []
         cursor = self._observe_cursors(facts, statements)
         dry_caps: list[ExtractionSpec] = []
+        cap_specs: list[ExtractionSpec] = []
         for spec in specs:
-            if spec.dry_run:  # a dry-run cap cuts nothing; `finished` logs what it would have
-                if spec.max_rows_per_query is not None or spec.max_bytes_per_query is not None:
-                    dry_caps.append(spec)
+            if spec.max_rows_per_query is None and spec.max_bytes_per_query is None:
                 continue
+            # A dry-run cap cuts nothing; `finished` logs what it would have cut.
+            (dry_caps if spec.dry_run else cap_specs).append(spec)
+        for spec in cap_specs:
             caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, cursor)
         # Enforcing budgets first: if one refuses, the others are not charged.
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
@@ -203,6 +210,10 @@ class Guard:
                         )
                 break  # one hit per entry and statement text is enough
         adm.limits = caps.limits()
+        if budgets or pacers:
+            adm.paced = True
+            if adm.limits is None:
+                adm.limits = StreamLimits()
         if budgets or pacers or dry_caps or (cursor is not None and adm.limits is not None):
             adm.token = GuardToken(
                 facts.user,
@@ -212,11 +223,9 @@ class Guard:
                 last_flush=now,
                 cursor=cursor,
                 dry_caps=dry_caps,
+                caps=cap_specs,
+                limits=adm.limits,
             )
-        if budgets or pacers:
-            adm.paced = True
-            if adm.limits is None:
-                adm.limits = StreamLimits()
         throttled = adm.delay > 0 or bool(pacers)
         return self._finish(adm, hits, "throttle" if throttled else "allow", None)
 
@@ -256,9 +265,10 @@ class Guard:
             if row_rate or byte_rate:
                 rows_free = float("inf") if spec.max_rows is None else spec.max_rows - used.rows
                 bytes_free = float("inf") if spec.max_bytes is None else spec.max_bytes - used.bytes
-                pacers.append(
-                    Pacer(spec.id, row_rate, byte_rate, max(rows_free, 0), max(bytes_free, 0))
+                budget.pacer = Pacer(
+                    spec.id, row_rate, byte_rate, max(rows_free, 0), max(bytes_free, 0)
                 )
+                pacers.append(budget.pacer)
         return None
 
     def _finish(
@@ -292,43 +302,91 @@ class Guard:
         return min(wait, token.max_pause)
 
     async def finished(self, facts: SessionFacts, token: Any, result: Any) -> None:
-        """Account what the statement really produced (StatementResult rows/bytes)."""
+        """Account what the statement really produced (StatementResult rows/bytes).
+
+        A prepared statement is admitted once (at Parse) but may run many
+        times under one token. So every execution after the first counts as a
+        query here, and the token's StreamLimits, which the session reads
+        live, are re-armed for the next execution from the fresh usage: what
+        is left of blocking budgets (0 rows once exhausted), the cursor's
+        running count, and throttled streams' free allowance.
+        """
         if not isinstance(token, GuardToken):
             return
-        await self._flush(token, int(result.rows), int(result.bytes), self.clock())
+        token.executions += 1
+        repeat = 1 if token.executions > 1 else 0
+        rows, nbytes = int(result.rows), int(result.bytes)
+        usages = await self._flush(token, rows, nbytes, self.clock(), queries=repeat)
         token.flushed_rows = token.flushed_bytes = 0
         if token.cursor is not None:
-            token.cursor.rows += int(result.rows)
-            token.cursor.bytes += int(result.bytes)
+            token.cursor.rows += rows
+            token.cursor.bytes += nbytes
         for spec in token.dry_caps:
             rows_cap, bytes_cap = spec.max_rows_per_query, spec.max_bytes_per_query
-            if (rows_cap is not None and result.rows > rows_cap) or (
-                bytes_cap is not None and result.bytes > bytes_cap
+            if (rows_cap is not None and rows > rows_cap) or (
+                bytes_cap is not None and nbytes > bytes_cap
             ):
                 log.warning(
                     "guard dry run: %s would have cut off a statement of %s (%d rows, %d bytes)",
                     spec.id,
                     facts.user,
-                    result.rows,
-                    result.bytes,
+                    rows,
+                    nbytes,
                 )
         for pacer in token.pacers:
             pacer.crossed_at = None  # the next execution starts its own pace
+        if usages or token.cursor is not None:
+            self._rearm(token, usages)
 
-    async def _flush(self, token: GuardToken, rows: int, nbytes: int, now: float) -> None:
-        d_rows, d_bytes = rows - token.flushed_rows, nbytes - token.flushed_bytes
-        token.last_flush = now
-        if d_rows <= 0 and d_bytes <= 0:
+    def _rearm(self, token: GuardToken, usages: list[tuple[_Budget, Usage]]) -> None:
+        caps = Caps()
+        for spec in token.caps:
+            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, token.cursor)
+        exhausted = None
+        for budget, used in usages:
+            spec = budget.spec
+            if _enforces(spec):
+                limits = BudgetLimits(spec.max_queries, spec.max_rows, spec.max_bytes)
+                if limits.exhausted(used) is not None:
+                    exhausted = spec.id
+                left_rows = None if spec.max_rows is None else max(spec.max_rows - used.rows, 0)
+                left_bytes = None if spec.max_bytes is None else max(spec.max_bytes - used.bytes, 0)
+                caps.offer(spec.id, left_rows, left_bytes)
+            elif budget.pacer is not None:
+                if spec.max_rows is not None:
+                    budget.pacer.rows_free = max(spec.max_rows - used.rows, 0)
+                if spec.max_bytes is not None:
+                    budget.pacer.bytes_free = max(spec.max_bytes - used.bytes, 0)
+        lim = token.limits
+        if lim is None:
             return
+        fresh = caps.limits() or StreamLimits()
+        if exhausted is not None:  # the next execution may not send a single row
+            fresh = StreamLimits(max_rows=0, max_bytes=fresh.max_bytes, rule=exhausted)
+        lim.max_rows, lim.max_bytes, lim.rule = fresh.max_rows, fresh.max_bytes, fresh.rule
+        lim.used_rows, lim.used_bytes = fresh.used_rows, fresh.used_bytes
+
+    async def _flush(
+        self, token: GuardToken, rows: int, nbytes: int, now: float, queries: int = 0
+    ) -> list[tuple[_Budget, Usage]]:
+        """Push what streamed since the last flush into every budget; return fresh usage."""
+        d_rows, d_bytes = max(rows - token.flushed_rows, 0), max(nbytes - token.flushed_bytes, 0)
+        token.last_flush = now
+        if not d_rows and not d_bytes and not queries:
+            return []
         token.flushed_rows, token.flushed_bytes = rows, nbytes
+        out = []
         for budget in token.budgets:
             try:
-                await self.store.add(
-                    budget.key, budget.window, now, max(d_rows, 0), max(d_bytes, 0)
+                used = await self.store.add(
+                    budget.key, budget.window, now, d_rows, d_bytes, queries
                 )
             except StoreUnavailable as exc:
                 # Fail-closed stores refuse new statements; rows already sent cannot be undone.
                 log.error("guard: could not account %s rows for %s: %s", d_rows, budget.key, exc)
+                continue
+            out.append((budget, used))
+        return out
 
 
 def _enforces(spec: ExtractionSpec) -> bool:

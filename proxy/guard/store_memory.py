@@ -70,10 +70,14 @@ class MemoryStore:
         self._touch(key, now)
         return True, used
 
-    async def add(self, key: str, window: float, now: float, rows: int, nbytes: int) -> None:
-        if rows or nbytes:
-            self._counters_for(key, window).add(now, window, 0, rows, nbytes)
+    async def add(
+        self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
+    ) -> Usage:
+        counters = self._counters_for(key, window)
+        if rows or nbytes or queries:
+            counters.add(now, window, queries, rows, nbytes)
             self._touch(key, now)
+        return Usage(*counters.totals(now, window))
 
     async def usage(self, key: str, window: float, now: float) -> Usage:
         entry = self._counters.get(key)

@@ -63,8 +63,10 @@ local mode = ARGV[4]
 if mode == 'add' then
   redis.call('HINCRBY', KEYS[1], 'r:' .. start, tonumber(ARGV[5]))
   redis.call('HINCRBY', KEYS[1], 'b:' .. start, tonumber(ARGV[6]))
+  if tonumber(ARGV[7]) > 0 then
+    redis.call('HINCRBY', KEYS[1], 'q:' .. start, tonumber(ARGV[7]))
+  end
   redis.call('PEXPIRE', KEYS[1], window + width)
-  return {1, 0, 0, 0}
 end
 local q, r, b = 0, 0, 0
 local all = redis.call('HGETALL', KEYS[1])
@@ -74,11 +76,11 @@ for i = 1, #all, 2 do
   if s + width > now - window then
     local kind, v = string.sub(f, 1, 1), tonumber(all[i + 1])
     if kind == 'q' then q = q + v elseif kind == 'r' then r = r + v else b = b + v end
-  elseif mode == 'admit' then
+  elseif mode ~= 'read' then
     redis.call('HDEL', KEYS[1], f)
   end
 end
-if mode == 'read' then return {1, q, r, b} end
+if mode ~= 'admit' then return {1, q, r, b} end
 local maxq, maxr, maxb = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n = tonumber(ARGV[9])
 if ARGV[8] == '1' and ((maxq >= 0 and q + n > maxq) or (maxr >= 0 and r >= maxr)
@@ -236,12 +238,11 @@ class RedisStore:
             ),
         )
 
-    async def add(self, key: str, window: float, now: float, rows: int, nbytes: int) -> None:
-        if not rows and not nbytes:
-            return
-
-        async def op() -> None:
-            await self._budget(
+    async def add(
+        self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
+    ) -> Usage:
+        async def op() -> Usage:
+            res = await self._budget(
                 keys=[self._k("budget", key)],
                 args=[
                     int(window * 1000),
@@ -250,10 +251,14 @@ class RedisStore:
                     "add",
                     rows,
                     nbytes,
+                    queries,
                 ],
             )
+            return Usage(int(res[1]), int(res[2]), int(res[3]))
 
-        await self._run(op, lambda: self._fallback.add(key, window, now, rows, nbytes))
+        return await self._run(
+            op, lambda: self._fallback.add(key, window, now, rows, nbytes, queries)
+        )
 
     async def usage(self, key: str, window: float, now: float) -> Usage:
         async def op() -> Usage:

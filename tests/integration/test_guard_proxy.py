@@ -294,3 +294,29 @@ async def test_cap_is_per_execution_of_a_prepared_statement(proxy_factory: Any) 
             await conn.execute(q, (1001,), prepare=True)
         assert exc.value.sqlstate == "54000"
     assert [r.rows for r in hooks.results] == [600, 600, 600, 600, 1000]
+
+
+async def test_budget_holds_for_a_prepared_statement_run_again_and_again(
+    proxy_factory: Any,
+) -> None:
+    """asyncpg prepares once (one Parse, one decision) and executes many times."""
+    import asyncpg
+
+    hooks = guard_hooks({"id": "hourly", "window": "1h", "max_rows": 1000, "action": "block"})
+    proxy = await proxy_factory(hooks=hooks)
+    conn = await asyncpg.connect(proxy.dsn())
+    outcomes: list[str] = []
+    try:
+        stmt = await conn.prepare("SELECT g FROM generate_series(1, 300) g")
+        for _ in range(5):
+            try:
+                outcomes.append(str(len(await stmt.fetch())))
+            except asyncpg.PostgresError as e:
+                outcomes.append(str(e.sqlstate))
+        with pytest.raises(asyncpg.PostgresError) as exc:  # a new statement: budget is gone
+            await conn.fetchval("SELECT 9")
+        assert exc.value.sqlstate == "53400"
+    finally:
+        await conn.close()
+    assert outcomes == ["300", "300", "300", "54000", "54000"]
+    assert sum(r.rows for r in hooks.results) == 1000
