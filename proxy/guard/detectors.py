@@ -11,7 +11,8 @@ scraper. A detector returns a `Hit` with its figures; what happens then
 - unfiltered_scan: a read of a table the planner estimates at >= min_rows
   rows, with no WHERE and no LIMIT (and not just aggregates over it).
 - paging_scan: the same fingerprint with a LIMIT, run over >= max_pages
-  distinct OFFSETs (or keyset literal values) in the window.
+  distinct OFFSETs (or keyset values: a range comparison like `id > ?`
+  whose literal changes) in the window.
 - enumeration: the same fingerprint with >= max_distinct distinct literal
   sets in the window (person after person looked up one by one).
 """
@@ -193,6 +194,15 @@ def _copies_out(stmt: StatementFacts) -> bool:
     return stmt.kind == "copy" and bool(_COPY_TO.match(str(text)))
 
 
+# Keyset paging compares with the last key seen: `id > ?`, `(a, b) < (?, ?)`.
+_RANGE = re.compile(r"[<>]=?\s*\(?\s*\$?\?")
+
+
+def _keyset(stmt: StatementFacts) -> bool:
+    text = getattr(stmt, "redacted", None)
+    return True if not text else bool(_RANGE.search(str(text)))
+
+
 def _reads(stmt: StatementFacts) -> bool:
     return stmt.kind in READ_KINDS
 
@@ -230,10 +240,10 @@ async def detect(
             return None
         if stmt.offset is not None:
             page = f"o:{stmt.offset}"
-        elif stmt.literals:
+        elif stmt.literals and _keyset(stmt):
             page = "k:" + _digest(stmt.literals)  # keyset paging: WHERE id > <last seen>
         else:
-            page = "o:0"
+            page = "o:0"  # the first page, or a lookup with a LIMIT (enumeration's business)
         key = f"page:{spec.id}:{user}:{stmt.fingerprint}"
         pages = await store.seen(key, page, spec.detector_window, now)
         if pages < spec.min_pages:

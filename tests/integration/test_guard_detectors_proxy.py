@@ -146,3 +146,23 @@ async def test_copy_out(pg: Any, proxy_factory: Any, tmp_path: Path, people: str
             assert exc.value.sqlstate == "42501"
             assert str(exc.value).startswith("oversight: blocked by no-copy:")
         assert await refused(conn, "SELECT 1") is None
+
+
+async def test_keyset_paging_and_limited_lookups(
+    pg: Any, proxy_factory: Any, tmp_path: Path, people: str
+) -> None:
+    proxy = await start(
+        pg,
+        proxy_factory,
+        tmp_path,
+        "  - {id: scrape, detect: paging_scan, action: block, max_pages: 10}\n",
+    )
+    async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as conn:
+        for person in range(1, 30):  # looking people up one at a time is not paging
+            sql = f"SELECT name FROM guard_people WHERE id = {person} LIMIT 1"
+            assert await refused(conn, sql) is None
+        keyset = "SELECT id, name FROM guard_people WHERE id > {} ORDER BY id LIMIT 100"
+        for n in range(9):
+            assert await refused(conn, keyset.format(n * 100)) is None
+        err = await refused(conn, keyset.format(900))
+        assert err is not None and err.sqlstate == "42501" and "10 pages" in str(err)

@@ -153,9 +153,26 @@ async def test_keyset_paging_counts_changing_literals() -> None:
     guard, _ = make({"id": "paging", "detect": "paging_scan", "action": "log", "max_pages": 5})
     hits = []
     for last_id in range(0, 1000, 100):  # WHERE id > $last ORDER BY id LIMIT 100
-        stmt = Stmt(has_limit=True, fingerprint="keyset", literals=(last_id, 100))
+        stmt = Stmt(
+            has_limit=True,
+            fingerprint="keyset",
+            literals=(last_id, 100),
+            redacted="SELECT * FROM people WHERE id > ? ORDER BY id LIMIT ?",
+        )
         hits.append(bool((await guard.admit(ALICE, [stmt])).hits))
     assert hits == [False] * 4 + [True] * 6
+
+
+async def test_limited_lookups_are_not_pages() -> None:
+    guard, _ = make({"id": "paging", "detect": "paging_scan", "action": "block", "max_pages": 3})
+    for person in range(10):  # SELECT * FROM people WHERE id = ? LIMIT 1
+        stmt = Stmt(
+            has_limit=True,
+            fingerprint="lookup1",
+            literals=(person, 1),
+            redacted="SELECT * FROM people WHERE id = ? LIMIT ?",
+        )
+        assert (await guard.admit(ALICE, [stmt])).hits == []
 
 
 async def test_enumeration_fires_on_many_distinct_lookups() -> None:
