@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -76,6 +77,8 @@ def start_proxy(pg: Any, rules: Path, audit: Path, redis_url: str | None) -> tup
         line = proc.stderr.readline()
         m = re.search(r"listening on [\d.]+:(\d+)", line)
         if m:
+            # keep reading, so a chatty log can never fill the pipe and stall the proxy
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc, int(m.group(1))
         if not line and proc.poll() is not None:
             break
