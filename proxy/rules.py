@@ -257,8 +257,12 @@ class FunctionRule(_Model):
     allow: StrList
     mode: Mode | None = None
 
+    @cached_property
+    def _patterns(self) -> list[re.Pattern[str]]:
+        return [glob_regex(p) for p in self.allow]
+
     def allows(self, qualified: str) -> bool:
-        return any(glob_regex(p).fullmatch(qualified) for p in self.allow)
+        return any(p.fullmatch(qualified) for p in self._patterns)
 
 
 class ExtractionRule(_Model):

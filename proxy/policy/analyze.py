@@ -64,9 +64,43 @@ class Call:
 
 
 @dataclass(slots=True)
+class Nodes:
+    """The node kinds the passes need, gathered in one walk of the tree."""
+
+    tables: list[exp.Table] = field(default_factory=list)
+    columns: list[exp.Column] = field(default_factory=list)
+    stars: list[exp.Star] = field(default_factory=list)
+    joins: list[exp.Join] = field(default_factory=list)
+    funcs: list[exp.Func] = field(default_factory=list)
+    intos: list[exp.Into] = field(default_factory=list)
+    dmls: list[exp.Expr] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, tree: exp.Expr) -> Nodes:
+        n = cls()
+        for node in tree.walk():
+            if isinstance(node, exp.Column):
+                n.columns.append(node)
+            elif isinstance(node, exp.Table):
+                n.tables.append(node)
+            elif isinstance(node, exp.Star):
+                n.stars.append(node)
+            elif isinstance(node, exp.Join):
+                n.joins.append(node)
+            elif isinstance(node, exp.Func):
+                n.funcs.append(node)
+            elif isinstance(node, exp.Into):
+                n.intos.append(node)
+            elif isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+                n.dmls.append(node)
+        return n
+
+
+@dataclass(slots=True)
 class Collected:
     occs: list[Occ]
     calls: list[Call]
+    nodes: Nodes
 
 
 def _with_of(node: exp.Expr) -> exp.With | None:
@@ -102,7 +136,7 @@ def _scope(node: exp.Expr) -> exp.Expr | None:
     return p
 
 
-def _write_targets(tree: exp.Expr) -> set[int]:
+def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
     out: set[int] = set()
 
     def add(x: exp.Expr | None) -> None:
@@ -120,10 +154,10 @@ def _write_targets(tree: exp.Expr) -> set[int]:
             add(t)
     if isinstance(tree, exp.Create | exp.Drop | exp.Alter):
         add(tree.this)
-    for into in tree.find_all(exp.Into):
+    for into in nodes.intos:
         add(into.this)
     # Data-modifying CTEs: WITH x AS (DELETE FROM people ...) SELECT ...
-    for dml in tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
+    for dml in nodes.dmls:
         if dml is not tree:
             add(dml.this)
     return out
@@ -152,9 +186,10 @@ def _call(node: exp.Func) -> Call:
 
 
 def collect(tree: exp.Expr) -> Collected:
-    writes = _write_targets(tree)
+    nodes = Nodes.of(tree)
+    writes = _write_targets(tree, nodes)
     occs: list[Occ] = []
-    for t in tree.find_all(exp.Table):
+    for t in nodes.tables:
         if not isinstance(t.this, exp.Identifier):
             continue  # table function, ROWS FROM (...): seen as calls below
         if t.find_ancestor(exp.Lock) is not None:
@@ -174,8 +209,8 @@ def collect(tree: exp.Expr) -> Collected:
         if alias_node is not None and alias_node.columns:
             o.colmap = {fold(c): "" for c in alias_node.columns}
         occs.append(o)
-    calls = [_call(f) for f in tree.find_all(exp.Func) if not isinstance(f, _NOT_CALLS)]
-    return Collected(occs, calls)
+    calls = [_call(f) for f in nodes.funcs if not isinstance(f, _NOT_CALLS)]
+    return Collected(occs, calls, nodes)
 
 
 # sqlglot models these as Func, but they are syntax, not function calls.
@@ -218,7 +253,7 @@ def _visible(o: Occ, col: str) -> bool | None:
     return col in o.relation.columns
 
 
-def attribute_columns(tree: exp.Expr, occs: list[Occ]) -> None:
+def attribute_columns(nodes: Nodes, occs: list[Occ]) -> None:
     by_scope: dict[int, list[Occ]] = {}
     for o in occs:
         by_scope.setdefault(id(o.scope), []).append(o)
@@ -229,7 +264,7 @@ def attribute_columns(tree: exp.Expr, occs: list[Occ]) -> None:
     def read(o: Occ, col: str) -> None:
         o.columns.add(o.colmap.get(col, col) if o.colmap else col)
 
-    for col in tree.find_all(exp.Column):
+    for col in nodes.columns:
         if col.find_ancestor(exp.Lock) is not None or _is_set_target(col):
             continue
         scopes = in_scopes(col)
@@ -269,7 +304,7 @@ def attribute_columns(tree: exp.Expr, occs: list[Occ]) -> None:
             if hits:
                 break
 
-    for star in tree.find_all(exp.Star):
+    for star in nodes.stars:
         parent = star.parent
         if isinstance(parent, exp.Select | exp.Returning) and star in parent.expressions:
             scope = parent if isinstance(parent, exp.Select) else _scope(star)
@@ -277,7 +312,7 @@ def attribute_columns(tree: exp.Expr, occs: list[Occ]) -> None:
                 if not o.write or isinstance(parent, exp.Returning):
                     o.whole = True
 
-    for join in tree.find_all(exp.Join):
+    for join in nodes.joins:
         scope_occs = by_scope.get(id(_scope(join)), [])
         if str(join.args.get("method") or "").upper() == "NATURAL":
             for o in scope_occs:

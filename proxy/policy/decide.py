@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 
 from proxy.errors import Blocked, NotUnderstood, ProxyError
@@ -48,6 +48,7 @@ _KIND_OF = (
     (exp.Drop, "drop"),
     (exp.Alter, "alter"),
 )
+_PG = Postgres()
 WRITES = frozenset({"insert", "update", "delete", "merge", "truncate", "copy"})
 
 
@@ -96,7 +97,9 @@ class Verdict:
 def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False) -> Verdict:
     h = head(piece)
     v = Verdict(kind=h.kind, text=piece.text, sql=piece.text, ddl=h.ddl)
-    v.redacted, v.fingerprint, v.literals = redact(piece.text, piece.tokens)
+    # U&-decoded pieces are redacted from their decoded text (offsets refer to it).
+    src = piece.text if piece.parse_text == piece.text else piece.parse_text
+    v.redacted, v.fingerprint, v.literals = redact(src, piece.tokens, piece.base)
     if h.kind == "unknown":
         v.unparsed(ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
         return v
@@ -106,7 +109,7 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
         _utility(v, h, piece, ctx)
         return v
     try:
-        tree = sqlglot.parse_one(piece.parse_text, read="postgres")
+        tree = _parse(piece)
     except (ParseError, TokenError) as e:
         tree = None
         why = str(e).splitlines()[0] if str(e) else "parse error"
@@ -130,6 +133,12 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     return v
 
 
+def _parse(piece: Piece) -> exp.Expr | None:
+    """Parse from the splitter's tokens (no second tokenization)."""
+    trees = _PG.parser().parse(list(piece.tokens), piece.source)
+    return trees[0] if len(trees) == 1 else None
+
+
 def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: bool) -> Verdict:
     assert h.inner is not None
     try:
@@ -137,7 +146,7 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
     except SplitError as e:
         v.unparsed(ctx, str(e))
         return v
-    inner = Piece(h.inner, h.inner, toks)
+    inner = Piece(h.inner, h.inner, toks, h.inner, 0)
     ih = head(inner)
     if ih.kind not in PARSED or ih.inner is not None:
         v.unparsed(ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
@@ -150,8 +159,9 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
         return v
     sub = decide(inner, ctx, masker, extended=extended)
     if h.analyze and sub.action != "block":
-        sub_tree = sqlglot.parse_one(inner.parse_text, read="postgres")
-        checks.explain_analyze(sub, sub_tree, ctx)
+        sub_tree = _parse(inner)
+        if sub_tree is not None:
+            checks.explain_analyze(sub, sub_tree, ctx)
     for name in ("tables", "columns", "functions", "copy_out", "has_where", "has_limit"):
         setattr(v, name, getattr(sub, name))
     v.offset = sub.offset
@@ -196,7 +206,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         if ungoverned and ctx.governed_elsewhere(o.qualified, o.name):
             pinned.append(o)  # ambiguous: pin it to what we decided it reads
     bind_colmaps(occs)
-    attribute_columns(tree, occs)
+    attribute_columns(found.nodes, occs)
     checks.describe(v, tree, occs, found.calls, ctx)
 
     checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate
@@ -225,7 +235,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
                 changed |= _filter_write(tree, o, ctx, masker)
             elif rule.row_filter or rule.columns:
                 sub = masker.subquery(rule, o.qualified, o.relation, ctx.who, ctx.pin, o.node)
-                _unqualify_columns(tree, o)
+                _unqualify_columns(found.nodes.columns, o)
                 o.node.replace(as_from_item(sub, o.node))
                 changed = True
         except MissingAttribute as e:
@@ -238,7 +248,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         checks.copy_to_query(tree)
     if changed:
         v.action = "rewrite"
-        v.sql = tree.sql(dialect="postgres")
+        v.sql = _PG.generate(tree, copy=False)  # the tree is ours; skip sqlglot's deep copy
         v.reason = v.reason or "row filter / column policies applied"
 
 
@@ -259,9 +269,9 @@ def _filter_write(tree: exp.Expr, o: Occ, ctx: Context, masker: Masker) -> bool:
     return True
 
 
-def _unqualify_columns(tree: exp.Expr, o: Occ) -> None:
+def _unqualify_columns(columns: list[exp.Column], o: Occ) -> None:
     """`public.people.name` must become `people.name` once people is a subquery alias."""
-    for col in tree.find_all(exp.Column):
+    for col in columns:
         if col.args.get("db") is not None and col.table == o.node.name:
             col.set("db", None)
             col.set("catalog", None)

@@ -128,7 +128,7 @@ def _inner(piece: Piece, idx: int, kind: str, analyze: bool = False) -> Head:
     toks = piece.tokens
     if idx >= len(toks):
         return Head("unknown")
-    start = toks[idx].start
+    start = piece.rel(toks[idx].start)
     text = piece.parse_text
     return Head(kind, inner=text[start:], prefix=text[:start], analyze=analyze)
 

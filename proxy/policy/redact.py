@@ -27,8 +27,8 @@ LITERALS = frozenset(
 )
 
 
-def redact(text: str, tokens: tuple[Token, ...]) -> tuple[str, str, tuple[str, ...]]:
-    """(redacted text, fingerprint, literals) of one statement."""
+def redact(text: str, tokens: tuple[Token, ...], base: int = 0) -> tuple[str, str, tuple[str, ...]]:
+    """(redacted text, fingerprint, literals) of one statement; `base`: offset of text."""
     out: list[str] = []
     norm: list[str] = []
     literals: list[str] = []
@@ -39,9 +39,9 @@ def redact(text: str, tokens: tuple[Token, ...]) -> tuple[str, str, tuple[str, .
             # A minus sign glued to a number is part of the literal.
             if t.token_type == TokenType.NUMBER and prev is not None and _is_sign(prev, t):
                 norm.pop()
-            out.append(text[pos : t.start])
+            out.append(text[pos : t.start - base])
             out.append("?")
-            pos = t.end + 1
+            pos = t.end + 1 - base
             literals.append(t.text)
             norm.append("?")
         elif t.token_type in (TokenType.VAR, TokenType.IDENTIFIER):

@@ -40,7 +40,21 @@ class SplitError(ValueError):
 class Piece:
     text: str  # the statement as the client wrote it, without the `;`
     parse_text: str  # the same with U&"..." decoded, for sqlglot
-    tokens: tuple[Token, ...]  # tokens of parse_text
+    tokens: tuple[Token, ...]  # tokens of parse_text, with offsets into `source`
+    source: str = ""  # the text the token offsets refer to
+    base: int = 0  # offset of parse_text within source
+
+    @classmethod
+    def alone(cls, text: str) -> Piece:
+        """A piece that is a whole text by itself (the inner statement of EXPLAIN...)."""
+        return cls(text, text, tuple(tokenize(text)), text, 0)
+
+    def _replace_text(self, text: str) -> Piece:
+        return Piece(text, self.parse_text, self.tokens, self.source, self.base)
+
+    def rel(self, offset: int) -> int:
+        """A token offset made relative to parse_text."""
+        return offset - self.base
 
 
 def tokenize(text: str) -> list[Token]:
@@ -63,21 +77,15 @@ def split(sql: str) -> list[Piece]:
         if not group:
             continue
         # Keep comments before the first token out; they belong to no statement.
-        text = sql[group[0].start : group[-1].end + 1]
-        parse_text = decode_unicode_identifiers(text, group, group[0].start)
-        toks = tuple(tokenize(parse_text)) if parse_text != text else _shift(group)
-        pieces.append(Piece(text, parse_text, toks))
+        base = group[0].start
+        text = sql[base : group[-1].end + 1]
+        parse_text = decode_unicode_identifiers(text, group, base)
+        if parse_text != text:
+            pieces.append(Piece.alone(parse_text)._replace_text(text))
+        else:
+            # Offsets stay absolute: the parser can take these tokens with `sql` as source.
+            pieces.append(Piece(text, text, tuple(group), sql, base))
     return pieces
-
-
-def _shift(group: list[Token]) -> tuple[Token, ...]:
-    base = group[0].start
-    if base == 0:
-        return tuple(group)
-    out = []
-    for t in group:
-        out.append(Token(t.token_type, t.text, t.line, t.col, t.start - base, t.end - base))
-    return tuple(out)
 
 
 def decode_unicode_identifiers(text: str, tokens: list[Token], base: int) -> str:
