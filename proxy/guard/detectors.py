@@ -195,7 +195,7 @@ def _copies_out(stmt: StatementFacts) -> bool:
 
 
 # Keyset paging compares with the last key seen: `id > ?`, `(a, b) < (?, ?)`.
-_RANGE = re.compile(r"[<>]=?\s*\(?\s*\$?\?")
+_RANGE = re.compile(r"(?:(?<![<>!])>=?|<(?!>)=?)\s*\(?\s*\$?\?")  # not <> or !=
 
 
 def _keyset(stmt: StatementFacts) -> bool:
