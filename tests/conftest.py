@@ -24,20 +24,26 @@ import asyncio
 import functools
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
-from pgcluster import PgCluster, running_cluster
+from pgcluster import PgCluster, running_cluster, stop_all
 
 T = TypeVar("T")
 
-# Let a SIGTERM (CI timeout, `kill`) run atexit hooks, which stop the cluster.
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # A SIGTERM (CI timeout, `kill`) stops the clusters, then kills us as it would have.
+    stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 # No statement policy: every statement kind is allowed, nothing is masked.
 OPEN_RULES = """\

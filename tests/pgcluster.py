@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -122,6 +123,37 @@ class PgCluster:
         }
 
 
+_LIVE: list[LocalCluster] = []
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the postmaster's child process: get SIGQUIT (immediate shutdown) if pytest dies.
+
+    This covers SIGKILL of the test run, which no atexit hook sees. It runs
+    after subprocess has switched to the unprivileged user, so it sticks.
+    """
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
+
+
+def stop_all() -> None:
+    """Stop every cluster this process started (atexit, SIGTERM)."""
+    while _LIVE:
+        _LIVE.pop().destroy()
+
+
+def reap_stale() -> None:
+    """Delete data dirs left by test runs that died; their postmasters died with them."""
+    for owner in Path(tempfile.gettempdir()).glob("oversight-pg-*/owner.pid"):
+        try:
+            pid = int(owner.read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(owner.parent, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -187,6 +219,7 @@ class LocalCluster:
         self.password = secrets.token_hex(12)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        (self.tmp / "owner.pid").write_text(str(os.getpid()))
         if self.pw is not None:
             os.chown(self.tmp, self.pw.pw_uid, self.pw.pw_gid)
         self.tmp.chmod(0o700)
@@ -229,6 +262,7 @@ class LocalCluster:
                     stderr=subprocess.STDOUT,
                     cwd=self.tmp,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                     **self._run_as(),
                 )
             if self._wait_ready():
@@ -330,8 +364,9 @@ def running_cluster() -> Any:
         return
     bin_env = os.environ.get("OVERSIGHT_TEST_PG_BIN")
     bindir = Path(bin_env) if bin_env else _pgserver_bindir(os.geteuid() == 0)
+    reap_stale()
     local = LocalCluster(bindir)
-    atexit.register(local.destroy)
+    _LIVE.append(local)
     try:
         local.initdb()
         local.start()
@@ -347,5 +382,9 @@ def running_cluster() -> Any:
         grant_schema(cluster.dsn())
         yield cluster
     finally:
+        if local in _LIVE:
+            _LIVE.remove(local)
         local.destroy()
-        atexit.unregister(local.destroy)
+
+
+atexit.register(stop_all)
