@@ -1,6 +1,6 @@
 """The audit file as the writer thread sees it: open and recover, append, rotate, fsync.
 
-Everything here blocks on disk, so only the AuditLog's one-thread executor
+Everything here blocks on disk, so only the AuditLog's worker thread
 calls it, one call at a time. Opening recovers where the chain stands: a torn
 last line (a crash mid-write) is cut and kept aside in `<path>.torn.<time>`,
 and the head is the hash of the last complete line, or of the newest rotated

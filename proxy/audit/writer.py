@@ -4,7 +4,7 @@ Sessions call `await log.write(record)`. The record joins a pending list and
 the caller waits on a future. One writer task takes everything pending as a
 batch, seals it into the hash chain in order (on the loop: a few microseconds
 a record, and no fight with a thread for the GIL), and hands the bytes to a
-one-thread executor that appends them with one write(2) (so lines from
+worker thread (worker.py) that appends them with one write(2) (so lines from
 concurrent sessions never interleave or tear), rotating first when needed
 (sink.py). Then every future of the batch is resolved. Records arriving
 meanwhile form the next batch (group commit).
@@ -22,13 +22,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from proxy.audit.config import AuditConfig
 from proxy.audit.record import GENESIS, format_ts, seal
 from proxy.audit.sink import FileSink, Reseal
+from proxy.audit.worker import Worker
 from proxy.errors import AuditUnavailable
 
 log = logging.getLogger("oversight.audit")
@@ -59,7 +59,7 @@ class AuditLog:
         self._stdout = stdout
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker = Worker("oversight-audit")
         self._writer: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self._closing = False
@@ -104,12 +104,11 @@ class AuditLog:
             return
         if self.config.stdout and self._stdout is None:
             self._stdout = sys.stdout.buffer
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="oversight-audit")
-        loop = asyncio.get_running_loop()
+        self._worker.start()
         self._error = None
         if self._sink is not None:
             try:
-                await loop.run_in_executor(self._executor, self._sink.start)
+                await self._worker.call(self._sink.start)
             except OSError as exc:
                 self._error = f"cannot open {self.config.path}: {exc.strerror or exc}"
                 log.error("audit log unavailable: %s", self._error)
@@ -155,9 +154,8 @@ class AuditLog:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
-        assert self._executor is not None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_file)
-        self._executor.shutdown(wait=True)
+        await self._worker.call(self._close_file)
+        self._worker.stop()
         self._closed = True
 
     # ---- loop side --------------------------------------------------------
@@ -185,7 +183,6 @@ class AuditLog:
         Sealing on the loop rather than the thread avoids fighting the thread
         for the GIL; the head advances only once the bytes are written.
         """
-        loop = asyncio.get_running_loop()
         for _ in range(3):
             prev = self._prev
             lines: list[bytes] = []
@@ -193,9 +190,7 @@ class AuditLog:
                 line, prev = seal(rec, prev, self.config.key)
                 lines.append(line)
             try:
-                error = await loop.run_in_executor(
-                    self._executor, self._write_data, b"".join(lines), self._prev, prev
-                )
+                error = await self._worker.call(self._write_data, b"".join(lines), self._prev, prev)
             except Reseal as moved:
                 self._prev = moved.head
                 continue
@@ -233,11 +228,9 @@ class AuditLog:
                 fut.set_exception(AuditUnavailable(error))
 
     async def _sync_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._executor is not None
         while True:
             await asyncio.sleep(self.config.fsync_interval)
-            await loop.run_in_executor(self._executor, self._fsync)
+            await self._worker.call(self._fsync)
 
     # ---- writer thread ----------------------------------------------------
 
