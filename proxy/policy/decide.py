@@ -128,6 +128,8 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     if kind is None or (h.kind not in ("select",) and kind != h.kind and not h.ddl):
         v.unparsed(ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
         return v
+    if isinstance(tree, exp.Query) and tree.args.get("into") is not None:
+        kind, v.ddl = "create", True  # SELECT INTO is CREATE TABLE AS
     v.kind = kind
     statement(v, tree, ctx, masker)
     return v
@@ -171,10 +173,11 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
     return v
 
 
-def _gate(v: Verdict, ctx: Context, *, writes_ok: bool) -> None:
-    if ctx.defaults.allows_kind(v.kind) or writes_ok:
+def _gate(v: Verdict, ctx: Context, *, writes_ok: bool, kind: str | None = None) -> None:
+    kind = kind or v.kind
+    if ctx.defaults.allows_kind(kind) or writes_ok:
         return
-    v.block("defaults.statements", f"{v.kind.upper()} statements are not allowed")
+    v.block("defaults.statements", f"{kind.upper()} statements are not allowed")
 
 
 def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
@@ -211,6 +214,12 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
 
     checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate
     _gate(v, ctx, writes_ok=checks.write_consent(v.kind, occs, ctx))
+    # Data-modifying CTEs (WITH d AS (DELETE ...) SELECT ...) are gated by their own kind.
+    for dml in found.nodes.dmls:
+        if dml is not tree:
+            k = next(k for cls, k in _KIND_OF if isinstance(dml, cls))
+            nested = [o for o in occs if o.node is dml.this or o.node.parent is dml.this]
+            _gate(v, ctx, writes_ok=checks.write_consent(k, nested, ctx), kind=k)
     if isinstance(tree, exp.Copy):
         checks.copy(v, tree, ctx)
     for o in occs:

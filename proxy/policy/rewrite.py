@@ -1,7 +1,7 @@
 """Build the masking subquery that stands in for every read of a governed table.
 
 `FROM people p` becomes `FROM (SELECT id, name, region, '****' AS ssn, ... FROM
-public.people WHERE region = 'north') AS p`: the same columns in the same order,
+public.people WHERE region = 'north' OFFSET 0) AS p`: the same columns in the same order,
 masked, only the permitted rows, under the alias the query used. Joins,
 aggregates, WHERE clauses on masked columns and whole-row references all see
 the subquery, "as if the table itself held only the permitted rows".
@@ -111,6 +111,11 @@ class Masker:
         select = exp.Select(expressions=projection).from_(table)
         if rule.row_filter:
             select = select.where(exp.Paren(this=self.snippet(rule.row_filter)))
+            # OFFSET 0 is PostgreSQL's optimization fence: the query's own WHERE and JOIN
+            # conditions are not pushed below the row filter, so they never run on (and
+            # cannot leak through errors from) rows the user may not see. The planner still
+            # uses indexes for the row filter itself.
+            select.set("offset", exp.Offset(expression=exp.Literal.number(0)))
         bind(select, who)
         for t in select.find_all(exp.Table):
             if t is not table:
