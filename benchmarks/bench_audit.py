@@ -1,7 +1,7 @@
 """What the audit trail costs: writer throughput and latency, sealing, redaction, end to end.
 
     python -m benchmarks.bench_audit            # the writer on its own (seconds)
-    python -m benchmarks.bench_audit --proxy    # statements/s through the proxy, log on vs off
+    python -m benchmarks.bench_audit --proxy    # pgbench through `oversight serve`, log on vs off
 
 Writer: `AuditLog.write` on a temp file, with 1 and 100 concurrent writers,
 plain SHA-256 or HMAC, fsync on the 1 s interval or after every batch. Each
@@ -9,10 +9,12 @@ figure is the median over --runs runs; latency is the time one `write()`
 call waits (queue, seal, write(2), future resolved), median and p99 over
 all calls of the median run.
 
-Proxy: an in-process Oversight in front of a throwaway PostgreSQL
-(tests/pgcluster.py), N asyncpg clients sending `SELECT 1` as simple
-queries, with the audit file on and with it off (path ""). Clients and proxy
-share one event loop, so absolute figures are low; the on/off ratio is the point.
+Proxy: two `oversight serve` processes (tests/pgcluster.py's PostgreSQL
+behind them, benchmarks/services.py starts them), one with the audit log
+and one with OVERSIGHT_AUDIT_LOG="", measured with `pgbench -S -M simple`
+in interleaved samples: the difference is what the audit log costs a
+statement (`benchmarks.run` measures the same pair as oversight vs
+oversight-noaudit next to direct and PgBouncer).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -132,51 +133,52 @@ def bench_cpu(runs: int) -> None:
     print(f"redact_sql (sqlglot tokenizer, uncached):   {uncached:.1f} us/statement")
 
 
-async def bench_proxy(runs: int, clients: int, per_client: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    import asyncpg
-    import pgcluster
+def bench_proxy(runs: int, clients: int, seconds: int) -> None:
+    import contextlib
+    import subprocess
 
-    from proxy.server import ProxyServer
-    from proxy.settings import Settings
+    from benchmarks import services
+    from benchmarks.workloads import PgbenchCase, SampleFailed, pgbench
 
-    with pgcluster.running_cluster() as pg, tempfile.TemporaryDirectory() as tmp:
-        rules = Path(tmp) / "rules.yaml"
-        rules.write_text("version: 1\ndefaults: {unparsed: allow, statements: [all]}\n")
-
-        async def one_run(audit_log: str) -> float:
-            settings = Settings(
-                listen="127.0.0.1:0",
-                upstream=pg.dsn(),
-                rules=str(rules),
-                audit_log=audit_log,
-                admin_listen="",
-            )
-            server = ProxyServer(settings)
-            await server.start()
-            dsn = pg.dsn().replace(f"@{pg.host}:{pg.port}/", f"@127.0.0.1:{server.port}/")
-            conns = [await asyncpg.connect(dsn) for _ in range(clients)]
-
-            async def client(c: Any) -> None:
-                for _ in range(per_client):
-                    await c.execute("SELECT 1")
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(client(c) for c in conns))
-            elapsed = time.perf_counter() - t0
-            for c in conns:
-                await c.close()
-            await server.stop()
-            return clients * per_client / elapsed
-
-        print(f"proxy: {clients} clients x {per_client} simple-query SELECT 1, median of {runs}")
-        results: dict[str, list[float]] = {"off": [], "on": []}
-        for r in range(runs):  # interleaved so drift hits both alike
-            results["off"].append(await one_run(""))
-            results["on"].append(await one_run(str(Path(tmp) / f"audit-{r}.jsonl")))
-        off, on = statistics.median(results["off"]), statistics.median(results["on"])
-        print(f"audit off: {off:8.0f} statements/s")
-        print(f"audit on:  {on:8.0f} statements/s  ({(1 - on / off) * 100:+.1f}% cost)")
+    case = PgbenchCase("simple", clients)
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(services.cluster_context())
+        password = services.new_password()
+        services.make_bench_database(pg, password)
+        stack.callback(services.drop_bench_database, pg)
+        direct = services.Target("direct", pg.host, pg.port, password)
+        init = ["pgbench", "-i", "-q", "-s", "1", "-h", pg.host, "-p", str(pg.port)]
+        init += ["-U", services.BENCH_ROLE, services.BENCH_DB]
+        subprocess.run(init, env=direct.env(), check=True, capture_output=True, timeout=300)
+        servers = {
+            "off": services.start_oversight(stack, direct, "audit-off", None, audit=False),
+            "on": services.start_oversight(stack, direct, "audit-on", None, audit=True),
+        }
+        print(f"proxy: {case.key} -T {seconds}, oversight serve audit on vs off, median of {runs}")
+        tps: dict[str, list[float]] = {"off": [], "on": []}
+        lat: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(runs):  # interleaved so drift hits both alike
+            for name, server in servers.items():
+                try:
+                    figures = pgbench(server.target, case, seconds)
+                except SampleFailed as e:
+                    print(f"  {name}: sample failed: {e}")
+                    continue
+                tps[name].append(figures["tps"])
+                lat[name].append(figures["latency_ms"])
+        if not tps["off"] or not tps["on"]:
+            print("not enough samples")
+            return
+        off, on = statistics.median(tps["off"]), statistics.median(tps["on"])
+        lat_off, lat_on = statistics.median(lat["off"]), statistics.median(lat["on"])
+        print(f"audit off: {off:8.0f} statements/s  latency {lat_off:.3f} ms")
+        print(f"audit on:  {on:8.0f} statements/s  latency {lat_on:.3f} ms")
+        print(
+            f"cost: {(1 - on / off) * 100:.1f}% throughput, {(lat_on - lat_off) * 1000:.0f} us/stmt"
+        )
+        log = servers["on"].audit_log
+        if log is not None and log.exists():
+            print(f"audit records written: {len(log.read_bytes().splitlines())}")
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -193,11 +195,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--records", type=int, default=20000, help="records per writer run")
     p.add_argument("--proxy", action="store_true", help="statements/s through the proxy")
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--statements", type=int, default=500, help="per client")
+    p.add_argument("--clients", type=int, default=8, help="pgbench clients (--proxy)")
+    p.add_argument("--seconds", type=int, default=5, help="per pgbench sample (--proxy)")
     args = p.parse_args()
     if args.proxy:
-        run(bench_proxy(args.runs, args.clients, args.statements))
+        bench_proxy(args.runs, args.clients, args.seconds)
         return
     bench_cpu(args.runs)
     run(bench_writer(args.runs, args.records))
