@@ -18,6 +18,7 @@ import orjson
 from proxy.audit.record import GENESIS, parse_ts
 
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{6}(-\d+)?$")
+_ROTATED = re.compile(r"^(.*)\.(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{6}(?:-\d+)?)$")
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -51,6 +52,31 @@ def rotated_siblings(path: str) -> list[str]:
     stamps = [s for s in stamps if _STAMP.match(s)]
     stamps.sort(key=_stamp_key)
     return [os.path.join(os.path.dirname(path), prefix + s) for s in stamps]
+
+
+def chain_order(files: list[str]) -> list[str]:
+    """`files` with each live file after its rotated siblings, oldest first.
+
+    A shell glob (`oversight-audit.jsonl*`) lists the live file first; the
+    chain runs through the rotated ones before it.
+    """
+
+    def split(name: str) -> tuple[str, str | None]:
+        match = _ROTATED.match(name)
+        return (match.group(1), match.group(2)) if match else (name, None)
+
+    first_seen: dict[str, int] = {}
+    for i, name in enumerate(files):
+        first_seen.setdefault(split(name)[0], i)
+
+    def key(item: tuple[int, str]) -> tuple[int, int, tuple[str, int], int]:
+        i, name = item
+        base, stamp = split(name)
+        if stamp is None:
+            return first_seen[base], 1, ("", 0), i
+        return first_seen[base], 0, _stamp_key(stamp), i
+
+    return [name for _, name in sorted(enumerate(files), key=key)]
 
 
 def discover(path: str) -> list[str]:

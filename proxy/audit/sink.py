@@ -2,7 +2,7 @@
 
 Everything here blocks on disk, so only the AuditLog's worker thread
 calls it, one call at a time. Opening recovers where the chain stands: a torn
-last line (a crash mid-write) is cut and kept aside in `<path>.torn.<time>`,
+last line (a crash mid-write) is cut and kept aside in `<name>.torn-<time>.jsonl`,
 and the head is the hash of the last complete line, or of the newest rotated
 file's when the live file is empty. A batch is appended with one write(2)
 (O_APPEND) and truncated back if it fails part way, so no line is ever torn
@@ -155,7 +155,9 @@ class FileSink:
 
     def _save_torn(self, fd: int, end: int, size: int) -> None:
         fragment = os.pread(fd, size - end, end)
-        name = f"{self.path}.torn.{self.clock().strftime('%Y-%m-%dT%H-%M-%S.%f')}"
+        # Named apart from the chain's files (a glob of `<path>*` should not pick it up).
+        root, ext = os.path.splitext(self.path)
+        name = f"{root}.torn-{self.clock().strftime('%Y-%m-%dT%H-%M-%S.%f')}{ext}"
         with open(name, "ab") as f:
             f.write(fragment)
         log.warning(

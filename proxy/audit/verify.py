@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from proxy.audit.record import GENESIS, canonical, compute_hash
-from proxy.audit.rotate import discover
+from proxy.audit.rotate import chain_order, discover
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +128,7 @@ def cmd_verify(
         for path in files:
             found.extend(p for p in discover(path) if p not in found)
         files = found
+    files = chain_order(files)
     if not files:
         print("error: no audit files to verify", file=sys.stderr)
         return 1

@@ -106,6 +106,8 @@ async def test_rotation_by_size_carries_the_chain(tmp_path: Path) -> None:
     assert all(re.search(r"\.jsonl\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{6}", f) for f in files[:-1])
     verdict = verify_files(files, KEY)
     assert verdict.ok and verdict.records == 40
+    # A shell glob lists the live file first; verify puts it after its rotated files.
+    assert cmd_verify(sorted(str(p) for p in tmp_path.glob("a.jsonl*")), KEY) == 0
     # The second file's first record continues from the first file's last.
     first_last = records(Path(files[0]))[-1]["hash"]
     assert records(Path(files[1]))[0]["prev"] == first_last
@@ -212,7 +214,7 @@ async def test_crash_mid_write_torn_tail_is_cut_and_kept(tmp_path: Path) -> None
     assert path.read_bytes().startswith(whole)
     verdict = verify_files([str(path)], KEY)
     assert verdict.ok and verdict.records == 4
-    torn = list(tmp_path.glob("a.jsonl.torn.*"))
+    torn = list(tmp_path.glob("a.torn-*.jsonl"))
     assert len(torn) == 1 and torn[0].read_bytes().endswith(b'"event":"stat')
     assert discover(str(path)) == [str(path)]  # the fragment is not part of the chain
 
