@@ -197,6 +197,9 @@ def collect(tree: exp.Expr) -> Collected:
         if is_cte_ref(t):
             continue
         alias_node = t.args.get("alias")
+        parent = t.parent
+        if alias_node is None and isinstance(parent, exp.Subquery | exp.Paren):
+            alias_node = parent.args.get("alias")  # FROM (cases) x
         alias = fold(alias_node.this) if alias_node is not None and alias_node.this else ""
         o = Occ(
             node=t,
