@@ -39,7 +39,7 @@ from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
-from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage
+from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage, state_key
 from proxy.hooks import StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import RuleSet
@@ -185,7 +185,7 @@ class Guard:
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
             if not spec.has_budget:
                 continue
-            budget = _Budget(spec, f"{spec.id}:{facts.user}", spec.window or 0.0)
+            budget = _Budget(spec, state_key(spec.id, facts.user), spec.window or 0.0)
             refused = await self._budget(budget, statements, now, adm, hits, caps, pacers)
             if refused:
                 return self._finish(adm, hits, "block", refused)

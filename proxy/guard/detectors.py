@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from proxy.catalog import Catalog, Relation
 from proxy.guard.limits import ExtractionSpec
-from proxy.guard.store import Store
+from proxy.guard.store import Store, state_key
 
 # Statement kinds that read rows out to the client. DECLARE is policed by its
 # inner query (engine.py), so its tables and WHERE/LIMIT facts are that query's.
@@ -244,7 +244,7 @@ async def detect(
             page = "k:" + _digest(stmt.literals)  # keyset paging: WHERE id > <last seen>
         else:
             page = "o:0"  # the first page, or a lookup with a LIMIT (enumeration's business)
-        key = f"page:{spec.id}:{user}:{stmt.fingerprint}"
+        key = state_key("page", spec.id, user, stmt.fingerprint)
         pages = await store.seen(key, page, spec.detector_window, now)
         if pages < spec.min_pages:
             return None
@@ -255,7 +255,7 @@ async def detect(
             return None
         if stmt.offset is not None:
             return None
-        key = f"enum:{spec.id}:{user}:{stmt.fingerprint}"
+        key = state_key("enum", spec.id, user, stmt.fingerprint)
         distinct = await store.seen(key, _digest(stmt.literals), spec.detector_window, now)
         if distinct < spec.min_distinct:
             return None

@@ -64,6 +64,11 @@ class BudgetLimits:
         return None
 
 
+def state_key(*parts: str) -> str:
+    """A store key from rule id, user, ...; length prefixes keep `a:b`+`c` apart from `a`+`b:c`."""
+    return ":".join(f"{len(p)}.{p}" for p in parts)
+
+
 def cancel_key_name(key: CancelKey) -> str:
     """A stable string for a BackendKeyData key (4-byte pid/secret, or 3.2 variable length)."""
     if isinstance(key, bytes):

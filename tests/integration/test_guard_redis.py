@@ -16,6 +16,7 @@ from fix_guard import RedisServer, redis_server
 
 from proxy.errors import Blocked, VolumeLimit
 from proxy.guard import Guard, RedisStore, StoreUnavailable
+from proxy.guard.store import state_key
 from proxy.hooks import StatementResult
 from proxy.identity import SessionFacts
 from proxy.rules import ExtractionRule, RuleSet, UserEntry
@@ -80,7 +81,7 @@ async def test_two_instances_enforce_one_row_budget(stores: tuple[RedisStore, Re
             await guard.finished(ALICE, adm.token, result(rows))
     assert refused > 0
     assert 1000 <= total <= 1000 + wanted
-    usage = await stores[0].usage("rows:alice", 3600, 0)
+    usage = await stores[0].usage(state_key("rows", "alice"), 3600, 0)
     assert usage.rows == total
 
 
