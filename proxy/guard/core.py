@@ -20,9 +20,10 @@ a long stream's rows while it is still going.
 A lone FETCH gets its cursor's earlier output as StreamLimits.used_rows /
 used_bytes (cursors.py), so a per-query cap holds across a FETCH loop.
 
-A token is per admitted statement text; a prepared statement may execute
-(and finish) several times under one token, so accounting never assumes
-one execution per token.
+A token is per admitted statement text, but a prepared statement is
+admitted once (at Parse) and may execute many times under its token: each
+later execution counts as a query, and `finished` re-arms the token's
+StreamLimits in place (the session reads them live) from fresh usage.
 """
 
 from __future__ import annotations
