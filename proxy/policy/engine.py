@@ -24,6 +24,7 @@ version, catalog version); the cache is a plain dict LRU, safe under asyncio.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ from proxy.policy.split import SplitError, split
 from proxy.rules import RuleSet
 
 Action = Literal["allow", "rewrite", "block"]
+log = logging.getLogger("oversight.policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,12 @@ class PolicyEngine:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        decision = self._decide(sql, facts, extended)
+        try:
+            decision = self._decide(sql, facts, extended)
+        except Exception as e:  # a bug or a sqlglot surprise must fail closed, not crash
+            log.exception("policy engine failed on a statement; blocking it")
+            err = NotUnderstood(f"internal policy error ({type(e).__name__})")
+            return Decision("block", sql, err, (), err.reason, False, None, ())
         self._cache[key] = decision
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -310,3 +310,15 @@ def test_extended_keeps_typed_placeholders(engine: PolicyEngine) -> None:
         "SELECT name FROM people WHERE id = $1::int AND name = $2", ALICE, extended=True
     )
     assert "$1" in d.sql and "$2" in d.sql and d.action == "rewrite"
+
+
+def test_internal_errors_fail_closed(engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.policy.engine as mod
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(mod, "decide", boom)
+    d = engine.decide("SELECT 'never seen before'", ALICE)
+    assert d.action == "block" and isinstance(d.error, NotUnderstood)
+    assert "internal policy error" in d.reason
