@@ -434,7 +434,18 @@ def _errors(path: Path, raw: Any, e: ValidationError, base: tuple[int | str, ...
     return out
 
 
-def _validate_file(path: Path, problems: list[str]) -> RuleFile | None:
+def _raw_ids(raw: dict[str, Any]) -> list[str]:
+    """Ids as written, valid or not, so duplicates are reported even next to other errors."""
+    out = []
+    for section in ("rules", "functions", "extraction"):
+        items = raw.get(section)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                out.append(item["id"])
+    return out
+
+
+def _validate_file(path: Path, problems: list[str]) -> tuple[RuleFile, list[str]] | None:
     """Validate one file item by item, so one bad rule does not hide the others' problems."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -466,7 +477,7 @@ def _validate_file(path: Path, problems: list[str]) -> RuleFile | None:
                 problems.extend(_errors(path, raw, e, (section, i)))
         parsed[section] = good
     # The valid part goes on to the cross-file checks; the caller raises at the end anyway.
-    return RuleFile.model_construct(**parsed)
+    return RuleFile.model_construct(**parsed), _raw_ids(raw)
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -484,9 +495,10 @@ def load_rules(path: str | Path) -> RuleSet:
     file_rules: list[tuple[str, list[TableRule]]] = []
     digest = hashlib.sha256()
     for f in files:
-        model = _validate_file(f, problems)
-        if model is None:
+        validated = _validate_file(f, problems)
+        if validated is None:
             continue
+        model, raw_ids = validated
         digest.update(orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS))
         if model.defaults is not None:
             if defaults_from is not None:
@@ -497,13 +509,11 @@ def load_rules(path: str | Path) -> RuleSet:
             if name in rs.users:
                 problems.append(f"{f}: user {name}: defined twice")
             rs.users[name] = entry
-        items: list[TableRule | FunctionRule | ExtractionRule]
-        items = [*model.rules, *model.functions, *model.extraction]
-        for item in items:
-            if item.id in ids:
-                problems.append(f"{f}: rule {item.id}: id: duplicate (also in {ids[item.id]})")
-            ids.setdefault(item.id, str(f))
-            rs.sources.setdefault(item.id, str(f))
+        for rid in raw_ids:
+            if rid in ids:
+                problems.append(f"{f}: rule {rid}: id: duplicate (also in {ids[rid]})")
+            ids.setdefault(rid, str(f))
+            rs.sources.setdefault(rid, str(f))
         file_rules.append((str(f), model.rules))
         rs.rules += model.rules
         rs.functions += model.functions

@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from sqlglot import exp
+
 from proxy.catalog import Catalog, load_catalog
 from proxy.identity import SessionFacts
+from proxy.policy.analyze import fold
 from proxy.policy.engine import Decision, PolicyEngine
+from proxy.policy.sqlcheck import parse_snippet
 from proxy.rules import ATTR_PARAM, RulesError, RuleSet, SqlMask, load_rules
 from proxy.rules import glob_regex as _glob
 
@@ -52,6 +56,8 @@ def catalog_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
             for c in r.columns:
                 if cols and c not in cols:
                     out.append(f"{where}: columns.{c}: {q} has no column {c}")
+            for c in _filter_columns(r.row_filter) - cols if cols else ():
+                out.append(f"{where}: row_filter: {q} has no column {c}")
     for f in rs.functions:
         where = f"{rs.sources.get(f.id, '?')}: rule {f.id}"
         known = [f"{s}.{n}" for n, ss in catalog.functions.items() for s in ss]
@@ -61,6 +67,18 @@ def catalog_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
             if not any(_glob(pat).fullmatch(k) for k in known):
                 out.append(f"{where}: allow: {pat} matches no function in the catalog")
     return out
+
+
+def _filter_columns(row_filter: str | None) -> set[str]:
+    """Bare column names a row filter uses outside its own subqueries."""
+    if not row_filter:
+        return set()
+    tree = parse_snippet(row_filter)
+    return {
+        fold(c.this)
+        for c in tree.find_all(exp.Column)
+        if not c.table and c.find_ancestor(exp.Select) is None
+    }
 
 
 def attribute_problems(rs: RuleSet) -> list[str]:
