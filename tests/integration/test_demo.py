@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -57,23 +58,25 @@ def _free_port() -> int:
         return port
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+def _read_until(proc: DemoProcess, marker: str, timeout: float) -> str:
+    """Output up to `marker`, read from the raw pipe (a buffered readline would hide
+    lines already read from select())."""
     assert proc.stdout is not None
-    out: list[str] = []
+    fd = proc.stdout.fileno()
+    out = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        ready, _, _ = select.select([fd], [], [], 0.5)
         if ready:
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            out.append(line)
-            if marker in line:
-                return "".join(out)
+            out += chunk
+            if marker.encode() in out:
+                return out.decode()
         elif proc.poll() is not None:
             break
-    stderr = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-    raise AssertionError(f"no {marker!r} from the demo:\n{''.join(out)}\n{stderr}")
+    raise AssertionError(f"no {marker!r} from the demo:\n{out.decode()}\n{proc.log_text()}")
 
 
 def _parse(text: str) -> Banner:
@@ -106,34 +109,56 @@ def _processes_mentioning(needle: str) -> list[str]:
     return found
 
 
+class DemoProcess(subprocess.Popen[str]):
+    """`python -m proxy.cli demo ...` with stdout piped and stderr in a file.
+
+    A file, not a pipe, for stderr: nobody reads it while the tests run, and a
+    full pipe would stall the demo.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in kill_all
+        self.log_tail = ""
+        super().__init__(
+            [sys.executable, "-m", "proxy.cli", "demo", *args],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # a stray demo can be killed as a group
+        )
+
+    def log_text(self) -> str:
+        if self.log.closed:
+            return self.log_tail
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def stop(self, timeout: float = 30) -> str:
+        """SIGINT, as Ctrl-C; the rest of stdout. Kills the group if it does not stop."""
+        try:
+            self.send_signal(signal.SIGINT)
+            out, _ = self.communicate(timeout=timeout)
+            return out
+        finally:
+            self.log_tail = self.log_text()
+            self.kill_all()
+
+    def kill_all(self) -> None:
+        if self.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.wait()
+        self.log.close()
+
+
 @pytest.fixture(scope="module")
-def demo() -> Iterator[tuple[subprocess.Popen[str], Banner]]:
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "demo",
-            "--scale",
-            SCALE,
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # a stray demo can be killed as a group
-    )
+def demo() -> Iterator[tuple[DemoProcess, Banner]]:
+    proc = DemoProcess("--scale", SCALE, "--listen", f"127.0.0.1:{_free_port()}")
     try:
         text = _read_until(proc, "Press Ctrl-C", START_TIMEOUT)
         yield proc, _parse(text)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.kill_all()
 
 
 def _run(dsn: str, sql: str) -> list[tuple[object, ...]]:
@@ -241,18 +266,38 @@ def test_metrics_count_the_demo_statements(demo: tuple[object, Banner]) -> None:
     assert value(after, 'oversight_rows_total{user="alice"}') > 0
 
 
-def test_sigint_stops_everything(demo: tuple[subprocess.Popen[str], Banner]) -> None:
+def test_sigint_stops_everything(demo: tuple[DemoProcess, Banner]) -> None:
     proc, banner = demo
     port = int(banner.users["alice"].dsn.rsplit(":", 1)[1].split("/")[0])
     assert banner.datadir.exists()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    out = proc.stop()
+    assert proc.returncode == 0, proc.log_text()
     assert "stopped." in out
     assert not _processes_mentioning(str(banner.datadir))
     assert not banner.datadir.exists()  # no --keep: the run leaves nothing behind
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+def test_keep_reuses_the_data_dir(tmp_path: Path) -> None:
+    """--keep with --data-dir: the second run skips the load; the directory survives both."""
+    datadir = tmp_path / "kept"
+    outputs = []
+    for _run in range(2):
+        proc = DemoProcess(
+            "--keep", "--scale", "0.02", "--data-dir", str(datadir),
+            "--listen", f"127.0.0.1:{_free_port()}",
+        )  # fmt: skip
+        try:
+            outputs.append(_read_until(proc, "Press Ctrl-C", START_TIMEOUT))
+        finally:
+            proc.stop()
+        assert proc.returncode == 0, proc.log_text()
+        assert (datadir / "PG_VERSION").exists()
+        assert not _processes_mentioning(str(datadir))
+    assert "loaded 5,048 rows" in outputs[0] and "reusing" not in outputs[0]
+    assert "reusing the data set loaded earlier" in outputs[1] and "loaded 5,048" not in outputs[1]
+    assert "kept for next time" in outputs[1]
 
 
 # -- the data set itself, loaded into the suite's shared PostgreSQL -------------------
