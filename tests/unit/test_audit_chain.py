@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.audit import AuditConfig, AuditLog, cmd_verify, verify_files
 from proxy.audit.record import GENESIS, canonical, seal
@@ -163,3 +165,27 @@ async def test_unkeyed_chain_verifies_without_key(tmp_path: Path) -> None:
     await make_log(path, 3, key=None)
     assert verify_files([str(path)], None).ok
     assert not verify_files([str(path)], KEY).ok
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.text(), JSON, max_size=6), min_size=1, max_size=4))
+def test_any_record_seals_and_verifies(records: list[dict[str, object]]) -> None:
+    import tempfile
+
+    prev, lines = GENESIS, []
+    for record in records:
+        line, prev = seal(record, prev, KEY)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        lines.append(line)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "h.jsonl"
+        path.write_bytes(b"".join(lines))
+        verdict = verify_files([str(path)], KEY)
+    assert verdict.ok and verdict.records == len(records) and verdict.last_hash == prev

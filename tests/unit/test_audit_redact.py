@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.audit import redact_sql
 from proxy.audit.redact import redact_fallback
@@ -48,3 +50,19 @@ def test_unterminated_string_uses_fallback_and_hides_the_rest() -> None:
     assert redact_fallback("SELECT \"ident\" FROM t /* 'x' */ WHERE a='b") == (
         "SELECT \"ident\" FROM t /* 'x' */ WHERE a=?"
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1).filter(lambda s: "\x00" not in s))
+def test_no_string_literal_survives(value: str) -> None:
+    quoted = "'" + value.replace("'", "''") + "'"
+    sql = f"SELECT id FROM people WHERE name = {quoted} AND id > 7"
+    assert redact_sql(sql) == "SELECT id FROM people WHERE name = ? AND id > ?"
+    assert redact_fallback(sql) == "SELECT id FROM people WHERE name = ? AND id > ?"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0) | st.floats(min_value=0, allow_nan=False, allow_infinity=False))
+def test_no_number_survives(value: float) -> None:
+    sql = f"SELECT * FROM t WHERE x = {value!r} LIMIT 5"
+    assert redact_sql(sql) == "SELECT * FROM t WHERE x = ? LIMIT ?"
