@@ -67,6 +67,11 @@ def tokenize(text: str) -> list[Token]:
 def split(sql: str) -> list[Piece]:
     """Non-empty statements in order; raises SplitError when the text does not tokenize."""
     tokens = tokenize(sql)
+    for t in tokens:
+        # PostgreSQL reads `x$$` or `a$1` as one identifier; sqlglot starts a dollar quote or a
+        # parameter there. Refuse the text rather than split it differently from the server.
+        if sql[t.start] == "$" and t.start > 0 and _ident_char(sql[t.start - 1]):
+            raise SplitError("a `$` right after an identifier character is ambiguous")
     pieces: list[Piece] = []
     start_tok = 0
     for i in range(len(tokens) + 1):
@@ -86,6 +91,10 @@ def split(sql: str) -> list[Piece]:
             # Offsets stay absolute: the parser can take these tokens with `sql` as source.
             pieces.append(Piece(text, text, tuple(group), sql, base))
     return pieces
+
+
+def _ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "_$" or ord(ch) > 127
 
 
 def decode_unicode_identifiers(text: str, tokens: list[Token], base: int) -> str:

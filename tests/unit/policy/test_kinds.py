@@ -28,7 +28,18 @@ def test_split(sql: str, texts: list[str]) -> None:
     assert [p.text for p in split(sql)] == texts
 
 
-@pytest.mark.parametrize("sql", ["SELECT 'open", "SELECT $$open", "SELECT /* open", 'SELECT "x'])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'open",
+        "SELECT $$open",
+        "SELECT /* open",
+        'SELECT "x',
+        # PostgreSQL reads x$$ as an identifier, so the rest would be two more statements.
+        "SELECT 1 AS x$$, 1; SELECT notes FROM cases; SELECT $$",
+        "SELECT 1 AS x$q$, 1; SELECT notes FROM cases; SELECT $q$",
+    ],
+)
 def test_split_errors(sql: str) -> None:
     with pytest.raises(SplitError):
         split(sql)
