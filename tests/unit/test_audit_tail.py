@@ -178,3 +178,34 @@ async def test_follow_across_rotation_and_truncation(tmp_path: Path) -> None:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+async def test_oversight_commands_reach_tail_and_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.cli import main
+
+    path = tmp_path / "a.jsonl"
+    await write_all(
+        path, [rec("alice", "block", "SELECT 1"), rec("bob", "allow", "SELECT 2")], key=b"k"
+    )
+    monkeypatch.setenv("OVERSIGHT_AUDIT_KEY", "k")
+    capsys.readouterr()
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "ok: 2 records in 1 files, chain intact" in capsys.readouterr().out
+    assert main(["tail", str(path), "--blocked"]) == 0
+    out = capsys.readouterr().out
+    assert " alice " in out and " bob " not in out and "\x1b[" not in out  # not a tty
+    monkeypatch.setenv("OVERSIGHT_AUDIT_KEY", "other")
+    assert main(["audit", "verify", str(path)]) == 1
+
+
+async def test_stdout_copy_goes_to_the_process_stdout(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    log = AuditLog(AuditConfig(path="", stdout=True))
+    await log.start()
+    await log.write(rec("carol", "allow", "SELECT 3"))
+    await log.close()
+    out = capsysbinary.readouterr().out
+    assert orjson.loads(out)["user"] == "carol" and out.endswith(b"\n")
