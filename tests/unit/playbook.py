@@ -283,6 +283,11 @@ class Playbook:
         acts = self._resolve(acts, True)
         return b"".join(a.data for a in acts if isinstance(a, to))
 
+    def replies(self, data: bytes) -> bytes:
+        """Feed client bytes; return what the session itself answered the client."""
+        acts = self._resolve(self.session.client_data(data), True)
+        return b"".join(a.data for a in acts if isinstance(a, ToClient))
+
 
 def finishes(actions: Iterable[Action]) -> list[Running]:
     return [a.stmt for a in actions if isinstance(a, Finish)]

@@ -9,6 +9,8 @@ ReadyForQuery per Sync or Query.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from playbook import (
     BIND_COMPLETE,
     CLIENT_COPY_DONE,
@@ -789,3 +791,94 @@ def test_refused_asyncpg_prepare_answers_at_once_then_waits_for_sync() -> None:
     assert "__asyncpg_stmt_2__" not in pb.session.statements
     assert pb.client(SYNC) == ["server S"]
     assert pb.server(ready_for_query()) == ["client Z:I"]
+
+
+# ---------------------------------------------------------------- pipelines, generated
+
+ok_or_fail = st.one_of(
+    st.tuples(st.just("ok"), st.integers(min_value=0, max_value=3)),
+    st.just(("error", 0)),
+    st.just(("block", 0)),
+)
+units = st.lists(
+    st.tuples(st.booleans(), st.lists(ok_or_fail, min_size=1, max_size=4)), min_size=1, max_size=6
+)
+
+
+def reply_rows(n: int) -> tuple[bytes, list[str]]:
+    data = row_description("a") + rows(*["x"] * n) + command_complete(f"SELECT {n}")
+    return data, ["T", *["D"] * n, "C"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(units, st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=20))
+def test_generated_pipelines_stay_in_step(
+    plan: list[tuple[bool, list[tuple[str, int]]]], chunks: list[int]
+) -> None:
+    """Any mix of queries and extended batches, some refused, some failing upstream,
+    sent as one pipeline and answered in arbitrary chunks: the client sees exactly
+    PostgreSQL's replies with refusals in place, and every decided statement is audited once."""
+    client, server = b"", b""
+    expect: list[str] = []
+    audited = 0
+    for i, (simple, outcomes) in enumerate(plan):
+        if simple:
+            kind, n = outcomes[0]
+            client += query(f"select {i} {kind}" + (" secret" if kind == "block" else ""))
+            audited += 1
+            if kind == "block":
+                expect += ["E:42501", "Z:I"]
+                continue
+            if kind == "error":
+                server += error("22012")
+                expect.append("E:22012")
+            else:
+                data, toks = reply_rows(n)
+                server += data
+                expect += toks
+            server += ready_for_query()
+            expect.append("Z:I")
+            continue
+        failed = refused = False
+        for j, (kind, n) in enumerate(outcomes):
+            client += extended(f"select {i}.{j} {kind}" + (" secret" if kind == "block" else ""))
+            if refused:
+                continue  # discarded by the session until Sync: never decided
+            audited += 1
+            if kind == "block":
+                refused = True
+                if not failed:
+                    expect.append("E:42501")
+                failed = True
+            elif failed:
+                continue
+            elif kind == "error":
+                server += PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + error("22012")
+                expect += ["1", "2", "n", "E:22012"]
+                failed = True
+            else:
+                data, toks = reply_rows(n)
+                server += PARSE_COMPLETE + BIND_COMPLETE + data
+                expect += ["1", "2", *toks]
+        client += SYNC
+        server += ready_for_query()
+        expect.append("Z:I")
+
+    pb = Playbook(policy(blocked=("secret",)))
+    sent = b""
+    for part in _chunked(client, chunks):
+        sent += pb.replies(part)  # refusals may be answered at once
+    for part in _chunked(server, chunks[::-1]):
+        sent += pb.raw(part)
+    assert tokens(sent) == expect
+    assert len(finishes(pb.actions)) == audited
+    assert not pb.session.queue and not pb.session._discard
+
+
+def _chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        out.append(data[pos : pos + sizes[i % len(sizes)]])
+        pos += sizes[i % len(sizes)]
+        i += 1
+    return out
