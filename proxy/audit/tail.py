@@ -180,7 +180,10 @@ def follow_lines(
                 consumed = ident
                 continue
             if f is not None and st.st_size < f.tell():
-                f.seek(0)
+                # A failed batch truncated back only cuts the partial line we hold;
+                # anything shorter is a truncation: read the file again from its start.
+                complete = f.tell() - len(buf)
+                f.seek(complete if st.st_size >= complete else 0)
                 buf = b""
                 continue
             if stop is not None and stop():

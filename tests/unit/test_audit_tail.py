@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -209,3 +210,25 @@ async def test_stdout_copy_goes_to_the_process_stdout(
     await log.close()
     out = capsysbinary.readouterr().out
     assert orjson.loads(out)["user"] == "carol" and out.endswith(b"\n")
+
+
+def test_follow_drops_a_batch_cut_back_without_rereading(tmp_path: Path) -> None:
+    from proxy.audit.tail import follow_lines
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"n":1}\n{"n":2}\n{"n":3')  # the writer is mid-batch
+    whole = len(b'{"n":1}\n{"n":2}\n')
+    polls = 0
+
+    def writer_meanwhile() -> bool:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            os.truncate(path, whole)  # the batch failed: cut back to the last whole line
+        elif polls == 2:
+            with open(path, "ab") as f:
+                f.write(b'{"n":4}\n')
+        return polls > 100
+
+    got = [line for line in follow_lines(str(path), poll=0.001, stop=writer_meanwhile) if line]
+    assert got == [b'{"n":1}', b'{"n":2}', b'{"n":4}']  # nothing read twice
