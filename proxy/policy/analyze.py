@@ -25,14 +25,19 @@ _SCOPES = (exp.Select, exp.Update, exp.Delete, exp.Merge, exp.Insert, exp.Copy)
 
 
 def fold(ident: exp.Expr | str | None) -> str:
-    """PostgreSQL identifier folding: unquoted to lower case, quoted exact."""
+    """PostgreSQL identifier folding: unquoted to lower case, quoted exact, 63 bytes at most."""
     if ident is None:
         return ""
     if isinstance(ident, str):
-        return ident.lower()
-    if isinstance(ident, exp.Identifier):
-        return str(ident.this) if ident.quoted else str(ident.this).lower()
-    return ident.name.lower()
+        name = ident.lower()
+    elif isinstance(ident, exp.Identifier):
+        name = str(ident.this) if ident.quoted else str(ident.this).lower()
+    else:
+        name = ident.name.lower()
+    if len(name) > 63 // 4 and len(name.encode()) > 63:
+        # PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes (with a NOTICE).
+        name = name.encode()[:63].decode("utf-8", "ignore")
+    return name
 
 
 @dataclass(slots=True, eq=False)

@@ -322,3 +322,45 @@ def test_internal_errors_fail_closed(engine: PolicyEngine, monkeypatch: pytest.M
     d = engine.decide("SELECT 'never seen before'", ALICE)
     assert d.action == "block" and isinstance(d.error, NotUnderstood)
     assert "internal policy error" in d.reason
+
+
+def test_long_identifiers_truncate_like_postgres(tmp_path: Path, catalog: Catalog) -> None:
+    name = "a" * 63
+    e = make(
+        tmp_path,
+        f"version: 1\nrules:\n  - {{id: r, table: public.{name}, access: deny}}\n",
+        catalog,
+    )
+    assert e.decide(f"SELECT 1 FROM {name}bcd", ALICE).rules == ("r",)
+    assert e.decide(f'SELECT 1 FROM "{name.upper()}"', ALICE).action == "allow"
+
+
+def test_ambiguous_write_target_is_pinned(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+defaults: {statements: [all]}
+rules:
+  - {id: r, table: public.people, row_filter: "false"}
+""",
+        catalog,
+    )
+    facts = SessionFacts("alice", "db", search_path=("sandbox", "public"))
+    d = e.decide("INSERT INTO people (id, note) VALUES (1, 'x')", facts)
+    assert d.action == "rewrite" and d.sql.startswith('INSERT INTO "sandbox".people')
+    assert e.decide("INSERT INTO people (id) VALUES (1)", ALICE).rules == ("r",)
+
+
+def test_view_with_its_own_rule(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+rules:
+  - {id: view-ok, table: public.people_view, access: allow}
+  - {id: r, table: public.people, row_filter: "false"}
+""",
+        catalog,
+    )
+    d = e.decide("SELECT name FROM people_view", ALICE)
+    assert d.action == "allow" and d.rules == ("view-ok",)
+    assert e.decide("SELECT name FROM people", ALICE).action == "rewrite"
