@@ -197,9 +197,15 @@ async def libpq_login(users: dict[str, str], user: str, password: str) -> bool |
     srv = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     try:
-        conninfo = f"host=127.0.0.1 port={port} user={user} password={password} sslmode=disable"
         try:
-            conn = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=5)
+            conn = await psycopg.AsyncConnection.connect(
+                host="127.0.0.1",
+                port=port,
+                user=user,
+                password=password,
+                sslmode="disable",
+                connect_timeout=5,
+            )
         except psycopg.OperationalError as e:
             return str(e)
         await conn.close()
@@ -217,6 +223,24 @@ async def test_libpq_client_with_empty_scram_user_name() -> None:
 
 
 # ---------------------------------------------------------------- verifiers and files
+
+# Made by PostgreSQL 16 (`CREATE ROLE ... PASSWORD 'correct horse'`, from pg_authid),
+# so a DBA can copy a role's rolpassword into the users file as it is.
+PG16_VERIFIER = (
+    "SCRAM-SHA-256$4096:yJWl9WfA4jEpgtIeUO4zRA==$4qzCmjvv96+8ShVb5jb3DV2p/BNvkQXJc0YsQwujlvk="
+    ":YpvRVcUAkzWSjF0luj7FUaTOV63ZC/+9C8Ko5yi1tUA="
+)
+
+
+async def test_a_verifier_made_by_postgresql_authenticates(pair: tuple[Streams, Streams]) -> None:
+    server, client = pair
+    users = {"carol": PG16_VERIFIER}
+    ok, _ = await asyncio.gather(
+        authenticate_client(*server, "carol", users, MAX),
+        scramp_client(client, "carol", "correct horse"),
+    )
+    assert ok is True
+    assert await libpq_login(users, "carol", "correct horse") is True
 
 
 def test_verifier_format_matches_postgresql() -> None:
@@ -283,6 +307,18 @@ def test_passwd_adds_then_updates(
     mech = scramp.ScramMechanism()
     assert mech.make_auth_info("second", i, salt)[1:3] == (stored, server)
     assert mech.make_auth_info("first", i, salt)[1:3] != (stored, server)
+
+
+def test_oversight_passwd_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.cli import main
+
+    path = tmp_path / "users"
+    monkeypatch.setattr("sys.stdin", FakeStdin("pw1\n"))
+    assert main(["passwd", "dave", "--file", str(path)]) == 0
+    monkeypatch.setenv("OVERSIGHT_USERS_FILE", str(path))
+    monkeypatch.setattr("sys.stdin", FakeStdin("pw2\n"))
+    assert main(["passwd", "erin"]) == 0
+    assert list(load_users(str(path))) == ["dave", "erin"]
 
 
 def test_passwd_refuses_empty_password_and_bad_names(
