@@ -12,6 +12,8 @@ or glued to the next.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -33,6 +35,24 @@ log = logging.getLogger("oversight.audit")
 # Read access too: recovery reads the tail back to find the chain head.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _MODE = 0o640
+
+
+def _lock(fd: int) -> None:
+    """Take the file for this process: two writers would interleave two chains."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "in use by another Oversight process") from None
+
+
+def _open_locked(path: str) -> int:
+    fd = os.open(path, _OPEN_FLAGS, _MODE)
+    try:
+        _lock(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Reseal(Exception):
@@ -124,6 +144,7 @@ class FileSink:
             if not stat.S_ISREG(st.st_mode):  # /dev/stdout, a FIFO...: nothing to recover
                 self._fd, self._size, self._day = fd, 0, self._today()
                 return
+            _lock(fd)
             end = torn_tail(fd)
             if end < st.st_size:
                 self._save_torn(fd, end, st.st_size)
@@ -147,7 +168,7 @@ class FileSink:
             aside = rotated_name(self.path, self.clock())
             os.rename(self.path, aside)
             log.error("audit: %s: %s; moved to %s, a new chain begins", self.path, exc, aside)
-            self._fd = os.open(self.path, _OPEN_FLAGS, _MODE)
+            self._fd = _open_locked(self.path)
             self._size, self._day, self.head = 0, self._today(), GENESIS
             return
         self.head, self._day = recovered.hash, recovered.day or self._today()
@@ -207,7 +228,7 @@ class FileSink:
         os.fsync(fd)
         self._drop()
         os.rename(self.path, rotated_name(self.path, self.clock()))
-        self._fd = os.open(self.path, _OPEN_FLAGS, _MODE)
+        self._fd = _open_locked(self.path)
         self._size, self._day, self._dirty = 0, self._today(), False
         self._fsync_dir()
 

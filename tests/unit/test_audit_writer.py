@@ -319,6 +319,25 @@ async def test_log_recovers_when_the_path_becomes_writable(tmp_path: Path) -> No
     assert verify_files([str(path)], KEY).ok
 
 
+async def test_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    first = AuditLog(AuditConfig(path=str(path), key=KEY))
+    await first.start()
+    await first.write(stmt(0))
+    second = AuditLog(AuditConfig(path=str(path), key=KEY))
+    await second.start()
+    with pytest.raises(AuditUnavailable, match="in use by another Oversight process"):
+        second.check_writable()
+    with pytest.raises(AuditUnavailable):
+        await second.write(stmt(99))
+    await first.write(stmt(1))
+    await first.close()
+    await second.write(stmt(2))  # the file is free now: it takes over the chain
+    await second.close()
+    assert [r["n"] for r in records(path)] == [0, 1, 2]
+    assert verify_files([str(path)], KEY).ok
+
+
 async def test_stdout_copy_matches_the_file(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     out = io.BytesIO()
