@@ -172,7 +172,8 @@ class Connection:
         await self._run(self.session.cancel_done())
 
     async def cancel_upstream(self) -> None:
-        await send_cancel(self.server.upstream, self.hs.backend_pid, self.hs.backend_key)
+        up = self.server.upstream
+        await send_cancel(up.host, up.port, self.hs.backend_pid, self.hs.backend_key)
 
     # ------------------------------------------------------------ ending
 

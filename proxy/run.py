@@ -23,6 +23,7 @@ from proxy.admin import AdminServer
 from proxy.catalog import Catalog, load_catalog
 from proxy.enforce import Enforcer
 from proxy.guard import Guard, make_store
+from proxy.guard.cancel import CancelDirectory
 from proxy.rules import RulesError, RuleSet, load_rules
 from proxy.server import ProxyServer
 from proxy.settings import Settings
@@ -73,7 +74,8 @@ class Service:
         self.enforcer = Enforcer(
             self.rules, self.catalog, guard, hash_salt=salt, on_ddl=self._refresh.set
         )
-        self.server = ProxyServer(s, self.enforcer)
+        cancels = CancelDirectory(store) if s.redis_url else None
+        self.server = ProxyServer(s, self.enforcer, cancels=cancels)
         await self.server.start()
         token = s.admin_token.get_secret_value() if s.admin_token else None
         self.admin = AdminServer(s.admin_listen, token, self.ready)

@@ -13,20 +13,25 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from proxy import messages as m
 from proxy import metrics
 from proxy.audit import AuditConfig, AuditLog
 from proxy.connection import Connection
 from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyConnections
+from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.identity import SessionFacts
 from proxy.recorder import Recorder
 from proxy.session import Session
 from proxy.settings import Settings
 from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
+from proxy.upstream import send_cancel
 
 log = logging.getLogger("oversight")
+T = TypeVar("T")
 
 
 def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -52,7 +57,12 @@ def audit_config(settings: Settings) -> AuditConfig:
 
 class ProxyServer:
     def __init__(
-        self, settings: Settings, hooks: Hooks | None = None, *, audit: AuditLog | None = None
+        self,
+        settings: Settings,
+        hooks: Hooks | None = None,
+        *,
+        audit: AuditLog | None = None,
+        cancels: CancelDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = settings.upstream_target
@@ -61,6 +71,8 @@ class ProxyServer:
         self.recorder = Recorder(self.audit, self.hooks, redact=settings.audit_redact)
         self.tls = server_tls_context(settings)
         self.connections: dict[tuple[int, bytes], Connection] = {}
+        # Shared with other instances (Redis) so a cancel landing elsewhere still works.
+        self.cancels = cancels
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
@@ -141,9 +153,7 @@ class ProxyServer:
                 negotiate(reader, writer, self.tls), s.startup_timeout
             )
             if isinstance(packet, m.CancelRequest):
-                conn = self.connections.get((packet.pid, packet.key))
-                if conn is not None:
-                    await conn.cancel_upstream()
+                await self._cancel(packet)
                 return
             check_startup(packet)
         except TimeoutError:
@@ -191,12 +201,19 @@ class ProxyServer:
         conn = Connection(self, reader, writer, hs, session)
         key = (hs.backend_pid, hs.proxy_key)
         self.connections[key] = conn
+        if self.cancels is not None:
+            target = CancelTarget(
+                self.upstream.host, self.upstream.port, hs.backend_pid, hs.backend_key
+            )
+            await self._quietly(self.cancels.register(hs.backend_pid, hs.proxy_key, target))
         metrics.session_opened()
         await self.recorder.event("connect", facts, tls=client_tls, backend_pid=hs.backend_pid)
         try:
             await conn.run()
         finally:
             self.connections.pop(key, None)
+            if self.cancels is not None:
+                await self._quietly(self.cancels.unregister(*key))
             metrics.session_closed()
             t = conn.tally
             await self.recorder.event(
@@ -208,6 +225,24 @@ class ProxyServer:
                 bytes=t.bytes,
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
             )
+
+    async def _cancel(self, req: m.CancelRequest) -> None:
+        conn = self.connections.get((req.pid, req.key))
+        if conn is not None:
+            await conn.cancel_upstream()
+        elif self.cancels is not None:
+            target = await self._quietly(self.cancels.lookup(req.pid, req.key))
+            if target is not None:
+                await send_cancel(target.host, target.port, target.pid, target.secret)
+
+    @staticmethod
+    async def _quietly(aw: Awaitable[T]) -> T | None:
+        """Cancel-key sharing is best effort: a store outage must not end sessions."""
+        try:
+            return await aw
+        except Exception as e:
+            log.warning("cancel key store: %s", e)
+            return None
 
     @staticmethod
     def _refuse(writer: asyncio.StreamWriter, error: ProxyError) -> None:

@@ -52,14 +52,14 @@ async def connect(
     raise UpstreamUnavailable(f"{up.host}:{up.port} does not offer TLS (sslmode={up.sslmode})")
 
 
-async def send_cancel(up: Upstream, pid: int, key: bytes, *, timeout: float = 5.0) -> None:
+async def send_cancel(host: str, port: int, pid: int, key: bytes, *, timeout: float = 5.0) -> None:
     """Deliver a CancelRequest; returns once the postmaster has closed the connection.
 
     The postmaster signals the backend before closing, so after this returns a
     later message cannot be hit by this cancel unless it was already in flight.
     """
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(up.host, up.port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError):
         return
     try:
