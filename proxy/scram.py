@@ -78,8 +78,11 @@ def parse_verifier(text: str) -> Verifier:
         )
     except (ValueError, binascii.Error) as e:
         raise ValueError(f"malformed {MECHANISM} verifier") from e
-    if out[3] < 1 or len(out[1]) != 32 or len(out[2]) != 32 or not out[0]:
+    if len(out[1]) != 32 or len(out[2]) != 32:
         raise ValueError(f"malformed {MECHANISM} verifier")
+    # scramp's bounds (PostgreSQL's defaults sit inside them: 16-byte salt, 4096 rounds).
+    if len(out[0]) < 12 or not 4096 <= out[3] <= 10_000_000:
+        raise ValueError("verifier needs a salt of 12+ bytes and 4096 to 10000000 iterations")
     return out
 
 
@@ -139,7 +142,7 @@ async def authenticate_client(
     On success AuthenticationSASLFinal has been sent and the caller goes on
     with AuthenticationOk; on False nothing final has been sent and the
     caller answers with the usual 28P01 error. A client that breaks the
-    exchange's framing raises ProtocolViolation.
+    exchange raises ProtocolViolation; one that hangs up, IncompleteReadError.
     """
     known = user in verifiers
     try:

@@ -263,6 +263,8 @@ def test_verifier_format_matches_postgresql() -> None:
         "SCRAM-SHA-256$x:c2FsdA==$AAAA:BBBB",
         "SCRAM-SHA-256$4096:!!!$AAAA:BBBB",
         "SCRAM-SHA-256$4096:c2FsdA==$AAAA:BBBB",  # keys not 32 bytes
+        "SCRAM-SHA-256$1000:" + PG16_VERIFIER.split(":", 1)[1],  # too few rounds for scramp
+        "SCRAM-SHA-256$4096:c2FsdA==$" + PG16_VERIFIER.split("$", 2)[2],  # 4-byte salt
     ],
 )
 def test_parse_verifier_rejects_garbage(bad: str) -> None:
