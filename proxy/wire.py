@@ -26,9 +26,10 @@ HEADER = struct.Struct("!cI")
 INT32 = struct.Struct("!I")
 unpack_len = INT32.unpack_from
 
-# PostgreSQL's own limits: 1 GiB for a message, 10000 bytes for a startup packet.
+# PostgreSQL's own limits: 1 GiB for a message, 10000 bytes for a startup packet
+# not counting its 4-byte length word (postmaster.c subtracts it before checking).
 DEFAULT_MAX_MESSAGE = 1 << 30
-MAX_STARTUP = 10_000
+MAX_STARTUP = 10_000 + 4
 
 
 @dataclass(frozen=True, slots=True)

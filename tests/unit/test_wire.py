@@ -156,6 +156,14 @@ def test_startup_packets_are_taken_one_at_a_time() -> None:
     assert bytes(buf) == b"\0\0"
 
 
+def test_startup_limit_is_postgresqls() -> None:
+    # ProcessStartupPacket: `len -= 4; if (len < 4 || len > MAX_STARTUP_PACKET_LENGTH)`,
+    # so 10000 bytes after the length word are still fine.
+    assert read_startup(bytearray(startup_packet(10_004))) == startup_packet(10_004)
+    with pytest.raises(ProtocolViolation):
+        read_startup(bytearray(startup_packet(10_005)))
+
+
 @pytest.mark.parametrize("size", [8, 100, MAX_STARTUP])
 def test_startup_packet_sizes_within_the_limits(size: int) -> None:
     assert read_startup(bytearray(startup_packet(size))) == startup_packet(size)
