@@ -88,6 +88,11 @@ class ProtocolViolation(ProxyError):
     sqlstate = "08P01"
     severity = "FATAL"
 
+    def __init__(self, message: str, **kw: str | None):
+        if not message.startswith("oversight: "):
+            message = f"oversight: protocol violation: {message}"
+        super().__init__(message, **kw)
+
 
 class FeatureNotSupported(ProxyError):
     """A protocol feature Oversight refuses (replication, channel binding...) (0A000)."""

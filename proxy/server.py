@@ -138,6 +138,8 @@ class ProxyServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # shutdown past the grace period; the session was already ended
         except Exception:
             log.exception("unexpected error in a client connection")
         finally:
