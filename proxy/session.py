@@ -28,7 +28,9 @@ bumping two counters. When a statement has stream limits and crosses one,
 the session stops forwarding, asks for an upstream cancel, drops the rest
 of that statement's output and sends a ResultLimit error in place of its
 completion; like any extended-protocol error, the rest of the batch up to
-Sync is discarded.
+Sync is discarded, and so is whatever the upstream still sends for it
+(the cancel's 57014, or replies if the cancel came too late). A portal's
+Executes share one count, so fetching in pages does not reset a cap.
 """
 
 from __future__ import annotations
