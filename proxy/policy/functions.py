@@ -30,6 +30,7 @@ DANGEROUS = frozenset(
         "database_to_xmlschema",
         "database_to_xml_and_xmlschema",
         "ts_stat",  # ts_stat('SELECT ...') runs its argument
+        "ts_rewrite",  # ts_rewrite(query, 'SELECT ...') too
         # files and the server
         "pg_read_file",
         "pg_read_binary_file",

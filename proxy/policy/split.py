@@ -86,11 +86,41 @@ def split(sql: str) -> list[Piece]:
         text = sql[base : group[-1].end + 1]
         parse_text = decode_unicode_identifiers(text, group, base)
         if parse_text != text:
+            group = tokenize(parse_text)
+            base = 0
+        parse_text = oid_arrays(parse_text, group, base)
+        if parse_text != text:
             pieces.append(Piece.alone(parse_text)._replace_text(text))
         else:
             # Offsets stay absolute: the parser can take these tokens with `sql` as source.
             pieces.append(Piece(text, text, tuple(group), sql, base))
     return pieces
+
+
+def oid_arrays(text: str, tokens: list[Token], base: int) -> str:
+    """`x::oid[]` -> `x::_oid`: sqlglot cannot parse arrays of the reg*/oid types, and
+    `_oid` is PostgreSQL's own name for `oid[]` (asyncpg's introspection sends these)."""
+    out: list[str] = []
+    pos = 0
+    for i, t in enumerate(tokens):
+        if (
+            t.token_type == TokenType.OBJECT_IDENTIFIER
+            and i + 2 < len(tokens)
+            and tokens[i + 1].token_type == TokenType.L_BRACKET
+            and tokens[i + 2].token_type == TokenType.R_BRACKET
+        ):
+            j = i + 1
+            while j + 1 < len(tokens) and tokens[j].token_type == TokenType.L_BRACKET:
+                if tokens[j + 1].token_type != TokenType.R_BRACKET:
+                    break
+                j += 2
+            out.append(text[pos : t.start - base])
+            out.append("_" + t.text.lower())
+            pos = tokens[j - 1].end + 1 - base
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _ident_char(ch: str) -> bool:
