@@ -44,10 +44,12 @@ class Context:
         table_rules = rules.matching_rules(facts)
         function_rules = rules.matching_functions(facts)
         extraction = rules.matching_extraction(facts)
-        has_policy = bool(table_rules or function_rules or extraction)
         if enforce_only:
+            # Rules in dry run refuse nothing, so they do not make a user "one with a policy".
             table_rules = [r for r in table_rules if r.mode != "dry_run"]
             function_rules = [r for r in function_rules if r.mode != "dry_run"]
+            extraction = [r for r in extraction if r.mode != "dry_run"]
+        has_policy = bool(table_rules or function_rules or extraction)
         who = rules.principal(facts)
         return cls(
             facts=facts,

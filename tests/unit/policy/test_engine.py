@@ -364,3 +364,17 @@ rules:
     d = e.decide("SELECT name FROM people_view", ALICE)
     assert d.action == "allow" and d.rules == ("view-ok",)
     assert e.decide("SELECT name FROM people", ALICE).action == "rewrite"
+
+
+def test_dry_run_rule_alone_restricts_nothing(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+rules:
+  - {id: trial, table: public.cases, columns: {notes: deny}, mode: dry_run}
+""",
+        catalog,
+    )
+    d = e.decide("SELECT public.leak_people()", ALICE)
+    assert d.action == "allow" and d.dry_run and d.would == "block"
+    assert d.rules[0] == "defaults.functions"
