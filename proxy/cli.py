@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     v = asub.add_parser("verify", help="check the hash chain of audit files")
     v.add_argument("files", nargs="+")
+    v.add_argument(
+        "--rotated", action="store_true", help="also check the rotated files before each file"
+    )
+    v.add_argument(
+        "--partial",
+        action="store_true",
+        help="the first record may continue a chain (older files are gone)",
+    )
 
     pw = sub.add_parser("passwd", help="write a SCRAM-SHA-256 verifier for proxy auth mode")
     pw.add_argument("user")
@@ -169,7 +177,9 @@ def _tail(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from proxy.audit import cmd_verify
 
-    return cmd_verify(args.files, _audit_key())
+    return cmd_verify(
+        args.files, _audit_key(), discover_rotated=args.rotated, partial=args.partial
+    )
 
 
 def _passwd(args: argparse.Namespace) -> int:

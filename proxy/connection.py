@@ -189,9 +189,10 @@ class Connection:
         self._closing = True
         with contextlib.suppress(Exception):
             self.writer.write(m.error_response(error.fields()))
-        if self.session.queue:
+        running = bool(self.session.queue)
+        await self._finish("interrupted")  # recorded as interrupted, as DESIGN.md says
+        if running:
             await self.cancel_upstream()
-        await self._finish("interrupted")
 
     async def _finish(self, reason: str) -> None:
         self._closing = True

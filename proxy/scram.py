@@ -35,7 +35,7 @@ import scramp
 
 from proxy import messages as m
 from proxy.errors import ProtocolViolation
-from proxy.startup import read_frame
+from proxy.streams import read_frame
 
 MECHANISM = "SCRAM-SHA-256"
 PREFIX = MECHANISM + "$"

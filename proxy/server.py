@@ -25,6 +25,7 @@ from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.identity import SessionFacts
 from proxy.recorder import Recorder
+from proxy.scram import load_users
 from proxy.session import Session
 from proxy.settings import Settings
 from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
@@ -78,6 +79,9 @@ class ProxyServer:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._clients = 0
+        self.verifiers: dict[str, str] | None = None
+        if settings.auth == "proxy" and settings.users_file:
+            self.verifiers = load_users(settings.users_file)
 
     @property
     def port(self) -> int:
@@ -183,6 +187,7 @@ class ProxyServer:
                     packet,
                     client_tls,
                     max_message=s.max_message_size,
+                    verifiers=self.verifiers,
                 ),
                 s.startup_timeout,
             )

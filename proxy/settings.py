@@ -87,31 +87,77 @@ class Settings(BaseSettings):
         env_prefix="OVERSIGHT_", toml_file="oversight.toml", extra="forbid"
     )
 
-    listen: str = "127.0.0.1:6432"
-    upstream: str | None = None
-    rules: str = "rules/"
-    audit_log: str = "oversight-audit.jsonl"
-    audit_key: SecretStr | None = None
-    audit_redact: bool = True
-    audit_stdout: bool = False
-    audit_fail_open: bool = False
-    audit_fsync_interval: float = Field(1.0, ge=0)
-    audit_rotate_bytes: int = Field(100 * 2**20, gt=0)
-    auth: Literal["passthrough", "proxy"] = "passthrough"
-    users_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    admin_listen: str = "127.0.0.1:9187"
-    admin_token: SecretStr | None = None
-    redis_url: str | None = None
-    redis_fail_closed: bool = False
-    hash_salt: SecretStr | None = None
-    max_clients: int = Field(1000, gt=0)
-    max_message_size: int = Field(1 << 30, ge=1024)
-    startup_timeout: float = Field(10.0, gt=0)
-    shutdown_grace: float = Field(30.0, ge=0)
-    catalog_refresh: float = Field(300.0, ge=0)
-    read_size: int = Field(256 * 1024, ge=4096)
+    listen: str = Field("127.0.0.1:6432", description="Address clients connect to.")
+    upstream: str | None = Field(
+        None,
+        description="The PostgreSQL to protect, a libpq URI (`sslmode` honoured). Its user is "
+        "Oversight's own account: catalog reads, health checks, and sessions in `proxy` auth "
+        "mode. Required by `serve`.",
+    )
+    rules: str = Field("rules/", description="Rule file or directory of `*.yaml`.")
+    audit_log: str = Field(
+        "oversight-audit.jsonl", description="Audit log file; empty turns the file off."
+    )
+    audit_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for the audit hash chain (plain SHA-256 without)."
+    )
+    audit_redact: bool = Field(
+        True, description="Replace literals in `sql` and `rewritten` by `?` in the audit log."
+    )
+    audit_stdout: bool = Field(False, description="Also write audit records to stdout.")
+    audit_fail_open: bool = Field(
+        False,
+        description="Keep serving when the audit log cannot be written (default: refuse "
+        "statements).",
+    )
+    audit_fsync_interval: float = Field(
+        1.0, ge=0, description="Seconds between fsyncs of the audit log (0: every write)."
+    )
+    audit_rotate_bytes: int = Field(
+        100 * 2**20, gt=0, description="Rotate the audit log past this size (also daily)."
+    )
+    auth: Literal["passthrough", "proxy"] = Field(
+        "passthrough",
+        description="`passthrough`: the upstream checks the client's credentials. `proxy`: "
+        "Oversight checks SCRAM verifiers from `users_file` and connects as the upstream "
+        "URI's user.",
+    )
+    users_file: str | None = Field(
+        None, description="SCRAM verifiers for `proxy` auth, written by `oversight passwd`."
+    )
+    tls_cert: str | None = Field(None, description="Client-side TLS certificate (PEM).")
+    tls_key: str | None = Field(None, description="Client-side TLS private key (PEM).")
+    admin_listen: str = Field(
+        "127.0.0.1:9187",
+        description="Address of /metrics, /healthz, /readyz and the dashboard; empty: off.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the dashboard and its API (off without one)."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for budgets, detector history and cancel keys shared by "
+        "several instances; in memory without.",
+    )
+    redis_fail_closed: bool = Field(
+        False,
+        description="Refuse statements while Redis is unreachable (default: per-instance limits).",
+    )
+    hash_salt: SecretStr | None = Field(None, description="Salt for the `hash` column mask.")
+    max_clients: int = Field(1000, gt=0, description="Concurrent client connections.")
+    max_message_size: int = Field(
+        1 << 30, ge=1024, description="Largest protocol message accepted from a client."
+    )
+    startup_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client has to finish startup and authentication."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds sessions get to finish after SIGTERM."
+    )
+    catalog_refresh: float = Field(
+        300.0, ge=0, description="Seconds between catalog refreshes (also after DDL)."
+    )
+    read_size: int = Field(256 * 1024, ge=4096, description="Socket read size in bytes.")
 
     @classmethod
     def settings_customise_sources(
@@ -171,6 +217,16 @@ class Settings(BaseSettings):
         if not self.upstream:
             raise ValueError("no upstream: set OVERSIGHT_UPSTREAM to a postgresql:// URI")
         return Upstream(self.upstream)
+
+
+def settings_table() -> str:
+    """The settings reference as a Markdown table, generated so the docs cannot drift."""
+    rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default
+        shown = "none" if default is None else f"`{default}`" if default != "" else "empty"
+        rows.append(f"| `{name}` | `OVERSIGHT_{name.upper()}` | {shown} | {f.description or ''} |")
+    return "\n".join(rows)
 
 
 def load_settings(config: str | None = None, **overrides: Any) -> Settings:

@@ -16,6 +16,7 @@ for its password over the client's TLS leg and runs SCRAM upstream itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -23,12 +24,17 @@ from dataclasses import dataclass, field
 import scramp
 
 from proxy import messages as m
-from proxy.errors import FeatureNotSupported, ProtocolViolation, ProxyError
+from proxy.errors import (
+    AuthFailed,
+    FeatureNotSupported,
+    ProtocolViolation,
+    ProxyError,
+    UpstreamUnavailable,
+)
+from proxy.scram import authenticate_client
 from proxy.settings import Upstream
+from proxy.streams import read_frame, read_startup_packet
 from proxy.upstream import connect
-from proxy.wire import INT32, MAX_STARTUP, Frame
-
-TLS_RECORD = 0x16
 
 
 @dataclass(slots=True)
@@ -53,24 +59,6 @@ class AuthFailure(Exception):
     def __init__(self, fields: dict[str, str]) -> None:
         super().__init__(fields.get("M", "authentication failed"))
         self.fields = fields
-
-
-async def read_frame(reader: asyncio.StreamReader, max_size: int) -> Frame:
-    header = await reader.readexactly(5)
-    length = INT32.unpack_from(header, 1)[0]
-    if length < 4 or length > max_size:
-        raise ProtocolViolation(f"invalid message length {length}")
-    return Frame(header[:1], await reader.readexactly(length - 4))
-
-
-async def read_startup_packet(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readexactly(4)
-    length = INT32.unpack(head)[0]
-    if head[0] == TLS_RECORD:
-        raise FeatureNotSupported("direct TLS connections are not supported; use sslmode")
-    if length < 8 or length > MAX_STARTUP:
-        raise ProtocolViolation(f"invalid startup packet length {length}")
-    return head + await reader.readexactly(length - 4)
 
 
 async def negotiate(
@@ -120,48 +108,37 @@ async def connect_upstream(
     client_tls: bool,
     *,
     max_message: int,
+    verifiers: dict[str, str] | None = None,
 ) -> Handshake:
-    """Open the upstream leg and relay authentication until ReadyForQuery."""
+    """Open the upstream leg and authenticate until ReadyForQuery.
+
+    With `verifiers` (proxy auth mode) Oversight checks the client itself and
+    logs in upstream as the service account of the upstream URI; otherwise
+    the upstream's authentication exchange is relayed.
+    """
     params = {k: v for k, v in msg.params.items() if not k.startswith("_pq_.")}
     unsupported = [k for k in msg.params if k.startswith("_pq_.")]
     if msg.minor > 0 or unsupported:
         # We speak 3.0 both ways: say so once, before anything else.
         client_writer.write(m.negotiate_protocol_version(0, unsupported))
+    user = params["user"]
+    if verifiers is not None:
+        if not await authenticate_client(
+            client_reader, client_writer, user, verifiers, max_message
+        ):
+            fields = AuthFailed(f'password authentication failed for user "{user}"').fields()
+            client_writer.write(m.error_response(fields))
+            raise AuthFailure(fields)
+        params["database"] = params.get("database") or user
+        params["user"] = up.user
     reader, writer, up_tls = await connect(up)
     hs = Handshake(msg, client_tls, reader, writer, up_tls)
     writer.write(m.startup_message(params))
-    user = params["user"]
-    while True:
-        f = await read_frame(reader, max_message)
-        if f.type == b"R":
-            code, data = m.parse_auth(f.body)
-            if code == m.AUTH_OK:
-                client_writer.write(f.raw)
-                break
-            if code == m.AUTH_SASL:
-                mechs = [x for x in m.parse_sasl_mechanisms(data) if not x.endswith("-PLUS")]
-                if "SCRAM-SHA-256" not in mechs:
-                    raise FeatureNotSupported("upstream offers no usable SASL mechanism")
-                if client_tls and up_tls:
-                    await _scram_for_client(hs, client_reader, client_writer, user, max_message)
-                    continue
-                client_writer.write(m.auth_sasl(mechs))
-            else:
-                client_writer.write(f.raw)
-            if code in (m.AUTH_CLEARTEXT, m.AUTH_MD5, m.AUTH_SASL, m.AUTH_SASL_CONTINUE):
-                await client_writer.drain()
-                reply = await read_frame(client_reader, max_message)
-                if reply.type != b"p":
-                    raise ProtocolViolation("expected a password message")
-                writer.write(reply.raw)
-        elif f.type == b"E":
-            client_writer.write(f.raw)
-            raise AuthFailure(m.error_fields(f.body))
-        elif f.type == b"v":
-            if not (msg.minor > 0 or unsupported):
-                client_writer.write(f.raw)
-        else:
-            client_writer.write(f.raw)  # NoticeResponse
+    if verifiers is not None:
+        await _login_as_service(hs, up, max_message)
+        client_writer.write(m.auth_request(m.AUTH_OK))
+    else:
+        await _relay_auth(hs, client_reader, client_writer, max_message)
     # After AuthenticationOk: parameters, the backend key, then ReadyForQuery.
     while True:
         f = await read_frame(reader, max_message)
@@ -185,26 +162,91 @@ async def connect_upstream(
             return hs
 
 
-async def _scram_for_client(
+async def _relay_auth(
     hs: Handshake,
     client_reader: asyncio.StreamReader,
     client_writer: asyncio.StreamWriter,
-    user: str,
     max_message: int,
 ) -> None:
-    """Both legs TLS: take the password over the client's TLS, run SCRAM upstream."""
+    """Passthrough: relay the upstream's challenge and the client's answers."""
+    negotiated = hs.startup.minor > 0 or any(k.startswith("_pq_.") for k in hs.startup.params)
+    while True:
+        f = await read_frame(hs.reader, max_message)
+        if f.type == b"R":
+            code, data = m.parse_auth(f.body)
+            if code == m.AUTH_OK:
+                client_writer.write(f.raw)
+                return
+            if code == m.AUTH_SASL:
+                mechs = [x for x in m.parse_sasl_mechanisms(data) if not x.endswith("-PLUS")]
+                if "SCRAM-SHA-256" not in mechs:
+                    raise FeatureNotSupported("upstream offers no usable SASL mechanism")
+                if hs.client_tls and hs.upstream_tls:
+                    password = await _ask_password(client_reader, client_writer, max_message)
+                    try:
+                        await _scram_upstream(hs, hs.startup.params["user"], password, max_message)
+                    except AuthFailure as e:
+                        client_writer.write(m.error_response(e.fields))
+                        raise
+                    continue
+                client_writer.write(m.auth_sasl(mechs))
+            else:
+                client_writer.write(f.raw)
+            if code in (m.AUTH_CLEARTEXT, m.AUTH_MD5, m.AUTH_SASL, m.AUTH_SASL_CONTINUE):
+                await client_writer.drain()
+                reply = await read_frame(client_reader, max_message)
+                if reply.type != b"p":
+                    raise ProtocolViolation("expected a password message")
+                hs.writer.write(reply.raw)
+        elif f.type == b"E":
+            client_writer.write(f.raw)
+            raise AuthFailure(m.error_fields(f.body))
+        elif f.type != b"v" or not negotiated:
+            client_writer.write(f.raw)  # NoticeResponse, or the upstream's own negotiation
+
+
+async def _login_as_service(hs: Handshake, up: Upstream, max_message: int) -> None:
+    """Proxy auth mode: answer the upstream's challenge with the service account."""
+    while True:
+        f = await read_frame(hs.reader, max_message)
+        if f.type == b"E":
+            fields = m.error_fields(f.body)
+            raise UpstreamUnavailable(f"service account login failed: {fields.get('M', '')}")
+        if f.type != b"R":
+            continue
+        code, data = m.parse_auth(f.body)
+        if code == m.AUTH_OK:
+            return
+        if code == m.AUTH_CLEARTEXT:
+            hs.writer.write(m.password_message(m.cstr(up.password)))
+        elif code == m.AUTH_MD5:
+            inner = hashlib.md5((up.password + up.user).encode()).hexdigest()
+            outer = hashlib.md5(inner.encode() + data[:4]).hexdigest()
+            hs.writer.write(m.password_message(m.cstr("md5" + outer)))
+        elif code == m.AUTH_SASL:
+            await _scram_upstream(hs, up.user, up.password, max_message)
+        else:
+            raise UpstreamUnavailable(f"unsupported upstream authentication method {code}")
+
+
+async def _ask_password(
+    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, max_message: int
+) -> str:
     client_writer.write(m.auth_request(m.AUTH_CLEARTEXT))
     await client_writer.drain()
     reply = await read_frame(client_reader, max_message)
     if reply.type != b"p":
         raise ProtocolViolation("expected a password message")
-    password = m.parse_password(reply.body)
+    return m.parse_password(reply.body)
+
+
+async def _scram_upstream(hs: Handshake, user: str, password: str, max_message: int) -> None:
+    """Run SCRAM-SHA-256 (no channel binding) with the upstream ourselves."""
     client = scramp.ScramClient(["SCRAM-SHA-256"], user, password)
     hs.writer.write(m.sasl_initial_response("SCRAM-SHA-256", client.get_client_first().encode()))
     while True:
         f = await read_frame(hs.reader, max_message)
         if f.type == b"E":
-            client_writer.write(f.raw)
             raise AuthFailure(m.error_fields(f.body))
         if f.type != b"R":
             raise ProtocolViolation(f"unexpected {f.type!r} during SCRAM")

@@ -1,0 +1,31 @@
+"""Reading whole protocol frames from asyncio streams (startup and authentication only).
+
+The relay phase never uses these: it feeds raw reads to the sans-IO session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.errors import FeatureNotSupported, ProtocolViolation
+from proxy.wire import INT32, MAX_STARTUP, Frame
+
+TLS_RECORD = 0x16
+
+
+async def read_frame(reader: asyncio.StreamReader, max_size: int) -> Frame:
+    header = await reader.readexactly(5)
+    length = INT32.unpack_from(header, 1)[0]
+    if length < 4 or length > max_size:
+        raise ProtocolViolation(f"invalid message length {length}")
+    return Frame(header[:1], await reader.readexactly(length - 4))
+
+
+async def read_startup_packet(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(4)
+    length = INT32.unpack(head)[0]
+    if head[0] == TLS_RECORD:
+        raise FeatureNotSupported("direct TLS connections are not supported; use sslmode")
+    if length < 8 or length > MAX_STARTUP:
+        raise ProtocolViolation(f"invalid startup packet length {length}")
+    return head + await reader.readexactly(length - 4)
