@@ -8,6 +8,7 @@ session's search_path, whether the user has any policy at all.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -61,6 +62,12 @@ class Context:
             has_policy=has_policy,
             path=effective_path(facts.search_path, who.user),
             user_functions=user_functions,
+        )
+
+    def with_search_path(self, search_path: tuple[str, ...]) -> Context:
+        facts = dataclasses.replace(self.facts, search_path=search_path)
+        return dataclasses.replace(
+            self, facts=facts, path=effective_path(search_path, self.who.user), _rule_cache={}
         )
 
     # -- tables ------------------------------------------------------------------

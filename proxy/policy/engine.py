@@ -194,7 +194,13 @@ class PolicyEngine:
         if extended and len(pieces) > 1:
             err = NotUnderstood("a prepared statement must hold exactly one statement")
             return Decision("block", sql, err, (), err.reason, False, None, ())
-        verdicts = [decide(p, ctx, self.masker, extended=extended) for p in pieces]
+        verdicts = []
+        for p in pieces:
+            v = decide(p, ctx, self.masker, extended=extended)
+            verdicts.append(v)
+            if v.search_path is not None and v.action != "block":
+                # Later statements of the same string resolve names under the new path.
+                ctx = ctx.with_search_path(v.search_path)
         infos = tuple(_info(v) for v in verdicts)
         blocked = next((v for v in verdicts if v.action == "block"), None)
         rules = tuple(dict.fromkeys(r for v in verdicts for r in v.rules))

@@ -378,3 +378,10 @@ rules:
     d = e.decide("SELECT public.leak_people()", ALICE)
     assert d.action == "allow" and d.dry_run and d.would == "block"
     assert d.rules[0] == "defaults.functions"
+
+
+def test_set_search_path_applies_to_later_statements_of_the_string(engine: PolicyEngine) -> None:
+    d = engine.decide("SET search_path = internal; SELECT * FROM secrets", ALICE)
+    assert d.action == "block" and d.rules[0] == "internal-schema"
+    d = engine.decide("SET search_path = sandbox, public; SELECT note FROM people", ALICE)
+    assert d.action == "rewrite" and 'FROM "sandbox".people' in d.sql
