@@ -64,6 +64,7 @@ class Decide:
 
     sql: str
     extended: bool
+    function_oid: int | None = None  # a fast-path FunctionCall, not SQL
 
 
 @dataclass(frozen=True, slots=True)

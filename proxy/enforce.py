@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.catalog import Catalog
+from proxy.errors import Blocked
 from proxy.guard import Guard
 from proxy.hooks import Admission, Hooks, StatementResult
 from proxy.identity import SessionFacts
@@ -110,6 +111,14 @@ class Enforcer(Hooks):
         if g.action == "throttle":
             adm.action = "throttle"
         return adm
+
+    async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
+        """Fast-path calls bypass SQL policy, so users with any policy may not make them."""
+        r = self.rules
+        if r.matching_rules(facts) or r.matching_functions(facts) or r.matching_extraction(facts):
+            err = Blocked("fastpath", f"function call by OID {oid} bypasses SQL policy")
+            return Admission(action="block", error=err, reason=err.reason)
+        return Admission()
 
     async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
         if self.guard is None or not isinstance(token, _Token) or token.guard is None:

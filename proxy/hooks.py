@@ -77,6 +77,10 @@ class Hooks:
     async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
         return Admission()
 
+    async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
+        """A fast-path FunctionCall (protocol 'F'): it names a function by OID."""
+        return Admission()
+
     async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
         """Called between upstream reads while a limited statement streams.
 

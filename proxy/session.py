@@ -60,6 +60,12 @@ D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
 ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
 
 
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    oid: int
+    raw: bytes
+
+
 @dataclass(slots=True)
 class Entry:
     """Replies the upstream owes for one forwarded client message, or a synthetic reply."""
@@ -85,7 +91,7 @@ class Session:
         self.parameters: dict[str, str] = {}
         self._client = FrameReader(max_message)
         self._sbuf = bytearray()
-        self._waiting: m.Parse | str | None = None  # frame awaiting a decision
+        self._waiting: m.Parse | FunctionCall | str | None = None  # awaiting a decision
         self._discard = False  # drop client messages until Sync (after an error)
         self._held = False  # cancel in flight: hold client messages back
         self._cutting: Running | None = None  # statement being cut off
@@ -116,6 +122,13 @@ class Session:
                 self.statements[waiting.name] = plan
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
                 self._push(Entry(b"P", plan=plan, name=waiting.name, prev=prev), out)
+        elif isinstance(waiting, FunctionCall):
+            plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
+            if adm.error is not None:
+                self._refuse(plan, adm.error, out, ready=True)
+            else:
+                out.append(ToServer(waiting.raw))
+                self._push(Entry(b"F", stmts=deque([Running(plan)])), out)
         elif isinstance(waiting, str):
             plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
             if adm.error is not None:
@@ -201,9 +214,11 @@ class Session:
         elif t == b"H":
             out.append(ToServer(raw))
         elif t == b"F":
-            plan = Plan("<function call>", Admission(), extended=True)
-            out.append(ToServer(raw))
-            self._push(Entry(b"F", stmts=deque([Running(plan)])), out)
+            # A fast-path call runs a function by OID, out of the SQL parser's
+            # sight: the hooks decide on it like a statement.
+            oid = m.Reader(body).i32()
+            self._waiting = FunctionCall(oid, raw)
+            out.append(Decide(f"<function call oid={oid}>", extended=True, function_oid=oid))
         else:
             raise ProtocolViolation(f"unexpected message type {t!r} from client")
 

@@ -725,12 +725,23 @@ def test_interrupted_audits_what_is_outstanding() -> None:
 def test_function_call_is_audited_once_on_its_result() -> None:
     pb = Playbook()
     call = frame(b"F", b"\0\0\x03\xe8" + b"\0\0" + b"\0\0" + b"\0\0")
-    assert pb.client(call) == ["server F"]
+    assert pb.client(call) == ["decide '<function call oid=1000>'", "server F"]
     result = frame(b"V", b"\xff\xff\xff\xff")
     assert pb.server(result + ready_for_query()) == [
-        "finish '<function call>' rows=0",
+        "finish '<function call oid=1000>' rows=0",
         "client V Z:I",
     ]
+
+
+def test_function_call_refused_by_the_hooks() -> None:
+    pb = Playbook(lambda sql, ext: Admission(action="block", error=Blocked("fastpath", "no")))
+    call = frame(b"F", b"\0\0\x03\xe8" + b"\0\0" + b"\0\0" + b"\0\0")
+    assert pb.client(call) == [
+        "decide '<function call oid=1000>'",
+        "finish '<function call oid=1000>' rows=0 error=42501",
+        "client E:42501 Z:I",
+    ]
+    assert not pb.session.queue
 
 
 def test_extended_copy_in_failing_on_the_server_side() -> None:
