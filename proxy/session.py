@@ -36,7 +36,7 @@ Executes share one count, so fetching in pages does not reset a cap.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from proxy import messages as m
 from proxy.actions import (
@@ -52,33 +52,21 @@ from proxy.actions import (
     ToServer,
 )
 from proxy.errors import ProtocolViolation, ProxyError, ResultLimit
-from proxy.hooks import Admission, StreamLimits
+from proxy.hooks import Admission
 from proxy.identity import SessionFacts
+from proxy.replies import (
+    Entry,
+    FunctionCall,
+    for_portal,
+    next_stmt,
+    over_limit,
+    statement_info,
+    undo_parse,
+)
 from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader, unpack_len
 
 D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
 ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionCall:
-    oid: int
-    raw: bytes
-
-
-@dataclass(slots=True)
-class Entry:
-    """Replies the upstream owes for one forwarded client message, or a synthetic reply."""
-
-    kind: bytes  # client message type; b"!" for a synthetic reply
-    stmts: deque[Running] = field(default_factory=deque)
-    synthetic: bytes = b""  # bytes to send when this entry reaches the head
-    ready: bool = False  # synthetic: follow with ReadyForQuery(current status)
-    plan: Plan | None = None  # Parse: the statement prepared; Query: the string
-    count: int = 0  # Query: statements started so far
-    aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
-    name: str = ""  # Parse: the statement name it (re)defines
-    prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
 
 
 class Session:
@@ -193,7 +181,7 @@ class Session:
             portal, stmt = m.parse_bind_names(body)
             plan = self.statements.get(stmt)
             if plan is not None:
-                self.portals[portal] = _for_portal(plan)
+                self.portals[portal] = for_portal(plan)
             out.append(ToServer(raw))
             self._push(Entry(b"B"), out)
         elif t == b"E":
@@ -267,11 +255,11 @@ class Session:
                         if head is None or head.kind != b"Q":
                             pos = end
                             continue
-                        stmt = _next_stmt(head)
+                        stmt = next_stmt(head)
                         limits = stmt.plan.limits
                     stmt.rows += 1
                     stmt.bytes += end - pos
-                    if limits is not None and _over(stmt, limits):
+                    if limits is not None and over_limit(stmt, limits):
                         stmt.rows -= 1
                         stmt.bytes -= end - pos
                         if start < pos:
@@ -343,7 +331,7 @@ class Session:
             fields = m.error_fields(body)
             error = f"{fields.get('C', '?????')}: {fields.get('M', '')}"
             if kind == b"Q" and not head.stmts:
-                _next_stmt(head)  # a statement past those the hooks counted failed
+                next_stmt(head)  # a statement past those the hooks counted failed
             if head.stmts:
                 s = head.stmts.popleft()
                 s.error = error
@@ -353,7 +341,7 @@ class Session:
                 return  # the rest of a failed string is audited at its ReadyForQuery
             failed = q.popleft()
             self._skip_to_sync(out)
-            _undo_parse(self.statements, failed)
+            undo_parse(self.statements, failed)
             return
         if t == b"Z":
             if kind in b"QSF":
@@ -387,7 +375,7 @@ class Session:
 
     def _complete(self, head: Entry, tag: bytes, out: list[Action]) -> None:
         if not head.stmts:
-            _next_stmt(head)  # more results than the hooks counted (they need not split)
+            next_stmt(head)  # more results than the hooks counted (they need not split)
         s = head.stmts.popleft()
         s.tag = s.tag or tag.rstrip(b"\0").decode("ascii", "replace")
         lim = s.plan.limits
@@ -396,7 +384,7 @@ class Session:
             lim.used_rows += s.rows
             lim.used_bytes += s.bytes
         out.append(Finish(s))
-        sp = _first(s).get("search_path")
+        sp = statement_info(s).get("search_path")
         if isinstance(sp, list | tuple) and not s.error:
             self.facts = replace(self.facts, search_path=tuple(sp))
 
@@ -423,7 +411,7 @@ class Session:
                 s.error = s.error or "not executed: an earlier message in the batch failed"
                 out.append(Finish(s))
         for e in reversed(skipped):
-            _undo_parse(self.statements, e)
+            undo_parse(self.statements, e)
         if not q:
             self._discard = True
         self._emit_synthetic(out)
@@ -469,40 +457,3 @@ class Session:
         self.queue.clear()
         self.closed = True
         return out
-
-
-def _next_stmt(head: Entry) -> Running:
-    assert head.plan is not None
-    s = Running(head.plan, index=head.count)
-    head.count += 1
-    head.stmts.append(s)
-    return s
-
-
-def _for_portal(plan: Plan) -> Plan:
-    """A portal's own copy of its statement's plan: its limits count across Executes."""
-    lim = plan.limits
-    if lim is None:
-        return plan
-    return replace(plan, admission=replace(plan.admission, limits=replace(lim)))
-
-
-def _undo_parse(statements: dict[str, Plan], e: Entry) -> None:
-    """A Parse the upstream did not carry out leaves the name as it was."""
-    if e.kind != b"P" or e.plan is None or statements.get(e.name) is not e.plan:
-        return
-    if e.prev is None:
-        del statements[e.name]
-    else:
-        statements[e.name] = e.prev
-
-
-def _over(stmt: Running, lim: StreamLimits) -> bool:
-    return (lim.max_rows is not None and stmt.rows + lim.used_rows > lim.max_rows) or (
-        lim.max_bytes is not None and stmt.bytes + lim.used_bytes > lim.max_bytes
-    )
-
-
-def _first(s: Running) -> dict[str, object]:
-    sts = s.plan.admission.statements
-    return dict(sts[s.index]) if s.index < len(sts) else {}

@@ -1,0 +1,72 @@
+"""Entries of the session's expected-reply queue, and small helpers over statements.
+
+Each client message forwarded upstream that expects replies becomes an
+`Entry`; a proxy-made reply (a refusal) is an `Entry` of kind `!` in the same
+queue, so it reaches the client exactly where PostgreSQL would have put it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from proxy.actions import Plan, Running
+from proxy.hooks import StreamLimits
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    oid: int
+    raw: bytes
+
+
+@dataclass(slots=True)
+class Entry:
+    """Replies the upstream owes for one forwarded client message, or a synthetic reply."""
+
+    kind: bytes  # client message type; b"!" for a synthetic reply
+    stmts: deque[Running] = field(default_factory=deque)
+    synthetic: bytes = b""  # bytes to send when this entry reaches the head
+    ready: bool = False  # synthetic: follow with ReadyForQuery(current status)
+    plan: Plan | None = None  # Parse: the statement prepared; Query: the string
+    count: int = 0  # Query: statements started so far
+    aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
+    name: str = ""  # Parse: the statement name it (re)defines
+    prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
+
+
+def next_stmt(head: Entry) -> Running:
+    assert head.plan is not None
+    s = Running(head.plan, index=head.count)
+    head.count += 1
+    head.stmts.append(s)
+    return s
+
+
+def for_portal(plan: Plan) -> Plan:
+    """A portal's own copy of its statement's plan: its limits count across Executes."""
+    lim = plan.limits
+    if lim is None:
+        return plan
+    return replace(plan, admission=replace(plan.admission, limits=replace(lim)))
+
+
+def undo_parse(statements: dict[str, Plan], e: Entry) -> None:
+    """A Parse the upstream did not carry out leaves the name as it was."""
+    if e.kind != b"P" or e.plan is None or statements.get(e.name) is not e.plan:
+        return
+    if e.prev is None:
+        del statements[e.name]
+    else:
+        statements[e.name] = e.prev
+
+
+def over_limit(stmt: Running, lim: StreamLimits) -> bool:
+    return (lim.max_rows is not None and stmt.rows + lim.used_rows > lim.max_rows) or (
+        lim.max_bytes is not None and stmt.bytes + lim.used_bytes > lim.max_bytes
+    )
+
+
+def statement_info(s: Running) -> dict[str, object]:
+    sts = s.plan.admission.statements
+    return dict(sts[s.index]) if s.index < len(sts) else {}
