@@ -1,323 +1,80 @@
-"""Rule files (DESIGN.md, "Rule files (version 1)"): models, loading, validation, matching.
+"""Rule files (DESIGN.md, "Rule files (version 1)"): loading, validation, merging, matching.
 
 A rule set is loaded from one YAML file or a directory of `*.yaml` files merged in
 file-name order. Loading either yields a complete, validated `RuleSet` or raises
 `RulesError` listing every problem found ("file: rule <id>: field: message"), so a
 DBA fixes them all in one pass and a running proxy can keep its last good set.
+The models themselves are in proxy/policy/rulefile.py and re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time
-from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ValidationError
 
 from proxy.identity import SessionFacts
-
-DEFAULT_STATEMENTS = (
-    "select",
-    "explain",
-    "show",
-    "set",
-    "begin",
-    "commit",
-    "rollback",
-    "declare",
-    "fetch",
-    "close",
+from proxy.policy.rulefile import (
+    ATTR_PARAM,
+    DEFAULT_STATEMENTS,
+    MASK_KINDS,
+    ColumnPolicy,
+    Defaults,
+    Duration,
+    ExtractionRule,
+    FunctionRule,
+    HourRange,
+    Match,
+    Mode,
+    Principal,
+    RuleFile,
+    RuleTest,
+    Size,
+    SqlMask,
+    StrList,
+    TableRule,
+    TestExpect,
+    UserEntry,
+    _Model,
+    glob_regex,
+    parse_duration,
+    parse_size,
 )
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_HOURS = re.compile(r"^\s*(\d{1,2})(?::(\d{2}))?\s*-\s*(\d{1,2})(?::(\d{2}))?\s*$")
-ATTR_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def parse_size(value: Any) -> int:
-    """'50MB' -> 50_000_000, '1MiB' -> 1_048_576, 1234 -> 1234."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number or a string like '50MB'")
-    if isinstance(value, int):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"bad size {value!r}; use a number or e.g. '50MB', '1GiB'")
-    unit = (m.group(2) or "").lower()
-    base = 1024 if "i" in unit else 1000
-    letter = unit[:1] if unit and unit[0] in "kmgt" else ""
-    mult = base ** ("kmgt".index(letter) + 1) if letter else 1
-    return int(float(m.group(1)) * mult)
-
-
-def parse_duration(value: Any) -> float:
-    """'1h' -> 3600.0, '15m' -> 900.0, 30 -> 30.0 (seconds)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or e.g. '1h'")
-    if isinstance(value, int | float):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"bad duration {value!r}; use e.g. '30s', '15m', '1h', '1d'")
-    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
-
-
-def _as_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-StrList = Annotated[list[str], BeforeValidator(_as_list)]
-Mode = Literal["enforce", "dry_run"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who a decision is taken for: the user plus groups and attributes from `users:`."""
-
-    user: str
-    groups: frozenset[str] = frozenset()
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-class HourRange(_Model):
-    start: time
-    end: time
-
-    def contains(self, t: time) -> bool:
-        if self.start <= self.end:
-            return self.start <= t < self.end
-        return t >= self.start or t < self.end  # wraps midnight, e.g. 22-06
-
-
-def _parse_hours(value: Any) -> Any:
-    out = []
-    for item in _as_list(value) or []:
-        if isinstance(item, dict | HourRange):
-            out.append(item)
-            continue
-        m = _HOURS.match(str(item))
-        if not m:
-            raise ValueError(f"bad hours {item!r}; use e.g. '08:00-18:00' or '22-6'")
-        h1, m1, h2, m2 = (int(g) if g else 0 for g in m.groups())
-        if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59:
-            raise ValueError(f"bad hours {item!r}")
-        start = time(h1 % 24, m1)
-        end = time(h2 % 24, m2)
-        out.append({"start": start, "end": end})
-    return out
-
-
-class Match(_Model):
-    """Who a rule applies to; every key present must fit, absent keys fit everyone."""
-
-    users: StrList | None = None
-    groups: StrList | None = None
-    client_cidrs: StrList | None = None
-    applications: StrList | None = None
-    hours: Annotated[list[HourRange] | None, BeforeValidator(_parse_hours)] = None
-
-    @model_validator(mode="after")
-    def _check_cidrs(self) -> Match:
-        for cidr in self.client_cidrs or []:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as e:
-                raise ValueError(f"client_cidrs: bad network {cidr!r}") from e
-        return self
-
-    @cached_property
-    def _networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(c, strict=False) for c in self.client_cidrs or []]
-
-    def fits(self, who: Principal, facts: SessionFacts, now: datetime | None = None) -> bool:
-        if self.users is not None and who.user not in self.users:
-            return False
-        if self.groups is not None and not who.groups.intersection(self.groups):
-            return False
-        if self.applications is not None and facts.application not in self.applications:
-            return False
-        if self.client_cidrs is not None:
-            try:
-                ip = ipaddress.ip_address(facts.client_ip)
-            except ValueError:
-                return False  # unix socket or garbage: an address rule cannot fit
-            if not any(ip in net for net in self._networks):
-                return False
-        if self.hours is not None:
-            t = (now or facts.now or datetime.now().astimezone()).time()
-            if not any(h.contains(t) for h in self.hours):
-                return False
-        return True
-
-
-class SqlMask(_Model):
-    sql: str
-
-
-MASK_KINDS = ("deny", "null", "redact", "hash", "partial")
-
-
-def _column_policy(value: Any) -> Any:
-    if value is None:
-        return "null"  # YAML `ssn: null` parses as None; it means the null mask
-    if isinstance(value, SqlMask) or value in MASK_KINDS:
-        return value
-    if isinstance(value, dict) and set(value) == {"sql"} and isinstance(value["sql"], str):
-        return SqlMask(sql=value["sql"])
-    raise ValueError(
-        f"bad column policy {value!r}; use one of {', '.join(MASK_KINDS)} or {{sql: ...}}"
-    )
-
-
-ColumnPolicy = Annotated[
-    Literal["deny", "null", "redact", "hash", "partial"] | SqlMask,
-    BeforeValidator(_column_policy),
+__all__ = [
+    "ATTR_PARAM",
+    "DEFAULT_STATEMENTS",
+    "MASK_KINDS",
+    "ColumnPolicy",
+    "Defaults",
+    "Duration",
+    "ExtractionRule",
+    "FunctionRule",
+    "HourRange",
+    "Match",
+    "Mode",
+    "Principal",
+    "RuleFile",
+    "RuleSet",
+    "RuleTest",
+    "RulesError",
+    "Size",
+    "SqlMask",
+    "StrList",
+    "TableRule",
+    "TestExpect",
+    "UserEntry",
+    "glob_regex",
+    "load_rules",
+    "parse_duration",
+    "parse_size",
 ]
-
-
-class Defaults(_Model):
-    mode: Mode = "enforce"
-    unknown_tables: Literal["allow", "block"] = "allow"
-    unparsed: Literal["allow", "block"] = "block"
-    statements: StrList = Field(default_factory=lambda: list(DEFAULT_STATEMENTS))
-
-    def allows_kind(self, kind: str) -> bool:
-        return "all" in self.statements or kind in self.statements
-
-
-class UserEntry(_Model):
-    groups: StrList = Field(default_factory=list)
-    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-
-class TableRule(_Model):
-    """A row filter, column policies or access decision for the tables `table` matches."""
-
-    id: str
-    description: str = ""
-    match: Match | None = None
-    table: str
-    access: Literal["allow", "deny"] = "allow"
-    row_filter: str | None = None
-    columns: dict[str, ColumnPolicy] = Field(default_factory=dict)
-    # Statement kinds besides reads this rule permits on its tables (insert, update, ...).
-    statements: StrList = Field(default_factory=list)
-    mode: Mode | None = None
-
-    @field_validator("table")
-    @classmethod
-    def _check_table(cls, v: str) -> str:
-        if v.count(".") != 1 or not all(v.split(".")):
-            raise ValueError(f"{v!r} must be schema.table (globs allowed)")
-        return v
-
-    @cached_property
-    def _pattern(self) -> re.Pattern[str]:
-        return glob_regex(self.table)
-
-    def names(self, qualified: str) -> bool:
-        return self._pattern.fullmatch(qualified) is not None
-
-    @property
-    def params(self) -> set[str]:
-        texts = [self.row_filter or ""]
-        texts += [p.sql for p in self.columns.values() if isinstance(p, SqlMask)]
-        return {m for t in texts for m in ATTR_PARAM.findall(_strip_strings(t))}
-
-
-class FunctionRule(_Model):
-    id: str
-    description: str = ""
-    match: Match | None = None
-    allow: StrList
-    mode: Mode | None = None
-
-    @cached_property
-    def _patterns(self) -> list[re.Pattern[str]]:
-        return [glob_regex(p) for p in self.allow]
-
-    def allows(self, qualified: str) -> bool:
-        return any(p.fullmatch(qualified) for p in self._patterns)
-
-
-class ExtractionRule(_Model):
-    """Limits and detectors the extraction guard enforces on result streams."""
-
-    id: str
-    description: str = ""
-    match: Match | None = None
-    max_rows_per_query: int | None = Field(default=None, ge=0)
-    max_bytes_per_query: Size | None = Field(default=None, ge=0)
-    window: Duration | None = Field(default=None, gt=0)
-    max_rows: int | None = Field(default=None, ge=0)
-    max_bytes: Size | None = Field(default=None, ge=0)
-    max_queries: int | None = Field(default=None, ge=0)
-    action: Literal["log", "throttle", "block"] = "block"
-    detect: Literal["copy_out", "unfiltered_scan", "paging_scan", "enumeration"] | None = None
-    # Detector thresholds (all optional; the guard has its own defaults):
-    min_rows: int | None = Field(default=None, ge=0)  # unfiltered_scan: table size worth flagging
-    max_pages: int | None = Field(default=None, ge=1)  # paging_scan: pages of one query per window
-    max_distinct: int | None = Field(default=None, ge=1)  # enumeration: distinct literals/window
-    threshold: int | None = Field(default=None, ge=0)  # generic threshold for any detector
-    mode: Mode | None = None
-
-    @model_validator(mode="after")
-    def _check_window(self) -> ExtractionRule:
-        budgets = (self.max_rows, self.max_bytes, self.max_queries)
-        if any(b is not None for b in budgets) and self.window is None:
-            raise ValueError("max_rows/max_bytes/max_queries need a window (e.g. window: 1h)")
-        return self
-
-
-class TestExpect(_Model):
-    decision: Literal["allow", "rewrite", "block"]
-    rules: StrList | None = None
-    sql_contains: StrList | None = None
-
-
-class RuleTest(_Model):
-    __test__ = False  # not a pytest class
-    user: str
-    sql: str
-    expect: TestExpect
-    application: str = ""
-    client_ip: str = "127.0.0.1"
-    search_path: StrList | None = None
-
-
-class RuleFile(_Model):
-    version: Literal[1]
-    defaults: Defaults | None = None
-    users: dict[str, UserEntry] = Field(default_factory=dict)
-    rules: list[TableRule] = Field(default_factory=list)
-    functions: list[FunctionRule] = Field(default_factory=list)
-    extraction: list[ExtractionRule] = Field(default_factory=list)
-    tests: list[RuleTest] = Field(default_factory=list)
 
 
 class RulesError(Exception):
@@ -326,18 +83,6 @@ class RulesError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("invalid rule set:\n" + "\n".join(problems))
         self.problems = problems
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`internal.*` -> regex; `*` does not cross the schema dot, `?` is one character."""
-    out = []
-    for ch in pattern:
-        out.append("[^.]*" if ch == "*" else "[^.]" if ch == "?" else re.escape(ch))
-    return re.compile("".join(out))
-
-
-def _strip_strings(sql: str) -> str:
-    return re.sub(r"'(?:[^']|'')*'", "''", sql)
 
 
 @dataclass(slots=True)
