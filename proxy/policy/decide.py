@@ -173,9 +173,15 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
     return v
 
 
+# Session plumbing, gated by what it runs rather than by its own kind: EXECUTE runs a
+# statement decided at its PREPARE, DEALLOCATE and DISCARD only drop session state,
+# and PREPARE is gated by the kind of the statement it prepares.
+PLUMBING = frozenset({"prepare", "execute", "deallocate", "discard"})
+
+
 def _gate(v: Verdict, ctx: Context, *, writes_ok: bool, kind: str | None = None) -> None:
     kind = kind or v.kind
-    if ctx.defaults.allows_kind(kind) or writes_ok:
+    if ctx.defaults.allows_kind(kind) or writes_ok or kind in PLUMBING:
         return
     v.block("defaults.statements", f"{kind.upper()} statements are not allowed")
 

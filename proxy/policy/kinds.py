@@ -119,6 +119,9 @@ def head(piece: Piece) -> Head:
         return Head("execute")
     if first in ("SET", "RESET"):
         return _set(piece, first == "RESET")
+    if first == "DISCARD":
+        what = _word(toks[1]).lower() if len(toks) > 1 else ""
+        return Head("discard", setting=what)
     if first in _SIMPLE:
         return Head(_SIMPLE[first])
     return Head("unknown")
@@ -196,6 +199,8 @@ def _set(piece: Piece, reset: bool) -> Head:
 
 def search_path_of(h: Head) -> tuple[str, ...] | None:
     """The search_path a SET/RESET leaves, or None when it does not touch search_path."""
+    if h.kind == "discard" and h.setting == "all":
+        return DEFAULT_SEARCH_PATH  # DISCARD ALL includes RESET ALL
     if h.kind != "set" or h.setting not in ("search_path", "all"):
         return None
     if h.reset or h.values in ((), ("default",)):

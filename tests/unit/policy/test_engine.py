@@ -385,3 +385,23 @@ def test_set_search_path_applies_to_later_statements_of_the_string(engine: Polic
     assert d.action == "block" and d.rules[0] == "internal-schema"
     d = engine.decide("SET search_path = sandbox, public; SELECT note FROM people", ALICE)
     assert d.action == "rewrite" and 'FROM "sandbox".people' in d.sql
+
+
+def test_session_plumbing_with_the_design_default_statements(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+users: {alice: {attributes: {region: north}}}
+rules:
+  - {id: r, table: public.people, row_filter: "region = :region"}
+""",
+        catalog,
+    )
+    assert e.decide("PREPARE s AS SELECT name FROM people", ALICE).action == "rewrite"
+    assert e.decide("PREPARE s AS DELETE FROM regions", ALICE).rules == ("defaults.statements",)
+    for sql in ("EXECUTE s", "DEALLOCATE s", "DEALLOCATE ALL", "DISCARD ALL"):
+        assert e.decide(sql, ALICE).action == "allow", sql
+    assert e.decide("DISCARD ALL", ALICE).statements[0].search_path == ("$user", "public")
+    assert e.decide("DISCARD PLANS", ALICE).statements[0].search_path is None
