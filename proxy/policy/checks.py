@@ -65,6 +65,14 @@ def describe(v: Verdict, tree: exp.Expr, occs: list[Occ], calls: list[Call], ctx
         v.copy_out = True
 
 
+def cascade(v: Verdict, tree: exp.Expr, ctx: Context) -> None:
+    """TRUNCATE ... CASCADE also empties every table that references the named ones,
+    governed ones included, out of the statement's sight."""
+    option = str(tree.args.get("option") or "").upper()
+    if ctx.has_policy and isinstance(tree, exp.TruncateTable) and option == "CASCADE":
+        v.block("defaults.statements", "TRUNCATE ... CASCADE may empty governed tables")
+
+
 def write_consent(kind: str, occs: list[Occ], ctx: Context) -> bool:
     """True when every write target is a governed table whose rule allows this kind."""
     targets = [ctx.rule_for(o.qualified) for o in occs if o.write]

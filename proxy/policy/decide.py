@@ -219,6 +219,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     checks.describe(v, tree, occs, found.calls, ctx)
 
     checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate
+    checks.cascade(v, tree, ctx)
     _gate(v, ctx, writes_ok=checks.write_consent(v.kind, occs, ctx))
     # Data-modifying CTEs (WITH d AS (DELETE ...) SELECT ...) are gated by their own kind.
     for dml in found.nodes.dmls:

@@ -405,3 +405,18 @@ rules:
         assert e.decide(sql, ALICE).action == "allow", sql
     assert e.decide("DISCARD ALL", ALICE).statements[0].search_path == ("$user", "public")
     assert e.decide("DISCARD PLANS", ALICE).statements[0].search_path is None
+
+
+def test_truncate_cascade(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+defaults: {statements: [all]}
+rules:
+  - {id: r, table: public.cases, columns: {notes: deny}}
+""",
+        catalog,
+    )
+    assert e.decide("TRUNCATE regions", ALICE).action == "allow"
+    d = e.decide("TRUNCATE regions CASCADE", ALICE)
+    assert d.action == "block" and "CASCADE" in d.reason
