@@ -48,6 +48,8 @@ class Catalog:
     functions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     schemas: tuple[str, ...] = ()
     version: str = ""
+    # The database's default search_path as the catalog account saw it at load time.
+    search_path: tuple[str, ...] = ("$user", "public")
     _by_name: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +84,12 @@ class Catalog:
                 d["parents"] = list(r.parents)
             rels.append(d)
         funcs = [f"{s}.{n}" for n, ss in sorted(self.functions.items()) for s in ss]
-        return {"relations": rels, "functions": funcs, "schemas": list(self.schemas)}
+        return {
+            "relations": rels,
+            "functions": funcs,
+            "schemas": list(self.schemas),
+            "search_path": list(self.search_path),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Catalog:
@@ -108,8 +115,8 @@ class Catalog:
             schema, _, name = _qual(f).partition(".")
             funcs.setdefault(name, []).append(schema)
         schemas = tuple(data.get("schemas") or sorted({r.schema for r in rels.values()}))
-        cat = cls(rels, {k: tuple(v) for k, v in funcs.items()}, schemas)
-        return cat
+        path = tuple(str(p) for p in data.get("search_path") or ("$user", "public"))
+        return cls(rels, {k: tuple(v) for k, v in funcs.items()}, schemas, search_path=path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Catalog:
@@ -207,6 +214,7 @@ async def load_catalog(dsn: str) -> Catalog:
         inh = await conn.fetch(_INHERITS_SQL)
         funcs = await conn.fetch(_FUNCTIONS_SQL)
         schemas = await conn.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
+        path_text = await conn.fetchval("SELECT current_setting('search_path')")
     finally:
         await conn.close()
     direct_deps: dict[str, set[str]] = {}
@@ -235,6 +243,18 @@ async def load_catalog(dsn: str) -> Catalog:
     fmap: dict[str, list[str]] = {}
     for f in funcs:
         fmap.setdefault(f["name"], []).append(f["schema"])
-    return Catalog(
-        rels, {k: tuple(sorted(v)) for k, v in fmap.items()}, tuple(s[0] for s in schemas)
-    )
+    functions = {k: tuple(sorted(v)) for k, v in fmap.items()}
+    path = tuple(parse_search_path(str(path_text or "")))
+    return Catalog(rels, functions, tuple(s[0] for s in schemas), search_path=path)
+
+
+def parse_search_path(text: str) -> list[str]:
+    """`"$user", public, "Odd Name"` -> ['$user', 'public', 'Odd Name'] (as SHOW prints it)."""
+    out: list[str] = []
+    for part in text.split(","):
+        p = part.strip()
+        if len(p) >= 2 and p[0] == p[-1] == '"':
+            out.append(p[1:-1].replace('""', '"'))
+        elif p:
+            out.append(p.lower())
+    return out

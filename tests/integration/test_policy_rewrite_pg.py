@@ -164,6 +164,7 @@ def test_catalog_from_upstream(catalog: Catalog) -> None:
     assert "public" in catalog.function_schemas("leak_people")
     assert catalog.relations["internal.secrets"].columns == ("id", "value")
     assert "pg_catalog" in catalog.schemas
+    assert catalog.search_path == ("$user", "public")
 
 
 CORPUS = [
