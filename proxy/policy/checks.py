@@ -97,6 +97,16 @@ def writes(v: Verdict, occs: list[Occ], ctx: Context) -> None:
             v.block(rule.id, f"{kind.upper()} reads masked columns of {o.qualified}")
         elif kind in ("merge", "truncate") and rule.row_filter:
             v.block(rule.id, f"{kind.upper()} cannot be limited to the permitted rows")
+        elif rule.row_filter and _upsert(o):
+            v.block(
+                rule.id, "INSERT ... ON CONFLICT DO UPDATE could change rows outside the filter"
+            )
+
+
+def _upsert(o: Occ) -> bool:
+    insert = o.node.find_ancestor(exp.Insert)
+    conflict = insert.args.get("conflict") if insert is not None else None
+    return conflict is not None and "UPDATE" in str(conflict.args.get("action") or "").upper()
 
 
 def _governed_base(o: Occ, ctx: Context) -> TableRule | None:
