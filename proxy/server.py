@@ -135,11 +135,7 @@ class ProxyServer:
             task.add_done_callback(self._tasks.discard)
         self._clients += 1
         try:
-            if self._clients > self.settings.max_clients:
-                err = TooManyConnections("oversight: sorry, too many clients already")
-                writer.write(m.error_response(err.fields()))
-                return
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, full=self._clients > self.settings.max_clients)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         except asyncio.CancelledError:
@@ -151,7 +147,9 @@ class ProxyServer:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, full: bool
+    ) -> None:
         s = self.settings
         peer = writer.get_extra_info("peername") or ("", 0)
         try:
@@ -162,6 +160,8 @@ class ProxyServer:
                 await self._cancel(packet)
                 return
             check_startup(packet)
+            if full:  # said after startup, as PostgreSQL does, so clients show the message
+                raise TooManyConnections("oversight: sorry, too many clients already")
         except TimeoutError:
             self._refuse(writer, ProtocolViolation("oversight: startup timeout"))
             return
