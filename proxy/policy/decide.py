@@ -250,9 +250,12 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
             if o.write:
                 changed |= _filter_write(tree, o, ctx, masker)
             elif rule.row_filter or rule.columns:
-                sub = masker.subquery(rule, o.qualified, o.relation, ctx.who, ctx.pin, o.node)
+                text = masker.subquery_text(
+                    rule, o.qualified, o.relation, ctx.who, ctx.pin, ctx.path, o.node
+                )
                 _unqualify_columns(found.nodes.columns, o)
-                o.node.replace(as_from_item(sub, o.node))
+                # Our own generated SQL, spliced in verbatim (a Var prints its text).
+                o.node.replace(as_from_item(exp.Var(this=text), o.node))
                 changed = True
         except MissingAttribute as e:
             v.block(rule.id, f"user {ctx.who.user} has no attribute :{e.name}")

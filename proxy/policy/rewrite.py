@@ -17,10 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 
 from proxy.catalog import Relation
 from proxy.policy.sqlcheck import parse_snippet
 from proxy.rules import Principal, SqlMask, TableRule
+
+_PG = Postgres()
 
 
 class MissingAttribute(Exception):
@@ -51,6 +54,39 @@ class Masker:
     def __init__(self, hash_salt: str | None = None) -> None:
         self.hash_salt = hash_salt
         self._snippets: dict[str, exp.Expr] = {}
+        self._texts: dict[tuple[object, ...], str] = {}
+
+    def subquery_text(
+        self,
+        rule: TableRule,
+        qualified: str,
+        relation: Relation | None,
+        who: Principal,
+        pin: Callable[[exp.Table], None],
+        path: tuple[str, ...],
+        source: exp.Table,
+    ) -> str:
+        """The subquery's SQL, cached: it depends only on the key below, and building
+        and generating it is most of an uncached decision's cost."""
+        sample = source.args.get("sample")
+        key = (
+            rule.id,
+            qualified,
+            relation.columns if relation is not None else None,
+            who.user,
+            tuple(sorted(who.attributes.items())),
+            path,
+            bool(source.args.get("only")),
+            _PG.generate(sample) if sample is not None else None,
+        )
+        text = self._texts.get(key)
+        if text is None:
+            select = self.subquery(rule, qualified, relation, who, pin, source)
+            text = _PG.generate(select, copy=False)
+            if len(self._texts) > 10_000:
+                self._texts.clear()
+            self._texts[key] = text
+        return text
 
     def snippet(self, text: str) -> exp.Expr:
         tree = self._snippets.get(text)
@@ -136,7 +172,7 @@ def bind(tree: exp.Expr, who: Principal) -> None:
         ph.replace(exp.Literal.string(value))
 
 
-def as_from_item(select: exp.Select, source: exp.Table) -> exp.Subquery:
+def as_from_item(select: exp.Expr, source: exp.Table) -> exp.Subquery:
     """Wrap `select` as a FROM item carrying the reference's alias (and column aliases)."""
     alias = source.args.get("alias")
     if alias is None or alias.this is None:
