@@ -20,6 +20,19 @@ reported in `would` with the rule ids, while `action` says what is enforced.
 
 Decisions are cached by (text, extended, every fact a match depends on, rules
 version, catalog version); the cache is a plain dict LRU, safe under asyncio.
+
+Known limits (by design, documented for DBAs):
+- A view over a governed table is blocked unless a rule names the view itself
+  (expanding it would read the base tables with the user's privileges, not the
+  view owner's).
+- UPDATE/DELETE by users a rule lets write get the row filter ANDed to their
+  WHERE, without the OFFSET 0 fence reads have; INSERT rows are not checked
+  against the filter (there is no WITH CHECK), upserts on filtered tables block.
+- Server-side code (triggers, FK cascades, functions a `functions:` rule allows)
+  is out of the parser's sight.
+- Names resolve against the catalog snapshot and the session's tracked
+  search_path; where that could be wrong (an ungoverned name that is governed in
+  another schema) the reference is pinned to the schema decided on.
 """
 
 from __future__ import annotations
