@@ -360,7 +360,11 @@ class Demo:
         if self.pg is not None:
             await asyncio.to_thread(self.pg.cleanup, delete_data=not self.persistent)
         for path in self._created:
-            shutil.rmtree(path, ignore_errors=True)
+            for _attempt in range(3):  # a late audit flush may recreate a file mid-removal
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    break
+                await asyncio.sleep(0.2)
         if self._ready:
             print("stopped.", flush=True)
 

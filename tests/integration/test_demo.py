@@ -274,7 +274,7 @@ def test_sigint_stops_everything(demo: tuple[DemoProcess, Banner]) -> None:
     assert proc.returncode == 0, proc.log_text()
     assert "stopped." in out
     assert not _processes_mentioning(str(banner.datadir))
-    assert not banner.datadir.exists()  # no --keep: the run leaves nothing behind
+    assert not banner.datadir.parent.exists()  # no --keep: the run leaves nothing behind
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
 
