@@ -11,7 +11,6 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from proxy.actions import Plan, Running
-from proxy.hooks import StreamLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +60,17 @@ def undo_parse(statements: dict[str, Plan], e: Entry) -> None:
         statements[e.name] = e.prev
 
 
-def over_limit(stmt: Running, lim: StreamLimits) -> bool:
-    return (lim.max_rows is not None and stmt.rows + lim.used_rows > lim.max_rows) or (
-        lim.max_bytes is not None and stmt.bytes + lim.used_bytes > lim.max_bytes
-    )
+NO_LIMIT = 1 << 62
+
+
+def room(stmt: Running | None) -> tuple[int, int]:
+    """Rows and bytes `stmt` may still stream before its cap (huge when uncapped)."""
+    lim = stmt.plan.limits if stmt is not None else None
+    if lim is None or stmt is None:
+        return NO_LIMIT, NO_LIMIT
+    rows = NO_LIMIT if lim.max_rows is None else lim.max_rows - lim.used_rows - stmt.rows
+    nbytes = NO_LIMIT if lim.max_bytes is None else lim.max_bytes - lim.used_bytes - stmt.bytes
+    return rows, nbytes
 
 
 def statement_info(s: Running) -> dict[str, object]:

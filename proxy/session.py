@@ -59,7 +59,7 @@ from proxy.replies import (
     FunctionCall,
     for_portal,
     next_stmt,
-    over_limit,
+    room,
     statement_info,
     undo_parse,
 )
@@ -78,7 +78,7 @@ class Session:
         self.portals: dict[str, Plan] = {}
         self.parameters: dict[str, str] = {}
         self._client = FrameReader(max_message)
-        self._sbuf = bytearray()
+        self._sbuf = b""  # a partial upstream message carried to the next read
         self._waiting: m.Parse | FunctionCall | str | None = None  # awaiting a decision
         self._discard = False  # drop client messages until Sync (after an error)
         self._held = False  # cancel in flight: hold client messages back
@@ -231,14 +231,18 @@ class Session:
     # ------------------------------------------------------------ server side
 
     def server_data(self, data: bytes) -> list[Action]:
-        buf = self._sbuf
-        buf += data
+        # Scan the immutable chunk itself; only a partial message at its end is
+        # kept. A chunk that ends on a message boundary and needs no attention
+        # is forwarded as the very same bytes object, with no copy.
+        buf = self._sbuf + data if self._sbuf else data
+        self._sbuf = b""
         out: list[Action] = []
         n = len(buf)
         pos = start = 0  # buf[start:pos] is a run of messages to forward as is
+        rows = nbytes = 0  # counted for `stmt` in this run, written back at control points
         head = self.queue[0] if self.queue else None
         stmt = head.stmts[0] if head and head.stmts else None
-        limits = stmt.plan.limits if stmt else None
+        room_rows, room_bytes = room(stmt)
         cutting = self._dropping(head)
         while n - pos >= 5:
             t = buf[pos]
@@ -248,7 +252,7 @@ class Session:
             if t in (D, d):
                 if cutting:  # drop the rest of output being cut off
                     if start < pos:
-                        out.append(ToClient(bytes(buf[start:pos])))
+                        out.append(ToClient(buf[start:pos]))
                     start = end
                 else:
                     if stmt is None:
@@ -256,14 +260,14 @@ class Session:
                             pos = end
                             continue
                         stmt = next_stmt(head)
-                        limits = stmt.plan.limits
-                    stmt.rows += 1
-                    stmt.bytes += end - pos
-                    if limits is not None and over_limit(stmt, limits):
-                        stmt.rows -= 1
-                        stmt.bytes -= end - pos
+                        room_rows, room_bytes = room(stmt)
+                    rows += 1
+                    nbytes += end - pos
+                    if rows > room_rows or nbytes > room_bytes:
+                        rows -= 1
+                        nbytes -= end - pos
                         if start < pos:
-                            out.append(ToClient(bytes(buf[start:pos])))
+                            out.append(ToClient(buf[start:pos]))
                         start = end
                         cutting = True
                         self._cutting = stmt
@@ -273,24 +277,30 @@ class Session:
                 continue
             if t in ASYNC:
                 if t == 83:  # ParameterStatus
-                    k, v = m.parse_parameter_status(bytes(buf[pos + 5 : end]))
+                    k, v = m.parse_parameter_status(buf[pos + 5 : end])
                     self._on_parameter(k, v)
                 pos = end
                 continue
             # A message that may end a statement or an entry: handle it alone.
+            if stmt is not None:
+                stmt.rows += rows
+                stmt.bytes += nbytes
+            rows = nbytes = 0
             if start < pos:
-                out.append(ToClient(bytes(buf[start:pos])))
-            body = bytes(buf[pos + 5 : end])
-            raw = bytes(buf[pos:end])
+                out.append(ToClient(buf[start:pos]))
+            self._on_server(bytes((t,)), buf[pos + 5 : end], buf[pos:end], out)
             pos = start = end
-            self._on_server(bytes((t,)), body, raw, out)
             head = self.queue[0] if self.queue else None
             stmt = head.stmts[0] if head and head.stmts else None
-            limits = stmt.plan.limits if stmt else None
+            room_rows, room_bytes = room(stmt)
             cutting = self._dropping(head)
+        if stmt is not None:
+            stmt.rows += rows
+            stmt.bytes += nbytes
         if start < pos:
-            out.append(ToClient(bytes(buf[start:pos])))
-        del buf[:pos]
+            out.append(ToClient(buf[start:pos]))
+        if pos < n:
+            self._sbuf = buf[pos:]
         return out
 
     def _dropping(self, head: Entry | None) -> bool:
