@@ -300,6 +300,25 @@ def test_keep_reuses_the_data_dir(tmp_path: Path) -> None:
     assert "kept for next time" in outputs[1]
 
 
+def test_a_taken_port_is_one_clear_line_and_nothing_left() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = DemoProcess("--scale", "0.02", "--listen", f"127.0.0.1:{port}")
+        try:
+            out, _ = proc.communicate(timeout=START_TIMEOUT)
+        finally:
+            log = proc.log_text()
+            proc.kill_all()
+    assert proc.returncode == 1
+    assert f"oversight demo: cannot listen on 127.0.0.1:{port}" in log
+    datadir = re.search(r"starting PostgreSQL \S+ in (\S+)", out)
+    assert datadir, out
+    assert not Path(datadir.group(1)).parent.exists()
+    assert not _processes_mentioning(datadir.group(1))
+
+
 # -- the data set itself, loaded into the suite's shared PostgreSQL -------------------
 
 
