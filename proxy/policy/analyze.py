@@ -68,14 +68,22 @@ class Call:
     in_from: bool
 
 
+Scopes = tuple[exp.Expr, ...]  # enclosing Select/DML nodes, outermost first
+
+
 @dataclass(slots=True)
 class Nodes:
-    """The node kinds the passes need, gathered in one walk of the tree."""
+    """The node kinds the passes need, gathered in one depth-first walk.
 
-    tables: list[exp.Table] = field(default_factory=list)
-    columns: list[exp.Column] = field(default_factory=list)
-    stars: list[exp.Star] = field(default_factory=list)
-    joins: list[exp.Join] = field(default_factory=list)
+    The walk carries what would otherwise take a climb to the root per node (and so
+    quadratic time on a 10,000-term OR chain): the chain of enclosing scopes, the CTE
+    names visible at that point, and whether we are inside FOR UPDATE OF.
+    """
+
+    tables: list[tuple[exp.Table, Scopes, bool]] = field(default_factory=list)  # (t, scopes, cte)
+    columns: list[tuple[exp.Column, Scopes]] = field(default_factory=list)
+    stars: list[tuple[exp.Star, Scopes]] = field(default_factory=list)
+    joins: list[tuple[exp.Join, Scopes]] = field(default_factory=list)
     funcs: list[exp.Func] = field(default_factory=list)
     intos: list[exp.Into] = field(default_factory=list)
     dmls: list[exp.Expr] = field(default_factory=list)
@@ -83,22 +91,56 @@ class Nodes:
     @classmethod
     def of(cls, tree: exp.Expr) -> Nodes:
         n = cls()
-        for node in tree.walk():
+        empty: frozenset[str] = frozenset()
+        stack: list[tuple[exp.Expr, Scopes, frozenset[str], bool]] = [(tree, (), empty, False)]
+        while stack:
+            node, scopes, ctes, in_lock = stack.pop()
+            if isinstance(node, exp.Lock):
+                in_lock = True
             if isinstance(node, exp.Column):
-                n.columns.append(node)
+                if not in_lock:
+                    n.columns.append((node, scopes))
             elif isinstance(node, exp.Table):
-                n.tables.append(node)
+                if not in_lock:
+                    n.tables.append((node, scopes, _names_cte(node, ctes)))
             elif isinstance(node, exp.Star):
-                n.stars.append(node)
+                n.stars.append((node, scopes))
             elif isinstance(node, exp.Join):
-                n.joins.append(node)
+                n.joins.append((node, scopes))
             elif isinstance(node, exp.Func):
                 n.funcs.append(node)
             elif isinstance(node, exp.Into):
                 n.intos.append(node)
-            elif isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+            if isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge):
                 n.dmls.append(node)
+            inner = (*scopes, node) if isinstance(node, _SCOPES) else scopes
+            w = _with_of(node)
+            body_ctes = ctes
+            todo: list[tuple[exp.Expr, Scopes, frozenset[str], bool]] = []
+            if w is not None:
+                names = [_cte_name(c) for c in w.expressions]
+                body_ctes = ctes | frozenset(names)
+                recursive = bool(w.args.get("recursive"))
+                for i, cte in enumerate(w.expressions):
+                    # A CTE sees the earlier ones of its WITH (all of them under RECURSIVE).
+                    seen = body_ctes if recursive else ctes | frozenset(names[:i])
+                    todo.append((cte, inner, seen, in_lock))
+            for child in node.iter_expressions():
+                if child is not w:
+                    todo.append((child, inner, body_ctes, in_lock))
+            stack.extend(reversed(todo))  # popped in source order
         return n
+
+
+def _cte_name(cte: exp.Expr) -> str:
+    alias = cte.args.get("alias")
+    return fold(alias.this) if alias is not None and alias.this is not None else ""
+
+
+def _names_cte(t: exp.Table, visible: frozenset[str]) -> bool:
+    if t.args.get("db") is not None or t.args.get("catalog") is not None:
+        return False
+    return fold(t.this) in visible
 
 
 @dataclass(slots=True)
@@ -111,34 +153,6 @@ class Collected:
 def _with_of(node: exp.Expr) -> exp.With | None:
     w = node.args.get("with_") or node.args.get("with")
     return w if isinstance(w, exp.With) else None
-
-
-def is_cte_ref(t: exp.Table) -> bool:
-    if t.args.get("db") is not None or t.args.get("catalog") is not None:
-        return False
-    name = fold(t.this)
-    came_from: exp.CTE | None = None
-    node: exp.Expr | None = t.parent
-    while node is not None:
-        if isinstance(node, exp.CTE):
-            came_from = node
-        w = _with_of(node)
-        if w is not None:
-            ctes = list(w.expressions)
-            if came_from is not None and came_from.parent is w and not w.args.get("recursive"):
-                ctes = ctes[: ctes.index(came_from)]
-            if any(fold(c.args["alias"].this) == name for c in ctes if c.args.get("alias")):
-                return True
-            came_from = None
-        node = node.parent
-    return False
-
-
-def _scope(node: exp.Expr) -> exp.Expr | None:
-    p = node.parent
-    while p is not None and not isinstance(p, _SCOPES):
-        p = p.parent
-    return p
 
 
 def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
@@ -194,13 +208,11 @@ def collect(tree: exp.Expr) -> Collected:
     nodes = Nodes.of(tree)
     writes = _write_targets(tree, nodes)
     occs: list[Occ] = []
-    for t in nodes.tables:
+    for t, scopes, is_cte in nodes.tables:
         if not isinstance(t.this, exp.Identifier):
             continue  # table function, ROWS FROM (...): seen as calls below
-        if t.find_ancestor(exp.Lock) is not None:
-            continue  # FOR UPDATE OF x names a FROM item, reads nothing new
-        if is_cte_ref(t):
-            continue
+        if is_cte:
+            continue  # (FOR UPDATE OF x names a FROM item and is skipped by the walk)
         alias_node = t.args.get("alias")
         parent = t.parent
         if alias_node is None and isinstance(parent, exp.Subquery | exp.Paren):
@@ -211,7 +223,7 @@ def collect(tree: exp.Expr) -> Collected:
             schema=fold(t.args.get("db")),
             name=fold(t.this),
             alias=alias or fold(t.this),
-            scope=_scope(t),
+            scope=scopes[-1] if scopes else None,
             write=id(t) in writes,
         )
         if alias_node is not None and alias_node.columns:
@@ -243,16 +255,6 @@ def bind_colmaps(occs: list[Occ]) -> None:
         o.colmap = renamed
 
 
-def _scopes_of(node: exp.Expr) -> list[exp.Expr]:
-    out: list[exp.Expr] = []
-    p = node.parent
-    while p is not None:
-        if isinstance(p, _SCOPES):
-            out.append(p)
-        p = p.parent
-    return out
-
-
 def _visible(o: Occ, col: str) -> bool | None:
     if o.relation is None or not o.relation.columns:
         return None
@@ -266,16 +268,16 @@ def attribute_columns(nodes: Nodes, occs: list[Occ]) -> None:
     for o in occs:
         by_scope.setdefault(id(o.scope), []).append(o)
 
-    def in_scopes(node: exp.Expr) -> list[list[Occ]]:
-        return [by_scope.get(id(s), []) for s in _scopes_of(node)]
+    def in_scopes(chain: Scopes) -> list[list[Occ]]:
+        return [by_scope.get(id(s), []) for s in reversed(chain)]  # innermost first
 
     def read(o: Occ, col: str) -> None:
         o.columns.add(o.colmap.get(col, col) if o.colmap else col)
 
-    for col in nodes.columns:
-        if col.find_ancestor(exp.Lock) is not None or _is_set_target(col):
+    for col, chain in nodes.columns:
+        if _is_set_target(col):
             continue
-        scopes = in_scopes(col)
+        scopes = in_scopes(chain)
         table = fold(col.args.get("table"))
         if table:
             db = fold(col.args.get("db"))
@@ -312,16 +314,16 @@ def attribute_columns(nodes: Nodes, occs: list[Occ]) -> None:
             if hits:
                 break
 
-    for star in nodes.stars:
+    for star, chain in nodes.stars:
         parent = star.parent
         if isinstance(parent, exp.Select | exp.Returning) and star in parent.expressions:
-            scope = parent if isinstance(parent, exp.Select) else _scope(star)
+            scope = parent if isinstance(parent, exp.Select) else (chain[-1] if chain else None)
             for o in by_scope.get(id(scope), []):
                 if not o.write or isinstance(parent, exp.Returning):
                     o.whole = True
 
-    for join in nodes.joins:
-        scope_occs = by_scope.get(id(_scope(join)), [])
+    for join, chain in nodes.joins:
+        scope_occs = by_scope.get(id(chain[-1] if chain else None), [])
         if str(join.args.get("method") or "").upper() == "NATURAL":
             for o in scope_occs:
                 o.whole = True

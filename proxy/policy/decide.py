@@ -253,7 +253,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
                 text = masker.subquery_text(
                     rule, o.qualified, o.relation, ctx.who, ctx.pin, ctx.path, o.node
                 )
-                _unqualify_columns(found.nodes.columns, o)
+                _unqualify_columns([c for c, _ in found.nodes.columns], o)
                 # Our own generated SQL, spliced in verbatim (a Var prints its text).
                 o.node.replace(as_from_item(exp.Var(this=text), o.node))
                 changed = True

@@ -54,6 +54,7 @@ from proxy.rules import RuleSet
 
 Action = Literal["allow", "rewrite", "block"]
 log = logging.getLogger("oversight.policy")
+MAX_SQL = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,10 @@ class PolicyEngine:
         )
 
     def _run(self, sql: str, ctx: Context, extended: bool) -> Decision:
+        if len(sql) > MAX_SQL:
+            # Deciding is linear but runs on the event loop; a megabytes-long text is
+            # treated like any statement the engine cannot afford to understand.
+            return self._unsplittable(sql, ctx, f"statement text over {MAX_SQL} characters")
         try:
             pieces = split(sql)
         except SplitError as e:

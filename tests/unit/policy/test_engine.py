@@ -420,3 +420,23 @@ rules:
     assert e.decide("TRUNCATE regions", ALICE).action == "allow"
     d = e.decide("TRUNCATE regions CASCADE", ALICE)
     assert d.action == "block" and "CASCADE" in d.reason
+
+
+def test_huge_statements_are_not_understood(engine: PolicyEngine) -> None:
+    import proxy.policy.engine as mod
+
+    d = engine.decide("SELECT 1 " + " " * mod.MAX_SQL, ALICE)
+    assert d.action == "block" and "over" in d.reason
+
+
+def test_long_or_chains_stay_linear(engine: PolicyEngine) -> None:
+    import time
+
+    def cost(n: int) -> float:
+        sql = "SELECT 1 FROM cases WHERE " + " OR ".join(f"id = {i}" for i in range(n))
+        t0 = time.perf_counter()
+        assert engine.decide(sql, ALICE).action == "rewrite"
+        return time.perf_counter() - t0
+
+    small, large = cost(500), cost(4000)
+    assert large < small * 8 * 4  # 8x the input: nowhere near 64x (quadratic)
