@@ -424,6 +424,10 @@ def _random_query(rnd: Any) -> str:
             lambda: f"(SELECT max({rnd.choice(cols['c'])}::text) FROM cases)",
             lambda: "count(*)",
             lambda: f"upper({col(a1)}::text)",
+            lambda: f"json_agg({a1})::text",
+            lambda: "(SELECT x4::text FROM cases AS k(x1, x2, x3, x4) LIMIT 1)",
+            lambda: "(SELECT string_agg(t::text, ',') FROM (TABLE people) t)",
+            lambda: f"{rnd.choice(cols[a1])}",
         ]
     )()
     join = rnd.choice(
@@ -459,6 +463,8 @@ def _random_query(rnd: Any) -> str:
             lambda q: f"{q} UNION ALL {q}",
             lambda q: q.replace(f"FROM {t1} {a1}", f'FROM "{t1}" AS {a1}'),
             lambda q: q.replace(f"FROM {t1} {a1}", f"FROM public.{t1.upper()} {a1}"),
+            lambda q: f"WITH cases AS (SELECT * FROM public.cases) {q}",
+            lambda q: f"SELECT * FROM people p2 WHERE p2.id IN (SELECT 1 FROM ({q}) z)",
         ]
     )
     return str(wrap(query))
