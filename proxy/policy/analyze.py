@@ -172,7 +172,13 @@ def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
         for t in tree.expressions:
             add(t)
     if isinstance(tree, exp.Create | exp.Drop | exp.Alter):
-        add(tree.this)
+        # Every table a DDL statement names outside its AS query is one it changes
+        # (CREATE INDEX ON t, CREATE TRIGGER ... ON t, ALTER TABLE t, DROP TABLE t).
+        query = tree.args.get("expression")
+        reads = {id(x) for x in query.walk()} if isinstance(query, exp.Expr) else set()
+        for t, _, _ in nodes.tables:
+            if id(t) not in reads:
+                out.add(id(t))
     for into in nodes.intos:
         add(into.this)
     # Data-modifying CTEs: WITH x AS (DELETE FROM people ...) SELECT ...

@@ -108,23 +108,25 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     if not h.parse:
         _utility(v, h, piece, ctx)
         return v
+    why = "parse error"
     try:
         tree = _parse(piece)
     except (ParseError, TokenError) as e:
         tree = None
-        why = str(e).splitlines()[0] if str(e) else "parse error"
-    if tree is None or isinstance(tree, exp.Command):
+        why = str(e).splitlines()[0] if str(e) else why
+    kind = next((k for cls, k in _KIND_OF if isinstance(tree, cls)), None) if tree else None
+    if tree is None or isinstance(tree, exp.Command) or (kind is None and h.ddl):
         if h.ddl:
             # Recognized DDL that sqlglot does not model: police its targets by name.
+            # ALTER/DROP/COMMENT read no data; CREATE may (AS query, function bodies).
             _gate(v, ctx, writes_ok=False)
             if v.action != "block":
                 checks.token_targets(v, piece, ctx)
-            if v.action != "block":
-                v.unparsed(ctx, f"{h.kind.upper()} statement the parser does not model")
+            if v.action != "block" and h.kind == "create":
+                v.unparsed(ctx, "CREATE statement the parser does not model")
             return v
         v.unparsed(ctx, why if tree is None else "the parser read it only as a generic command")
         return v
-    kind = next((k for cls, k in _KIND_OF if isinstance(tree, cls)), None)
     if kind is None or (h.kind not in ("select",) and kind != h.kind and not h.ddl):
         v.unparsed(ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
         return v

@@ -440,3 +440,31 @@ def test_long_or_chains_stay_linear(engine: PolicyEngine) -> None:
 
     small, large = cost(500), cost(4000)
     assert large < small * 8 * 4  # 8x the input: nowhere near 64x (quadratic)
+
+
+def test_ddl_the_parser_does_not_model(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+defaults: {statements: [all]}
+rules:
+  - {id: r, table: public.people, row_filter: "false"}
+""",
+        catalog,
+    )
+    assert e.decide("COMMENT ON TABLE regions IS 'x'", ALICE).action == "allow"
+    assert e.decide("COMMENT ON TABLE people IS 'x'", ALICE).rules == ("r",)
+    assert e.decide("ALTER TABLE people OWNER TO bob", ALICE).rules == ("r",)
+    assert e.decide("DROP TABLE regions", ALICE).action == "allow"
+    # Creating a function is allowed here; calling it needs a functions: rule.
+    assert e.decide("CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$", ALICE).action == "allow"
+    # DDL naming a governed table outside its AS query changes that table.
+    for sql in (
+        "CREATE INDEX ON people (name)",
+        "CREATE TABLE t2 (LIKE people)",
+        "CREATE TABLE t3 (a int REFERENCES people (id))",
+        "DROP TABLE people",
+    ):
+        assert e.decide(sql, ALICE).rules == ("r",), sql
+    d = e.decide("CREATE VIEW v AS SELECT * FROM people", ALICE)
+    assert d.action == "rewrite" and "WHERE (false)" in d.sql
