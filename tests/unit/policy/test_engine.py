@@ -467,4 +467,4 @@ rules:
     ):
         assert e.decide(sql, ALICE).rules == ("r",), sql
     d = e.decide("CREATE VIEW v AS SELECT * FROM people", ALICE)
-    assert d.action == "rewrite" and "WHERE (false)" in d.sql
+    assert d.action == "rewrite" and "WHERE (FALSE) OFFSET 0" in d.sql
