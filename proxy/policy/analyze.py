@@ -22,6 +22,8 @@ from sqlglot import exp
 from proxy.catalog import Relation
 
 _SCOPES = (exp.Select, exp.Update, exp.Delete, exp.Merge, exp.Insert, exp.Copy)
+_SCOPE_TYPES = frozenset(_SCOPES)
+_DML = frozenset({exp.Insert, exp.Update, exp.Delete, exp.Merge})
 
 
 def fold(ident: exp.Expr | str | None) -> str:
@@ -95,40 +97,42 @@ class Nodes:
         stack: list[tuple[exp.Expr, Scopes, frozenset[str], bool]] = [(tree, (), empty, False)]
         while stack:
             node, scopes, ctes, in_lock = stack.pop()
-            if isinstance(node, exp.Lock):
+            kind = type(node)
+            if kind is exp.Column or kind is exp.Pseudocolumn:
+                if not in_lock:
+                    n.columns.append((node, scopes))  # type: ignore[arg-type]
+            elif kind is exp.Table:
+                if not in_lock:
+                    n.tables.append((node, scopes, _names_cte(node, ctes)))  # type: ignore[arg-type]
+            elif kind is exp.Star:
+                n.stars.append((node, scopes))  # type: ignore[arg-type]
+            elif kind is exp.Join:
+                n.joins.append((node, scopes))  # type: ignore[arg-type]
+            elif kind is exp.Into:
+                n.intos.append(node)  # type: ignore[arg-type]
+            elif kind is exp.Lock:
                 in_lock = True
-            if isinstance(node, exp.Column):
-                if not in_lock:
-                    n.columns.append((node, scopes))
-            elif isinstance(node, exp.Table):
-                if not in_lock:
-                    n.tables.append((node, scopes, _names_cte(node, ctes)))
-            elif isinstance(node, exp.Star):
-                n.stars.append((node, scopes))
-            elif isinstance(node, exp.Join):
-                n.joins.append((node, scopes))
             elif isinstance(node, exp.Func):
                 n.funcs.append(node)
-            elif isinstance(node, exp.Into):
-                n.intos.append(node)
-            if isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+            elif kind in _DML:
                 n.dmls.append(node)
-            inner = (*scopes, node) if isinstance(node, _SCOPES) else scopes
-            w = _with_of(node)
-            body_ctes = ctes
-            todo: list[tuple[exp.Expr, Scopes, frozenset[str], bool]] = []
-            if w is not None:
+            inner = (*scopes, node) if kind in _SCOPE_TYPES else scopes
+            w = node.args.get("with_")
+            children = list(node.iter_expressions())
+            if isinstance(w, exp.With):
                 names = [_cte_name(c) for c in w.expressions]
                 body_ctes = ctes | frozenset(names)
                 recursive = bool(w.args.get("recursive"))
-                for i, cte in enumerate(w.expressions):
+                for child in reversed(children):
+                    if child is not w:
+                        stack.append((child, inner, body_ctes, in_lock))
+                for i in range(len(names) - 1, -1, -1):
                     # A CTE sees the earlier ones of its WITH (all of them under RECURSIVE).
                     seen = body_ctes if recursive else ctes | frozenset(names[:i])
-                    todo.append((cte, inner, seen, in_lock))
-            for child in node.iter_expressions():
-                if child is not w:
-                    todo.append((child, inner, body_ctes, in_lock))
-            stack.extend(reversed(todo))  # popped in source order
+                    stack.append((w.expressions[i], inner, seen, in_lock))
+            else:
+                for child in reversed(children):  # popped in source order
+                    stack.append((child, inner, ctes, in_lock))
         return n
 
 
@@ -148,11 +152,6 @@ class Collected:
     occs: list[Occ]
     calls: list[Call]
     nodes: Nodes
-
-
-def _with_of(node: exp.Expr) -> exp.With | None:
-    w = node.args.get("with_") or node.args.get("with")
-    return w if isinstance(w, exp.With) else None
 
 
 def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
