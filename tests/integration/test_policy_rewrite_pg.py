@@ -500,3 +500,23 @@ def test_random_statements_never_leak(engine: PolicyEngine, dbs: dict[str, str])
             leaked = [m for m in SECRET_MARKERS if m in text]
             assert not leaked, f"{query}\n{d.sql}\nleaked {leaked}: {text[:300]}"
     assert ran >= 100 and unprotected_leaks >= 40, (ran, unprotected_leaks)
+
+
+def test_user_predicates_stay_above_the_row_filter(
+    engine: PolicyEngine, dbs: dict[str, str]
+) -> None:
+    """The OFFSET 0 fence: the planner may not merge the user's WHERE into the base scan,
+    where its evaluation order against the row filter would be up to cost estimates."""
+    d = engine.decide("SELECT count(*) FROM people WHERE name::int = 0", SessionFacts("alice", ""))
+    with psycopg.connect(dbs["full"]) as conn:
+        plan = [r[0].strip() for r in conn.execute("EXPLAIN " + d.sql).fetchall()]
+        unfenced = d.sql.replace(" OFFSET 0", "")
+        plain = [r[0].strip() for r in conn.execute("EXPLAIN " + unfenced).fetchall()]
+
+    def base_filter(lines: list[str]) -> str:
+        i = next(i for i, line in enumerate(lines) if "Seq Scan on people" in line)
+        return lines[i + 1] if i + 1 < len(lines) else ""
+
+    assert "region = 'north'" in base_filter(plan)
+    assert "integer" not in base_filter(plan)
+    assert "integer" in base_filter(plain)  # without the fence the predicates merge
