@@ -20,6 +20,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from proxy.identity import SessionFacts
 
 
+_SYSTEM_PREFIXES = ("pg_catalog.", "information_schema.")
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """`internal.*` -> regex; `*` does not cross the schema dot, `?` is one character."""
     out = []
@@ -241,6 +244,12 @@ class TableRule(_Model):
         return glob_regex(self.table)
 
     def names(self, qualified: str) -> bool:
+        # A schema glob (`*.*`, `p*.x`) never reaches the system catalogs: GUI clients
+        # need them, and their value-holding parts are policed as side channels.
+        # Naming the schema explicitly (`pg_catalog.pg_proc`) still works.
+        schema = self.table.split(".", 1)[0]
+        if ("*" in schema or "?" in schema) and qualified.startswith(_SYSTEM_PREFIXES):
+            return False
         return self._pattern.fullmatch(qualified) is not None
 
     @property

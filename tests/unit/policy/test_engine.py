@@ -468,3 +468,22 @@ rules:
         assert e.decide(sql, ALICE).rules == ("r",), sql
     d = e.decide("CREATE VIEW v AS SELECT * FROM people", ALICE)
     assert d.action == "rewrite" and "WHERE (FALSE) OFFSET 0" in d.sql
+
+
+def test_catch_all_glob_spares_system_catalogs(tmp_path: Path, catalog: Catalog) -> None:
+    e = make(
+        tmp_path,
+        """version: 1
+rules:
+  - {id: open, table: public.regions}
+  - {id: deny-rest, table: "*.*", access: deny}
+  - {id: no-proc, table: pg_catalog.pg_proc, access: deny}
+""",
+        catalog,
+    )
+    assert e.decide("SELECT * FROM regions", ALICE).action == "allow"
+    assert e.decide("SELECT * FROM people", ALICE).rules == ("deny-rest",)
+    assert e.decide("SELECT * FROM sandbox.scratch", ALICE).rules == ("deny-rest",)
+    assert e.decide("SELECT relname FROM pg_class", ALICE).action == "allow"
+    assert e.decide("SELECT * FROM information_schema.tables", ALICE).action == "allow"
+    assert e.decide("SELECT proname FROM pg_proc", ALICE).rules == ("no-proc",)
