@@ -100,7 +100,11 @@ class Context:
             rel = self.catalog.get(s, name)
             if rel is not None:
                 return rel.qualified, rel
-        # Not in the snapshot (new, temporary or missing): prefer a governed reading.
+        # Not in the snapshot (system catalogs are not in it; new, temporary or missing
+        # tables): pg_* names are the system catalogs where pg_catalog is searched first,
+        # otherwise prefer a governed reading.
+        if name.startswith("pg_") and self._catalog_first():
+            return f"pg_catalog.{name}", None
         for s in self.path:
             if s not in ("pg_temp", "pg_catalog") and self.rule_for(f"{s}.{name}") is not None:
                 return f"{s}.{name}", None
@@ -114,6 +118,10 @@ class Context:
         if t.args.get("db") is None and isinstance(t.this, exp.Identifier):
             q, _ = self.resolve_table("", t.name if t.this.quoted else t.name.lower())
             t.set("db", exp.to_identifier(q.split(".", 1)[0], quoted=True))
+
+    def _catalog_first(self) -> bool:
+        rest = [p for p in self.path if p != "pg_temp"]
+        return bool(rest) and rest[0] == "pg_catalog"
 
     def governed_elsewhere(self, qualified: str, name: str) -> bool:
         """Could an unqualified `name` also mean a governed relation other than `qualified`?"""

@@ -19,7 +19,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from proxy.identity import SessionFacts
 
-
 _SYSTEM_PREFIXES = ("pg_catalog.", "information_schema.")
 
 
