@@ -214,7 +214,8 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     for o in occs:
         o.qualified, o.relation = ctx.resolve_table(o.schema, o.name)
         ungoverned = not o.schema and ctx.rule_for(o.qualified) is None
-        if ungoverned and ctx.governed_elsewhere(o.qualified, o.name):
+        system = o.qualified.startswith(("pg_catalog.", "information_schema."))
+        if ungoverned and not system and ctx.governed_elsewhere(o.qualified, o.name):
             pinned.append(o)  # ambiguous: pin it to what we decided it reads or writes
     bind_colmaps(occs)
     attribute_columns(found.nodes, occs)
