@@ -24,6 +24,7 @@ from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyCo
 from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.identity import SessionFacts
+from proxy.listener import ALPN, Listener
 from proxy.recorder import Recorder
 from proxy.scram import load_users
 from proxy.session import Session
@@ -41,6 +42,7 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    ctx.set_alpn_protocols([ALPN])
     return ctx
 
 
@@ -75,7 +77,7 @@ class ProxyServer:
         # Shared with other instances (Redis) so a cancel landing elsewhere still works.
         self.cancels = cancels
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._clients = 0
@@ -85,8 +87,8 @@ class ProxyServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._listener is not None
+        return self._listener.port
 
     @property
     def host(self) -> str:
@@ -95,19 +97,16 @@ class ProxyServer:
     async def start(self) -> None:
         await self.audit.start()
         host, port = self.settings.listen_address
-        self._server = await asyncio.start_server(
-            self._accept, host, port, limit=1 << 20, reuse_address=True
-        )
+        self._listener = Listener(host, port, self._accept, self.tls, self.settings.startup_timeout)
+        await self._listener.start()
         up = self.upstream
         log.info("listening on %s:%d, upstream %s:%d", host, self.port, up.host, up.port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let sessions finish up to `grace` seconds; end the rest."""
         grace = self.settings.shutdown_grace if grace is None else grace
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        if self._listener is not None:
+            await self._listener.close()
         pending = set(self._tasks)
         if pending and grace > 0:
             _, pending = await asyncio.wait(pending, timeout=grace)
@@ -122,22 +121,21 @@ class ProxyServer:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.audit.close()
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
-
     # ------------------------------------------------------------ per client
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direct_tls: bool
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._clients += 1
         try:
-            await self._serve(reader, writer, full=self._clients > self.settings.max_clients)
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            pass
+            full = self._clients > self.settings.max_clients
+            await self._serve(reader, writer, full=full, direct_tls=direct_tls)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
+            log.debug("client connection ended: %r", e)
         except asyncio.CancelledError:
             pass  # shutdown past the grace period; the session was already ended
         except Exception:
@@ -148,13 +146,18 @@ class ProxyServer:
                 writer.close()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, full: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        full: bool,
+        direct_tls: bool,
     ) -> None:
         s = self.settings
         peer = writer.get_extra_info("peername") or ("", 0)
         try:
             packet, client_tls = await asyncio.wait_for(
-                negotiate(reader, writer, self.tls), s.startup_timeout
+                negotiate(reader, writer, self.tls, direct_tls), s.startup_timeout
             )
             if isinstance(packet, m.CancelRequest):
                 await self._cancel(packet)

@@ -65,9 +65,10 @@ async def negotiate(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     tls: ssl.SSLContext | None,
+    direct_tls: bool = False,
 ) -> tuple[m.StartupMessage | m.CancelRequest, bool]:
     """Answer SSLRequest/GSSENCRequest until a StartupMessage or CancelRequest arrives."""
-    client_tls = False
+    client_tls = direct_tls
     while True:
         packet = m.parse_startup(await read_startup_packet(reader))
         if isinstance(packet, m.SSLRequest):
