@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -19,7 +20,6 @@ import psycopg
 import pytest
 from pgcluster import PgCluster
 from psycopg import errors, pq
-from psycopg.rows import tuple_row
 
 TABLE = "psy_items"
 
@@ -250,32 +250,50 @@ async def test_cancel_async(aconn: psycopg.AsyncConnection[Any]) -> None:
     assert await cur.fetchone() == ("still here",)
 
 
-def _cancel_sync(dsn: str) -> tuple[str | None, Any, Any]:
-    with psycopg.connect(dsn, row_factory=tuple_row) as conn:
-        conn.execute("BEGIN")
+CANCEL_SCRIPT = """
+import sys, threading, time
+import psycopg
+from psycopg import errors
 
-        def cancel_soon() -> None:
-            time.sleep(0.5)
-            conn.cancel()
+with psycopg.connect(sys.argv[1]) as conn:
+    conn.execute("BEGIN")
 
-        import threading
+    def cancel_soon() -> None:
+        time.sleep(0.5)
+        getattr(conn, sys.argv[2])()
 
-        t = threading.Thread(target=cancel_soon)
-        t.start()
-        state = None
-        try:
-            conn.execute("SELECT pg_sleep(20)")
-        except errors.QueryCanceled as e:
-            state = e.sqlstate
-        t.join()
-        failed = conn.info.transaction_status
-        conn.rollback()
-        return state, failed, conn.execute("SELECT 1").fetchone()
+    threading.Thread(target=cancel_soon).start()
+    try:
+        conn.execute("SELECT pg_sleep(20)")
+        print("not cancelled")
+    except errors.QueryCanceled as e:
+        print(e.sqlstate, conn.info.transaction_status.name)
+    conn.rollback()
+    print(conn.execute("SELECT 'after'").fetchone())
+"""
 
 
-async def test_cancel_sync(endpoint: Any, run_sync: Any) -> None:
-    state, failed, row = await run_sync(_cancel_sync, endpoint.dsn())
-    assert (state, failed, row) == ("57014", pq.TransactionStatus.INERROR, (1,))
+@pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
+async def test_cancel_sync(endpoint: Any, method: str) -> None:
+    # A subprocess, not a thread: libpq's legacy PQcancel (conn.cancel) blocks
+    # holding the GIL until the server closes the cancel socket, which would
+    # freeze the proxy running in this process. `cancel` sends a plain
+    # CancelRequest; `cancel_safe` (libpq 17) sends it after an SSLRequest.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CANCEL_SCRIPT,
+        endpoint.dsn(),
+        method,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, out.decode(), err.decode()) == (
+        0,
+        "57014 INERROR\n('after',)\n",
+        "",
+    )
 
 
 async def test_transaction_error_and_rollback(aconn: psycopg.AsyncConnection[Any]) -> None:
