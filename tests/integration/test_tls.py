@@ -50,7 +50,6 @@ def _session(dsn: str) -> dict[str, Any]:
         row = conn.execute("SELECT current_user, 6 * 7").fetchone()
         return {
             "ssl": conn.pgconn.ssl_in_use,
-            "protocol": conn.pgconn.ssl_attribute("protocol"),
             "row": row,
         }
 
@@ -59,7 +58,6 @@ def _session(dsn: str) -> dict[str, Any]:
 async def test_sslmode_require(tls_proxy: Any, run_sync: Any, user: str) -> None:
     got = await run_sync(_session, tls_proxy.dsn(user=user) + "?sslmode=require")
     assert got["ssl"] is True
-    assert got["protocol"] in ("TLSv1.2", "TLSv1.3")
     assert got["row"] == (user, 42)
 
 
