@@ -356,3 +356,37 @@ async def test_sync_connection(
     aconn: psycopg.AsyncConnection[Any], endpoint: Any, run_sync: Any
 ) -> None:
     assert await run_sync(_sync_roundtrip, endpoint.dsn()) == [(20, 19), [(0,), (1,), (2,)]]
+
+
+BIG_QUERY = "SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 50000) AS g"
+
+
+async def _digest(conn: psycopg.AsyncConnection[Any], binary: bool) -> tuple[int, int]:
+    rows = 0
+    h = 0
+    cur = conn.cursor(binary=binary)
+    await cur.execute(BIG_QUERY)
+    async for g, text in cur:
+        rows += 1
+        h = hash((h, g, text))
+    return rows, h
+
+
+async def test_large_results_and_copy(aconn: psycopg.AsyncConnection[Any], pg: PgCluster) -> None:
+    # About 13 MB each way: many socket reads, partial frames and backpressure.
+    async with await psycopg.AsyncConnection.connect(pg.dsn()) as direct:
+        for binary in (False, True):
+            assert await _digest(aconn, binary) == await _digest(direct, binary)
+    cur = aconn.cursor()
+    chunks = []
+    async with cur.copy(f"COPY ({BIG_QUERY}) TO STDOUT") as copy:
+        async for data in copy:
+            chunks.append(bytes(data))
+    dump = b"".join(chunks)
+    assert len(dump) == sum(len(f"{g}\t") + 257 for g in range(1, 50001))
+    async with cur.copy(f"COPY {TABLE} (id, name) FROM STDIN") as copy:
+        await copy.write(dump)
+    count = await (
+        await aconn.execute(f"SELECT count(*), sum(length(name)) FROM {TABLE}")
+    ).fetchone()
+    assert count == (50000, 50000 * 256)
