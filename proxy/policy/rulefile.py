@@ -168,6 +168,8 @@ class Match(_Model):
                 ip = ipaddress.ip_address(facts.client_ip)
             except ValueError:
                 return False  # unix socket or garbage: an address rule cannot fit
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # ::ffff:10.1.2.3 from a dual-stack listener
             if not any(ip in net for net in self._networks):
                 return False
         if self.hours is not None:

@@ -179,6 +179,11 @@ def _rule_with_match(tmp_path: Path, match: str) -> Path:
         ("{client_cidrs: [10.0.0.0/8]}", SessionFacts("u", "d", client_ip="10.1.2.3"), True),
         ("{client_cidrs: [10.0.0.0/8]}", SessionFacts("u", "d", client_ip="11.1.2.3"), False),
         ("{client_cidrs: ['::1/128']}", SessionFacts("u", "d", client_ip="::1"), True),
+        (
+            "{client_cidrs: [10.0.0.0/8]}",
+            SessionFacts("u", "d", client_ip="::ffff:10.1.2.3"),
+            True,
+        ),
         ("{client_cidrs: [10.0.0.0/8]}", SessionFacts("u", "d", client_ip="/tmp/.s"), False),
         ("{applications: [psql]}", SessionFacts("u", "d", application="psql"), True),
         ("{applications: [psql]}", SessionFacts("u", "d", application="DBeaver"), False),
