@@ -181,8 +181,11 @@ class Demo:
         if data_dir:
             self.base = Path(data_dir).resolve()
             self.datadir = self.base
-            self.workdir = Path(tempfile.mkdtemp(prefix="oversight-demo-"))
-            self._created.append(self.workdir)
+            if keep:  # the audit log and rules copy are kept beside the data
+                self.workdir = self.base.with_name(self.base.name + "-oversight")
+            else:
+                self.workdir = Path(tempfile.mkdtemp(prefix="oversight-demo-"))
+                self._created.append(self.workdir)
         elif keep:
             self.base = _default_keep_dir()
             self.datadir = self.base / "pgdata"
