@@ -14,6 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import TypeVar
 
 from proxy import messages as m
@@ -205,6 +206,8 @@ class ProxyServer:
         except ProxyError as e:
             self._refuse(writer, e)
             return
+        if hs.search_path is not None:
+            facts = replace(facts, search_path=hs.search_path)
         session = Session(facts, max_message=s.max_message_size)
         session.status = hs.status
         session.parameters.update(hs.parameters)
@@ -217,7 +220,13 @@ class ProxyServer:
             )
             await self._quietly(self.cancels.register(hs.backend_pid, hs.proxy_key, target))
         metrics.session_opened()
-        await self.recorder.event("connect", facts, tls=client_tls, backend_pid=hs.backend_pid)
+        await self.recorder.event(
+            "connect",
+            facts,
+            tls=client_tls,
+            backend_pid=hs.backend_pid,
+            search_path=list(facts.search_path),  # read with SHOW at startup
+        )
         try:
             await conn.run()
         finally:

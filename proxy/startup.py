@@ -51,6 +51,7 @@ class Handshake:
     proxy_key: bytes = b""
     status: bytes = b"I"
     parameters: dict[str, str] = field(default_factory=dict)
+    search_path: tuple[str, ...] | None = None
 
 
 class AuthFailure(Exception):
@@ -158,9 +159,38 @@ async def connect_upstream(
         elif f.type == b"E":
             client_writer.write(f.raw)
             raise AuthFailure(m.error_fields(f.body))
+        if f.type == b"Z":
+            # Name resolution needs the session's real search_path (role and
+            # database settings apply); ask before the client gets control.
+            hs.search_path = await _show_search_path(hs, max_message)
         client_writer.write(f.raw)
         if f.type == b"Z":
             return hs
+
+
+async def _show_search_path(hs: Handshake, max_message: int) -> tuple[str, ...] | None:
+    hs.writer.write(m.query("SHOW search_path"))
+    value: str | None = None
+    while True:
+        f = await read_frame(hs.reader, max_message)
+        if f.type == b"D":
+            r = m.Reader(f.body)
+            if r.i16() == 1 and (n := r.i32()) >= 0:
+                value = r.take(n).decode("utf-8", "replace")
+        elif f.type == b"Z":
+            return parse_search_path(value) if value is not None else None
+
+
+def parse_search_path(value: str) -> tuple[str, ...]:
+    """`"$user", public, "My Schema"` -> ('$user', 'public', 'My Schema')."""
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        if part.startswith('"') and part.endswith('"') and len(part) >= 2:
+            out.append(part[1:-1].replace('""', '"'))
+        elif part:
+            out.append(part.lower())
+    return tuple(out)
 
 
 async def _relay_auth(
