@@ -1,10 +1,10 @@
 """Name resolution follows the session's real search_path, not a guess.
 
 The role `sp_analyst` owns a schema of its own name holding an ungoverned
-`people`, but its role setting puts only `public` on the search path. If
-the proxy assumed the default `"$user", public`, it would resolve `people`
-to the harmless table and let the read through unrewritten, while the server
-reads the governed `public.people`.
+`people`, but its role setting puts only `public` on the search path. A
+proxy assuming the default `"$user", public` would pin `people` to the
+ungoverned table: the analyst would read another table than direct. The
+proxy reads the real path at startup and follows SET and set_config after.
 """
 
 from __future__ import annotations
