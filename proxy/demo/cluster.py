@@ -55,6 +55,10 @@ log_min_messages = warning
 """
 
 
+class ClusterError(RuntimeError):
+    """The embedded PostgreSQL could not be set up or started; the message has its log."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -73,7 +77,7 @@ def _system_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        raise RuntimeError(f"cannot create system user {SYSTEM_USER}: {proc.stderr}") from None
+        raise ClusterError(f"cannot create system user {SYSTEM_USER}: {proc.stderr}") from None
 
 
 def pg_bindir(as_root: bool) -> Path:
@@ -81,7 +85,7 @@ def pg_bindir(as_root: bool) -> Path:
     # find_spec, not import: importing pgserver takes a lock file and warns.
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the pgserver package is not installed: pip install pgserver")
+        raise ClusterError("the pgserver package is not installed: pip install pgserver")
     pkg = Path(next(iter(spec.submodule_search_locations))).resolve()
     bindir = pkg / "pginstall" / "bin"
     if not as_root:
@@ -173,7 +177,7 @@ class EmbeddedPostgres:
             cmd, capture_output=True, text=True, cwd=self.rundir, **self._run_as()
         )
         if proc.returncode:
-            raise RuntimeError(f"initdb failed:\n{proc.stdout}\n{proc.stderr}")
+            raise ClusterError(f"initdb failed:\n{proc.stdout}\n{proc.stderr}")
         (self.datadir / "pg_hba.conf").write_text(PG_HBA)
         with (self.datadir / "postgresql.conf").open("a") as f:
             f.write("\ninclude_if_exists 'oversight-demo.conf'\n")
@@ -201,7 +205,8 @@ class EmbeddedPostgres:
             if await self._wait_ready(timeout):
                 return
             self.stop()  # most likely the port was taken between free_port() and bind
-        raise RuntimeError(f"postgres did not start; log:\n{self.log.read_text()[-4000:]}")
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise ClusterError(f"PostgreSQL did not start (log {self.log}):\n{tail}")
 
     async def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.demo import data
-from proxy.demo.cluster import EmbeddedPostgres
+from proxy.demo.cluster import ClusterError, EmbeddedPostgres
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -222,7 +222,7 @@ class Demo:
         except asyncio.CancelledError:
             print("\ninterrupted; cleaning up...", flush=True)
             return 130
-        except DemoError as e:
+        except (DemoError, ClusterError) as e:
             print(f"oversight demo: {e}", file=sys.stderr, flush=True)
             return 1
         finally:
