@@ -8,6 +8,7 @@ SCRAM-SHA-256-PLUS: channel binding cannot survive a terminated channel
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,3 +137,18 @@ async def test_require_against_proxy_without_tls(proxy_factory: Any, run_sync: A
         await run_sync(_session, plain.dsn() + "?sslmode=require")
     got = await run_sync(_session, plain.dsn() + "?sslmode=prefer")
     assert (got["ssl"], got["row"]) == (False, ("postgres", 42))
+
+
+async def test_cancel_over_tls(tls_proxy: Any) -> None:
+    # libpq 17's cancel connection follows sslmode: CancelRequest inside TLS.
+    dsn = tls_proxy.dsn() + "?sslmode=require"
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    async with conn:
+        assert conn.pgconn.ssl_in_use
+        task = asyncio.create_task(conn.execute("SELECT pg_sleep(20)"))
+        await asyncio.sleep(0.5)
+        await conn.cancel_safe(timeout=10)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await asyncio.wait_for(task, 10)
+        cur = await conn.execute("SELECT 'after cancel'")
+        assert await cur.fetchone() == ("after cancel",)
