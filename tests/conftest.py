@@ -99,8 +99,9 @@ class ProxyHandle:
         out.update(host=self.host, port=self.port)
         return out
 
-    async def stop(self) -> None:
-        await self.server.stop()
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the proxy; `grace` defaults to the `shutdown_grace` setting."""
+        await self.server.stop(grace)
 
 
 ProxyFactory = Callable[..., Awaitable[ProxyHandle]]
@@ -135,8 +136,15 @@ async def proxy_factory(pg: PgCluster, tmp_path: Path) -> AsyncIterator[ProxyFac
         return handle
 
     yield make
+    # A short grace: sessions a failed test left open must not slow the suite.
+    errors = []
     for handle in reversed(started):
-        await handle.stop()
+        try:
+            await handle.stop(grace=1.0)
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
