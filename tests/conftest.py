@@ -15,7 +15,10 @@
 - `run_sync` (session): `await run_sync(fn, *args, **kw)` runs a blocking
   client (psycopg sync, pg8000, psql) in a worker thread. The proxy runs in
   the test's event loop, so a blocking client called in that thread would
-  deadlock against it.
+  deadlock against it. A thread is not enough for a call that blocks while
+  holding the GIL: psycopg's `conn.cancel()` (libpq's PQcancel) waits for the
+  proxy to close the cancel socket, so run it in a subprocess (or use
+  `cancel_safe()`).
 """
 
 from __future__ import annotations
