@@ -185,6 +185,7 @@ class EmbeddedPostgres:
     async def start(self, timeout: float = 30.0) -> None:
         if not self.initialized:
             await asyncio.to_thread(self.initdb)
+        self._let_traverse()  # again: a kept dir's parents may have changed since
         for _attempt in range(5):
             self.port = free_port()
             # Rewritten on each start: a kept data dir gets a fresh port and socket dir.

@@ -279,9 +279,18 @@ def test_sigint_stops_everything(demo: tuple[DemoProcess, Banner]) -> None:
         pass
 
 
-def test_keep_reuses_the_data_dir(tmp_path: Path) -> None:
+def test_keep_reuses_the_data_dir() -> None:
     """--keep with --data-dir: the second run skips the load; the directory survives both."""
-    datadir = tmp_path / "kept"
+    # Not under pytest's tmp_path: a concurrent pytest resets its root to 0700, and the
+    # server runs as another user when the tests run as root.
+    base = Path(tempfile.mkdtemp(prefix="oversight-demo-keep-"))
+    try:
+        _keep_twice(base / "kept")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _keep_twice(datadir: Path) -> None:
     outputs = []
     for _run in range(2):
         proc = DemoProcess(
@@ -298,6 +307,7 @@ def test_keep_reuses_the_data_dir(tmp_path: Path) -> None:
     assert "loaded 5,048 rows" in outputs[0] and "reusing" not in outputs[0]
     assert "reusing the data set loaded earlier" in outputs[1] and "loaded 5,048" not in outputs[1]
     assert "kept for next time" in outputs[1]
+    assert (datadir.parent / "kept-oversight" / "audit.jsonl").exists()
 
 
 def test_a_taken_port_is_one_clear_line_and_nothing_left() -> None:
