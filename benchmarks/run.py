@@ -149,13 +149,21 @@ def warm_up(targets: list[Target]) -> None:
 
 
 def failure_logs(targets: list[Target], *runs: Samples) -> list[str]:
-    """The tail of each server's log whose samples failed: the exact error, for the report."""
+    """Each failing case's first error, and the end of its server's log, for the report."""
     out = []
     for t in targets:
-        failed = any("error" in s for r in runs for c in r.values() for s in c.get(t.name, []))
-        if failed and t.log is not None and t.log.exists():
-            tail = t.log.read_text(errors="replace")[-1500:]
-            out.append(f"{t.name} had failed samples; end of its log:\n{tail}")
+        errors: dict[str, str] = {}
+        for r in runs:
+            for case, by_target in r.items():
+                failed = [s["error"] for s in by_target.get(t.name, []) if "error" in s]
+                if failed:
+                    errors[case] = failed[0]
+        if not errors:
+            continue
+        text = "; ".join(f"{case}: {err}" for case, err in errors.items())
+        if t.log is not None and t.log.exists():
+            text += "\nend of its log:\n" + t.log.read_text(errors="replace")[-1500:]
+        out.append(f"{t.name} had failed samples: {text}")
     return out
 
 
