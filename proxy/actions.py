@@ -42,6 +42,7 @@ class Running:
     cutoff: bool = False
     blocked: ProxyError | None = None
     tag: str = ""
+    paused: float = 0.0  # seconds its stream was held back by throttling
 
     @property
     def duration(self) -> float:

@@ -122,6 +122,7 @@ class Connection:
                     session.facts, adm.token, stmt.rows, stmt.bytes
                 )
                 if pause > 0:
+                    stmt.paused += pause
                     await asyncio.sleep(pause)
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:

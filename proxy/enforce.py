@@ -108,7 +108,9 @@ class Enforcer(Hooks):
             return adm
         adm.limits = g.limits
         adm.delay = g.delay
-        if g.action == "throttle":
+        # An armed pacer is not yet a throttle: the record says "throttle" only
+        # when the statement was actually delayed or slowed (see Recorder).
+        if g.delay > 0:
             adm.action = "throttle"
         return adm
 

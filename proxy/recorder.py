@@ -61,6 +61,8 @@ class Recorder:
                 log.exception("statement hook failed")
         info = dict(adm.statements[stmt.index]) if stmt.index < len(adm.statements) else {}
         decision = "block" if stmt.blocked else "cutoff" if stmt.cutoff else adm.action
+        if stmt.paused > 0 and decision in ("allow", "rewrite"):
+            decision = "throttle"
         sql = str(info.pop("sql", stmt.plan.sql))
         redacted = info.pop("redacted", None)
         rewritten = adm.sql if adm.sql is not None and adm.sql != stmt.plan.sql else None
