@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 
 from proxy import messages as m
+from proxy import metrics
 from proxy.errors import UpstreamUnavailable
 from proxy.settings import Upstream
 
@@ -26,6 +28,16 @@ async def connect(
     up: Upstream, *, timeout: float = 10.0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
     """Open a connection to the upstream; returns (reader, writer, tls_in_use)."""
+    started = time.monotonic()
+    try:
+        return await _connect(up, timeout)
+    finally:
+        metrics.upstream_latency(time.monotonic() - started)
+
+
+async def _connect(
+    up: Upstream, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(up.host, up.port, limit=1 << 20), timeout
