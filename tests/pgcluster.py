@@ -29,13 +29,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import importlib.util
 import os
 import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -46,6 +44,8 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+
+from proxy.demo.cluster import free_port, pg_bindir, system_user
 
 SYSTEM_USER = "oversight-test"
 TEST_DB = "oversight_test"
@@ -154,56 +154,8 @@ def reap_stale() -> None:
             continue
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _ensure_system_user() -> pwd.struct_passwd:
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(SYSTEM_USER)
-    # Another test run may create it at the same moment: check again on failure.
-    proc = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
-        capture_output=True,
-        text=True,
-    )
-    try:
-        return pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        raise RuntimeError(f"cannot create system user {SYSTEM_USER}: {proc.stderr}") from None
-
-
-def _pgserver_bindir(as_root: bool) -> Path:
-    # Locate the package without importing it: its import has side effects
-    # (a lock file and a runtime-dir warning) the suite does not need.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("pgserver is not installed; set OVERSIGHT_TEST_PG_BIN or ..._DSN")
-    pkg = Path(next(iter(spec.submodule_search_locations))).resolve()
-    bindir = pkg / "pginstall" / "bin"
-    if not as_root:
-        return bindir
-    # The binaries find their libraries and share/ relative to themselves
-    # (pgserver/pginstall/{lib,share} and ../pgserver.libs), so copy that layout.
-    version = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
-    cache = Path(tempfile.gettempdir()) / f"oversight-pgserver-{version}"
-    if not (cache / "pgserver" / "pginstall" / "bin" / "postgres").exists():
-        staging = Path(tempfile.mkdtemp(prefix="oversight-pgserver-"))
-        shutil.copytree(pkg / "pginstall", staging / "pgserver" / "pginstall", symlinks=True)
-        libs = pkg.parent / "pgserver.libs"
-        if libs.is_dir():
-            shutil.copytree(libs, staging / "pgserver.libs", symlinks=True)
-        staging.chmod(0o755)
-        try:
-            staging.rename(cache)
-        except OSError:  # a concurrent run got there first
-            shutil.rmtree(staging, ignore_errors=True)
-    return cache / "pgserver" / "pginstall" / "bin"
+    return system_user(SYSTEM_USER)
 
 
 class LocalCluster:
@@ -363,7 +315,7 @@ def running_cluster() -> Any:
         yield cluster
         return
     bin_env = os.environ.get("OVERSIGHT_TEST_PG_BIN")
-    bindir = Path(bin_env) if bin_env else _pgserver_bindir(os.geteuid() == 0)
+    bindir = Path(bin_env) if bin_env else pg_bindir(os.geteuid() == 0)
     reap_stale()
     local = LocalCluster(bindir)
     _LIVE.append(local)

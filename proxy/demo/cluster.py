@@ -66,18 +66,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _system_user() -> pwd.struct_passwd:
+def system_user(name: str = SYSTEM_USER) -> pwd.struct_passwd:
+    """The unprivileged account PostgreSQL runs as under root; created when missing."""
     with contextlib.suppress(KeyError):
-        return pwd.getpwnam(SYSTEM_USER)
+        return pwd.getpwnam(name)
+    # Another process may create it at the same moment: look again on failure.
     proc = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
         capture_output=True,
         text=True,
     )
     try:
-        return pwd.getpwnam(SYSTEM_USER)
+        return pwd.getpwnam(name)
     except KeyError:
-        raise ClusterError(f"cannot create system user {SYSTEM_USER}: {proc.stderr}") from None
+        raise ClusterError(f"cannot create system user {name}: {proc.stderr}") from None
 
 
 def pg_bindir(as_root: bool) -> Path:
@@ -94,9 +96,9 @@ def pg_bindir(as_root: bool) -> Path:
     version = subprocess.run(
         [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
-    cache = Path(tempfile.gettempdir()) / f"oversight-demo-pgserver-{version}"
+    cache = Path(tempfile.gettempdir()) / f"oversight-pgserver-{version}"
     if not (cache / "pgserver" / "pginstall" / "bin" / "postgres").exists():
-        staging = Path(tempfile.mkdtemp(prefix="oversight-demo-pgserver-"))
+        staging = Path(tempfile.mkdtemp(prefix="oversight-pgserver-"))
         shutil.copytree(pkg / "pginstall", staging / "pgserver" / "pginstall", symlinks=True)
         libs = pkg.parent / "pgserver.libs"
         if libs.is_dir():
@@ -122,7 +124,7 @@ class EmbeddedPostgres:
     def __init__(self, datadir: Path) -> None:
         self.datadir = datadir
         self.as_root = os.geteuid() == 0
-        self.pw = _system_user() if self.as_root else None
+        self.pw = system_user() if self.as_root else None
         self.bindir = pg_bindir(self.as_root)
         # A short private dir for the socket (unix socket paths are limited to ~100 bytes).
         self.rundir = Path(tempfile.mkdtemp(prefix="oversight-demo-run-"))
