@@ -122,7 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"- machine: `nproc` {m['nproc']}, {m['cpu_model']}, {m['memory_gib']} GiB,"
         f" Linux {m['kernel']}; load average {m['loadavg_start'][0]:.2f} at start,"
-        f" {m['loadavg_end'][0]:.2f} at end (other work was running)",
+        f" {m['loadavg_end'][0]:.2f} at end (the run's own load counts)",
         f"- {v.get('postgresql', '?').split(' on ')[0]} (pgserver), {v.get('pgbench', '?')},"
         f" {v.get('pgbouncer', '?')}, Python {v.get('python', '?')}, psycopg"
         f" {v.get('psycopg', '?')}, uvloop {v.get('uvloop', '?')}",

@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import pgcluster  # noqa: E402  (tests/ is not a package; the path is set just above)
 
+from proxy.demo.cluster import free_port, system_user  # noqa: E402
+
 BENCH_ROLE = "oversight_bench"
 BENCH_DB = "oversight_bench"
 BULK_ROWS = 1_000_000
@@ -143,7 +145,7 @@ def _unprivileged() -> pwd.struct_passwd | None:
     """PgBouncer refuses root; run it as the same system user as the test cluster."""
     if os.geteuid() != 0:
         return None
-    return pgcluster._ensure_system_user()
+    return system_user(pgcluster.SYSTEM_USER)
 
 
 def _run_as(pw: pwd.struct_passwd | None, home: Path) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
     pw = _unprivileged()
     tmp = Path(tempfile.mkdtemp(prefix="oversight-bench-pgb-"))
     stack.callback(shutil.rmtree, tmp, True)
-    port = pgcluster.free_port()
+    port = free_port()
     ini = tmp / "pgbouncer.ini"
     ini.write_text(
         PGBOUNCER_INI.format(
@@ -250,7 +252,7 @@ def start_oversight(
         rules = tmp / "rules.yaml"
         rules.write_text(RELAY_RULES)
     audit_log = tmp / "audit.jsonl" if audit else None
-    port = pgcluster.free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
     env.update(
         OVERSIGHT_LISTEN=f"127.0.0.1:{port}",
