@@ -5,7 +5,7 @@ prepared; 1 and 16 clients) and a 1M-row bulk read, each quoted as a ratio
 to direct. Measuring every target in the same run, interleaved sample by
 sample, is what makes the ratios mean something on a small shared machine.
 
-    python -m benchmarks.run            # full run (~20 min), writes benchmarks/results/latest.json
+    python -m benchmarks.run            # full run (~16 min), writes benchmarks/results/latest.json
     python -m benchmarks.run --quick    # 3 s samples
 """
 
