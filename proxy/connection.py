@@ -132,19 +132,35 @@ class Connection:
     # ------------------------------------------------------------ actions
 
     async def _run(self, actions: Iterable[Action]) -> None:
+        # Consecutive bytes for one peer go out in one write: a simple query's
+        # reply (RowDescription, rows, CommandComplete, ReadyForQuery) is one
+        # syscall, not four. Bytes queued after a Finish are written only once
+        # the audit record is handed to the OS, which is the contract.
+        to_client: list[bytes] = []
+        to_server: list[bytes] = []
+
+        def flush() -> None:
+            if to_client:
+                self.writer.write(b"".join(to_client))
+                to_client.clear()
+            if to_server:
+                self.hs.writer.write(b"".join(to_server))
+                to_server.clear()
+
         async with self._lock:
             todo = deque(actions)
             while todo:
                 a = todo.popleft()
                 if isinstance(a, ToClient):
-                    self.writer.write(a.data)
+                    to_client.append(a.data)
                 elif isinstance(a, ToServer):
-                    self.hs.writer.write(a.data)
+                    to_server.append(a.data)
                 elif isinstance(a, Finish):
                     await self.server.recorder.statement(self.session.facts, a.stmt, self.tally)
                 elif isinstance(a, Decide):
                     todo.extendleft(reversed(await self._decide(a)))
                 elif isinstance(a, Throttle):
+                    flush()  # earlier pipelined messages are not the ones held back
                     await asyncio.sleep(a.seconds)
                 elif isinstance(a, CancelUpstream):
                     task = asyncio.create_task(self._cancel_then_resume())
@@ -152,8 +168,9 @@ class Connection:
                     task.add_done_callback(self._cancels.discard)
                 elif isinstance(a, Close):
                     if a.error is not None:
-                        self.writer.write(m.error_response(a.error.fields()))
+                        to_client.append(m.error_response(a.error.fields()))
                     self._closing = True
+            flush()
 
     async def _decide(self, a: Decide) -> list[Action]:
         t0 = time.perf_counter()
