@@ -35,7 +35,9 @@ def redact(text: str, tokens: tuple[Token, ...], base: int = 0) -> tuple[str, st
     pos = 0
     prev: Token | None = None
     for t in tokens:
-        if t.token_type in LITERALS:
+        if t.token_type == TokenType.NUMBER and prev is not None and _is_placeholder(prev, t):
+            norm.append(t.text)  # the 1 of $1 is a parameter number, not a value
+        elif t.token_type in LITERALS:
             # A minus sign glued to a number is part of the literal.
             if t.token_type == TokenType.NUMBER and prev is not None and _is_sign(prev, t):
                 norm.pop()
@@ -56,3 +58,7 @@ def redact(text: str, tokens: tuple[Token, ...], base: int = 0) -> tuple[str, st
 
 def _is_sign(prev: Token, t: Token) -> bool:
     return prev.token_type == TokenType.DASH and prev.end + 1 == t.start
+
+
+def _is_placeholder(prev: Token, t: Token) -> bool:
+    return prev.token_type == TokenType.PARAMETER and prev.end + 1 == t.start
