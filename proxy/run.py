@@ -137,6 +137,7 @@ class Service:
             self.enforcer.reload(rules=rules)
         metrics.rules_reloaded(True)
         log.info("rules reloaded (version %s)", rules.version[:12])
+        self._refresh.set()  # a reload refreshes the catalog too
         return True
 
     async def _load_catalog(self) -> bool:
