@@ -76,6 +76,11 @@ class Connection:
                         self.session.facts.session_id,
                         exc_info=t.exception(),
                     )
+                    # Never leave a client waiting on a session that is gone.
+                    err = ProxyError("oversight: internal error, session closed")
+                    err.severity = "FATAL"
+                    with contextlib.suppress(Exception):
+                        self.writer.write(m.error_response(err.fields()))
         finally:
             for t in pumps:
                 t.cancel()
