@@ -77,10 +77,6 @@ class Upstream:
         self.sslrootcert = params.get("sslrootcert")
         self.uri = uri
 
-    def dsn(self, user: str | None = None, password: str | None = None) -> str:
-        """A URI for asyncpg, for catalog reads and health checks."""
-        return self.uri
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(

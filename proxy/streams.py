@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from proxy.errors import FeatureNotSupported, ProtocolViolation
-from proxy.wire import INT32, MAX_STARTUP, Frame
+from proxy.wire import INT32, Frame, startup_length
 
 TLS_RECORD = 0x16
 
@@ -23,9 +23,6 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int) -> Frame:
 
 async def read_startup_packet(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readexactly(4)
-    length = INT32.unpack(head)[0]
     if head[0] == TLS_RECORD:
-        raise FeatureNotSupported("direct TLS connections are not supported; use sslmode")
-    if length < 8 or length > MAX_STARTUP:
-        raise ProtocolViolation(f"invalid startup packet length {length}")
-    return head + await reader.readexactly(length - 4)
+        raise FeatureNotSupported("direct TLS needs a TLS certificate configured; use sslmode")
+    return head + await reader.readexactly(startup_length(head) - 4)

@@ -96,13 +96,19 @@ class FrameReader:
         return f
 
 
+def startup_length(head: bytes | bytearray) -> int:
+    """The length word of a startup-phase packet, checked against PostgreSQL's limits."""
+    length: int = unpack_len(head, 0)[0]
+    if length < 8 or length > MAX_STARTUP:
+        raise ProtocolViolation(f"invalid startup packet length {length}")
+    return length
+
+
 def read_startup(buf: bytearray) -> bytes | None:
     """Take one untyped startup-phase packet off `buf` (length included), or None if partial."""
     if len(buf) < 4:
         return None
-    length = unpack_len(buf, 0)[0]
-    if length < 8 or length > MAX_STARTUP:
-        raise ProtocolViolation(f"invalid startup packet length {length}")
+    length = startup_length(buf)
     if len(buf) < length:
         return None
     packet = bytes(buf[:length])
