@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.errors import ProxyError
 from proxy.hooks import Admission, StreamLimits
@@ -43,6 +44,7 @@ class Running:
     blocked: ProxyError | None = None
     tag: str = ""
     paused: float = 0.0  # seconds its stream was held back by throttling
+    extra: dict[str, Any] = field(default_factory=dict)  # this execution's own audit fields
 
     @property
     def duration(self) -> float:
@@ -66,6 +68,8 @@ class Decide:
     sql: str
     extended: bool
     function_oid: int | None = None  # a fast-path FunctionCall, not SQL
+    params: tuple[str, ...] | None = None  # an Execute: its Bind values
+    token: Admission | None = None  # an Execute: its statement's admission
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,13 @@ class Connection:
         t0 = time.perf_counter()
         try:
             self.server.audit.check_writable()
-            adm = await self.server.hooks.decide(a.sql, self.session.facts, extended=a.extended)
+            hooks, facts = self.server.hooks, self.session.facts
+            if a.function_oid is not None:
+                adm = await hooks.function_call(facts, a.function_oid)
+            elif a.params is not None and a.token is not None:
+                adm = await hooks.execute(facts, a.token, a.params)
+            else:
+                adm = await hooks.decide(a.sql, facts, extended=a.extended)
         except ProxyError as e:
             adm = Admission(action="block", error=e, reason=e.message)
         except Exception as e:  # fail closed: a broken hook refuses, never passes

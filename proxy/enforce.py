@@ -96,6 +96,7 @@ class Enforcer(Hooks):
         )
         if self.guard is None:
             return adm
+        adm.per_execute = extended and self.guard.has_detectors(facts)
         g = await self.guard.admit(facts, d.statements)
         adm.token = _Token(d, g.token)
         adm.rules = tuple(dict.fromkeys((*d.rules, *g.rules)))
@@ -113,6 +114,23 @@ class Enforcer(Hooks):
         if g.delay > 0:
             adm.action = "throttle"
         return adm
+
+    async def execute(
+        self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
+    ) -> Admission:
+        """Show the detectors an Execute with its bound values, as literals."""
+        token = statement.token
+        if self.guard is None or not isinstance(token, _Token) or not params:
+            return Admission()
+        infos = [
+            dataclasses.replace(s, literals=(*s.literals, *params))
+            for s in token.decision.statements
+        ]
+        g = await self.guard.detect_execution(facts, infos)
+        audit: dict[str, Any] = {"detectors": g.hits} if g.hits else {}
+        if g.error is not None:
+            return Admission(action="block", error=g.error, reason=g.error.message, audit=audit)
+        return Admission(audit=audit)
 
     async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
         """Fast-path calls bypass SQL policy, so users with any policy may not make them."""

@@ -58,6 +58,8 @@ class Admission:
     audit: dict[str, Any] = field(default_factory=dict)
     # Opaque per-statement state the hooks want back in `finished`.
     token: Any = None
+    # Extended protocol: ask `execute` at every Execute, with the Bind values.
+    per_execute: bool = False
 
 
 @dataclass(slots=True)
@@ -75,6 +77,15 @@ class Hooks:
     """Default hooks: allow everything, observe nothing."""
 
     async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+        return Admission()
+
+    async def execute(
+        self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
+    ) -> Admission:
+        """An Execute of a statement admitted with `per_execute`: its Bind values.
+
+        May refuse this one execution (`error`) or add audit fields (`audit`).
+        """
         return Admission()
 
     async def function_call(self, facts: SessionFacts, oid: int) -> Admission:

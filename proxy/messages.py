@@ -257,6 +257,23 @@ def parse_bind_names(body: bytes) -> tuple[str, str]:
     return r.cstr(), r.cstr()
 
 
+def parse_bind_params(body: bytes) -> tuple[str, ...]:
+    """Parameter values of a Bind as text: binary ones as `\\x` hex, NULL as ``."""
+    r = Reader(body)
+    r.cstr(), r.cstr()
+    formats = [r.i16() for _ in range(max(r.i16(), 0))]
+    out = []
+    for i in range(max(r.i16(), 0)):
+        n = r.i32()
+        if n < 0:
+            out.append("")
+            continue
+        value = r.take(n)
+        fmt = formats[i] if len(formats) > 1 else formats[0] if formats else 0
+        out.append("\\x" + value.hex() if fmt else value.decode("utf-8", "replace"))
+    return tuple(out)
+
+
 def parse_execute(body: bytes) -> tuple[str, int]:
     r = Reader(body)
     return r.cstr(), r.i32()

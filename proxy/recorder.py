@@ -63,6 +63,10 @@ class Recorder:
         decision = "block" if stmt.blocked else "cutoff" if stmt.cutoff else adm.action
         if stmt.paused > 0 and decision in ("allow", "rewrite"):
             decision = "throttle"
+        rules, reason = list(adm.rules), adm.reason
+        if stmt.blocked is not None and stmt.blocked is not adm.error:
+            # Refused at Execute (a detector saw the bound values), not at Parse.
+            rules, reason = [str(getattr(stmt.blocked, "rule", ""))], stmt.blocked.message
         sql = str(info.pop("sql", stmt.plan.sql))
         redacted = info.pop("redacted", None)
         rewritten = adm.sql if adm.sql is not None and adm.sql != stmt.plan.sql else None
@@ -80,8 +84,8 @@ class Recorder:
             "tables": info.pop("tables", []),
             "columns": info.pop("columns", []),
             "decision": decision,
-            "rules": list(adm.rules),
-            "reason": adm.reason or (stmt.blocked.message if stmt.blocked else ""),
+            "rules": rules,
+            "reason": reason or (stmt.blocked.message if stmt.blocked else ""),
             "rewritten": rewritten,
             "rows": stmt.rows,
             "bytes": stmt.bytes,
@@ -89,6 +93,7 @@ class Recorder:
             "error": stmt.error,
         }
         extra = {k: v for k, v in adm.audit.items() if k != "groups"}
+        extra.update(stmt.extra)
         if extra:
             record.update(extra)
         if info:

@@ -19,6 +19,16 @@ class FunctionCall:
     raw: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ExecuteCheck:
+    """An Execute held until the hooks have seen its Bind parameter values."""
+
+    portal: str
+    plan: Plan
+    params: tuple[str, ...]
+    raw: bytes
+
+
 @dataclass(slots=True)
 class Entry:
     """Replies the upstream owes for one forwarded client message, or a synthetic reply."""

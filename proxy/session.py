@@ -56,6 +56,7 @@ from proxy.hooks import Admission
 from proxy.identity import SessionFacts
 from proxy.replies import (
     Entry,
+    ExecuteCheck,
     FunctionCall,
     for_portal,
     next_stmt,
@@ -79,7 +80,9 @@ class Session:
         self.parameters: dict[str, str] = {}
         self._client = FrameReader(max_message)
         self._sbuf = b""  # a partial upstream message carried to the next read
-        self._waiting: m.Parse | FunctionCall | str | None = None  # awaiting a decision
+        # The message awaiting a decision of the hooks.
+        self._waiting: m.Parse | FunctionCall | ExecuteCheck | str | None = None
+        self.params: dict[str, tuple[str, ...]] = {}  # portal -> bound values, when wanted
         self._discard = False  # drop client messages until Sync (after an error)
         self._held = False  # cancel in flight: hold client messages back
         self._cutting: Running | None = None  # statement being cut off
@@ -110,6 +113,19 @@ class Session:
                 self.statements[waiting.name] = plan
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
                 self._push(Entry(b"P", plan=plan, name=waiting.name, prev=prev), out)
+        elif isinstance(waiting, ExecuteCheck):
+            stmt = Running(waiting.plan, portal=waiting.portal, extra=adm.audit)
+            if adm.error is not None:
+                stmt.blocked = adm.error
+                stmt.error = f"{adm.error.sqlstate}: {adm.error.message}"
+                entry = Entry(
+                    b"!", stmts=deque([stmt]), synthetic=m.error_response(adm.error.fields())
+                )
+                self._push(entry, out)
+                self._discard = True
+            else:
+                out.append(ToServer(waiting.raw))
+                self._push(Entry(b"E", stmts=deque([stmt])), out)
         elif isinstance(waiting, FunctionCall):
             plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
             if adm.error is not None:
@@ -182,11 +198,19 @@ class Session:
             plan = self.statements.get(stmt)
             if plan is not None:
                 self.portals[portal] = for_portal(plan)
+                if plan.admission.per_execute:
+                    self.params[portal] = m.parse_bind_params(body)
             out.append(ToServer(raw))
             self._push(Entry(b"B"), out)
         elif t == b"E":
             portal, _ = m.parse_execute(body)
             plan = self.portals.get(portal) or Plan(f"<portal {portal!r}>", Admission(), True)
+            if plan.admission.per_execute:
+                # Values bound to $n are what lookup and paging detectors need.
+                params = self.params.get(portal, ())
+                self._waiting = ExecuteCheck(portal, plan, params, raw)
+                out.append(Decide(plan.sql, extended=True, params=params, token=plan.admission))
+                return
             out.append(ToServer(raw))
             self._push(Entry(b"E", stmts=deque([Running(plan, portal=portal)])), out)
         elif t in (b"D", b"C"):

@@ -144,6 +144,37 @@ class Guard:
             out.append(spec)
         return out
 
+    def has_detectors(self, facts: SessionFacts) -> bool:
+        """Whether any detector applies to this identity (then Executes are shown too)."""
+        return any(spec.detect is not None for spec in self.specs_for(facts))
+
+    async def detect_execution(
+        self, facts: SessionFacts, statements: Sequence[StatementFacts]
+    ) -> GuardAdmission:
+        """Detectors only, for one Execute of a prepared statement with its bound values.
+
+        Budgets and caps were settled when the statement was admitted at Parse
+        and are charged per execution by `finished`; here only the history of
+        looked-up values and pages grows, and a detector may refuse.
+        """
+        now = self.clock()
+        hits: list[Hit] = []
+        adm = GuardAdmission()
+        try:
+            for spec in self.specs_for(facts):
+                if spec.detect is None:
+                    continue
+                for stmt in statements:
+                    hit = await detect(spec, stmt, facts.user, self.store, self._sizes, now)
+                    if hit is None:
+                        continue
+                    hits.append(hit)
+                    if hit.action == "block" and not hit.dry_run:
+                        return self._finish(adm, hits, "block", Blocked(spec.id, reason(hit)))
+        except StoreUnavailable as exc:
+            return self._finish(adm, hits, "block", exc)
+        return self._finish(adm, hits, "allow", None)
+
     async def admit(
         self, facts: SessionFacts, statements: Sequence[StatementFacts]
     ) -> GuardAdmission:

@@ -255,3 +255,55 @@ async def test_observer_stops_stream_after_n_rows(pg: Any, proxy_factory: Any) -
     assert sum(t == b"D" for t, _ in frames) == 5
     assert [e["C"] for e in errors_in(frames)] == ["54000"]
     assert await _running(pg, "AS capped") == 0
+
+
+# ---------------------------------------------------------------- fast-path function calls
+
+
+def _function_call(oid: int, arg: bytes) -> bytes:
+    body = struct.pack("!ih", oid, 1) + struct.pack("!h", 0)  # one text-format argument
+    body += struct.pack("!h", 1) + struct.pack("!i", len(arg)) + arg + struct.pack("!h", 0)
+    return b"F" + struct.pack("!I", len(body) + 4) + body
+
+
+async def _int4abs_oid(pg: Any) -> int:
+    async with await psycopg.AsyncConnection.connect(pg.dsn()) as conn:
+        cur = await conn.execute("SELECT 'int4abs'::regproc::oid::int")
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_function_call_relayed_without_policy(pg: Any, proxy_factory: Any) -> None:
+    oid = await _int4abs_oid(pg)
+    p = await proxy_factory()
+    c = await Raw.open(p.port)
+    await c.login(pg.user, pg.password, pg.dbname)
+    c.send(_function_call(oid, b"-5"))
+    frames = await c.until(b"Z")
+    assert [t for t, _ in frames] == [b"V", b"Z"]
+    assert frames[0][1] == struct.pack("!i", 1) + b"5"
+
+
+async def test_function_call_refused_for_users_with_a_policy(
+    pg: Any, proxy_factory: Any, tmp_path: Any
+) -> None:
+    from proxy.catalog import load_catalog
+    from proxy.enforce import Enforcer
+    from proxy.rules import load_rules
+
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        "version: 1\nusers:\n  scramuser: {groups: [analysts]}\nrules:\n"
+        "  - {id: hide, match: {groups: [analysts]}, table: public.nothing_here, access: deny}\n"
+    )
+    oid = await _int4abs_oid(pg)
+    hooks = Enforcer(load_rules(rules_file), await load_catalog(pg.dsn()), None)
+    p = await proxy_factory(hooks=hooks)
+    c = await Raw.open(p.port)
+    await c.login("scramuser", pg.roles["scramuser"], pg.dbname)
+    c.send(_function_call(oid, b"-5"))
+    frames = await c.until(b"Z")
+    assert [e["C"] for e in errors_in(frames)] == ["42501"]
+    assert "fastpath" in errors_in(frames)[0]["M"]
+    assert [t for t, _ in await c.query("SELECT 1")][-1] == b"Z"  # the session goes on
