@@ -103,7 +103,7 @@ class Session:
         if isinstance(waiting, m.Parse):
             plan = Plan(waiting.sql, adm, extended=True, decide_s=decide_s)
             if adm.error is not None:
-                self._refuse(plan, adm.error, out, ready=False)
+                self._refuse(Running(plan), adm.error, out, ready=False)
                 self._discard = True
             else:
                 if adm.delay > 0:
@@ -116,12 +116,7 @@ class Session:
         elif isinstance(waiting, ExecuteCheck):
             stmt = Running(waiting.plan, portal=waiting.portal, extra=adm.audit)
             if adm.error is not None:
-                stmt.blocked = adm.error
-                stmt.error = f"{adm.error.sqlstate}: {adm.error.message}"
-                entry = Entry(
-                    b"!", stmts=deque([stmt]), synthetic=m.error_response(adm.error.fields())
-                )
-                self._push(entry, out)
+                self._refuse(stmt, adm.error, out, ready=False)
                 self._discard = True
             else:
                 out.append(ToServer(waiting.raw))
@@ -129,14 +124,14 @@ class Session:
         elif isinstance(waiting, FunctionCall):
             plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
             if adm.error is not None:
-                self._refuse(plan, adm.error, out, ready=True)
+                self._refuse(Running(plan), adm.error, out, ready=True)
             else:
                 out.append(ToServer(waiting.raw))
                 self._push(Entry(b"F", stmts=deque([Running(plan)])), out)
         elif isinstance(waiting, str):
             plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
             if adm.error is not None:
-                self._refuse(plan, adm.error, out, ready=True)
+                self._refuse(Running(plan), adm.error, out, ready=True)
             else:
                 if adm.delay > 0:
                     out.append(Throttle(adm.delay))
@@ -151,11 +146,12 @@ class Session:
         self._held = False
         return self._pump()
 
-    def _refuse(self, plan: Plan, error: ProxyError, out: list[Action], *, ready: bool) -> None:
-        stmt = Running(plan, blocked=error, error=f"{error.sqlstate}: {error.message}")
-        entry = Entry(b"!", stmts=deque([stmt]), ready=ready)
-        entry.synthetic = m.error_response(error.fields())
-        self._push(entry, out)
+    def _refuse(self, stmt: Running, error: ProxyError, out: list[Action], *, ready: bool) -> None:
+        """Queue `error` as the reply to `stmt`, in order behind replies still owed."""
+        stmt.blocked = error
+        stmt.error = f"{error.sqlstate}: {error.message}"
+        synthetic = m.error_response(error.fields())
+        self._push(Entry(b"!", stmts=deque([stmt]), ready=ready, synthetic=synthetic), out)
 
     def _pump(self) -> list[Action]:
         out: list[Action] = []
