@@ -24,13 +24,14 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from proxy.audit import AuditConfig, AuditLog, redact_sql, seal
 from proxy.audit.record import GENESIS
+from proxy.run import run_async
 
 RECORD: dict[str, Any] = {
     "event": "statement",
@@ -180,15 +181,6 @@ def bench_proxy(runs: int, clients: int, seconds: int) -> None:
             print(f"audit records written: {len(log.read_bytes().splitlines())}")
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
@@ -201,7 +193,7 @@ def main() -> None:
         bench_proxy(args.runs, args.clients, args.seconds)
         return
     bench_cpu(args.runs)
-    run(bench_writer(args.runs, args.records))
+    run_async(bench_writer(args.runs, args.records))
 
 
 if __name__ == "__main__":

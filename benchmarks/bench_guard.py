@@ -26,7 +26,6 @@ should stay close to 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import statistics
@@ -35,9 +34,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+
+from proxy.run import run_async
 
 GUARD_RULES = """\
 version: 1
@@ -162,22 +162,13 @@ def report(workload: str, rows: int, wire: int, times: dict[str, list[float]]) -
     )
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--redis", default=None, help="OVERSIGHT_REDIS_URL for both proxies")
     args = p.parse_args()
-    run(bench(args.rows, args.runs, args.redis))
+    run_async(bench(args.rows, args.runs, args.redis))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from proxy import metrics
 from proxy.admin import AdminServer
@@ -29,6 +29,7 @@ from proxy.server import ProxyServer
 from proxy.settings import Settings
 
 log = logging.getLogger("oversight")
+T = TypeVar("T")
 
 
 def serve(settings: Settings) -> int:
@@ -43,12 +44,14 @@ def serve(settings: Settings) -> int:
     return run_async(Service(settings, rules).run())
 
 
-def run_async(coro: Coroutine[Any, Any, int]) -> int:
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on uvloop when installed, else on asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return int(uvloop.run(coro))
+    result: T = uvloop.run(coro)
+    return result
 
 
 class Service:
