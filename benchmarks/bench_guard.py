@@ -26,13 +26,9 @@ should stay close to 1.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,35 +51,19 @@ RELAY_RULES = "version: 1\ndefaults: {unparsed: allow, statements: [all]}\n"
 
 
 def start_proxy(pg: Any, rules: Path, audit: Path, redis_url: str | None) -> tuple[Any, int]:
-    env = dict(
-        os.environ,
-        OVERSIGHT_LISTEN="127.0.0.1:0",
-        OVERSIGHT_UPSTREAM=pg.dsn(),
-        OVERSIGHT_RULES=str(rules),
-        OVERSIGHT_AUDIT_LOG=str(audit),
-        OVERSIGHT_ADMIN_LISTEN="",
-    )
+    from serveproc import start_serve  # tests/ is on the path (see bench)
+
+    settings = {
+        "OVERSIGHT_LISTEN": "127.0.0.1:0",
+        "OVERSIGHT_UPSTREAM": pg.dsn(),
+        "OVERSIGHT_RULES": str(rules),
+        "OVERSIGHT_AUDIT_LOG": str(audit),
+        "OVERSIGHT_ADMIN_LISTEN": "",
+    }
     if redis_url:
-        env["OVERSIGHT_REDIS_URL"] = redis_url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"listening on [\d.]+:(\d+)", line)
-        if m:
-            # keep reading, so a chatty log can never fill the pipe and stall the proxy
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(m.group(1))
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("oversight serve did not start")
+        settings["OVERSIGHT_REDIS_URL"] = redis_url
+    served = start_serve(settings, timeout=30)
+    return served.proc, served.port
 
 
 async def read_all(dsn: str, workload: str, rows: int) -> float:

@@ -7,12 +7,7 @@ two instances behind a TCP load balancer would run.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from fix_guard import RedisServer, redis_server
+from serveproc import start_serve
 
 __all__ = ["redis_server"]  # the fixture, imported from fix_guard
 
@@ -35,31 +31,17 @@ extraction:
 
 
 def serve(pg: Any, rules: Path, audit: Path, redis_url: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(
-        os.environ,
-        OVERSIGHT_LISTEN="127.0.0.1:0",
-        OVERSIGHT_UPSTREAM=pg.dsn(),
-        OVERSIGHT_RULES=str(rules),
-        OVERSIGHT_AUDIT_LOG=str(audit),
-        OVERSIGHT_ADMIN_LISTEN="",
-        OVERSIGHT_REDIS_URL=redis_url,
+    served = start_serve(
+        {
+            "OVERSIGHT_LISTEN": "127.0.0.1:0",
+            "OVERSIGHT_UPSTREAM": pg.dsn(),
+            "OVERSIGHT_RULES": str(rules),
+            "OVERSIGHT_AUDIT_LOG": str(audit),
+            "OVERSIGHT_ADMIN_LISTEN": "",
+            "OVERSIGHT_REDIS_URL": redis_url,
+        }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"listening on [\d.]+:(\d+)", line)
-        if m:
-            # keep reading, so a chatty log can never fill the pipe and stall the proxy
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(m.group(1))
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("oversight serve did not start")
+    return served.proc, served.port
 
 
 @pytest.fixture

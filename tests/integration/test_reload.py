@@ -8,10 +8,7 @@ refreshes the catalog, so a table created after start is governed at once.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgcluster import PgCluster
+from serveproc import Served, start_serve
 
 RULES = """\
 version: 1
@@ -37,54 +35,33 @@ rules:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Served:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, rules: Path) -> None:
-        self.proc, self.port, self.rules = proc, port, rules
-        self.log: list[str] = []
-
-    async def collect(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.log.append(line.decode(errors="replace"))
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules" / "rules.yaml"
+    path.parent.mkdir()
+    path.write_text(RULES.format(policy="redact"))
+    return path
 
 
 @pytest.fixture
-async def served(pg: PgCluster, tmp_path: Path) -> AsyncIterator[Served]:
+async def served(pg: PgCluster, rules_file: Path, tmp_path: Path) -> AsyncIterator[Served]:
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS reload_people, reload_late")
         conn.execute("CREATE TABLE reload_people (id int, ssn text)")
         conn.execute("INSERT INTO reload_people VALUES (1, '123-45-6789')")
         conn.execute("GRANT SELECT ON reload_people TO scramuser")
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES.format(policy="redact"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
-    env.update(
-        OVERSIGHT_LISTEN=f"127.0.0.1:{port}",
-        OVERSIGHT_UPSTREAM=pg.dsn() + "?sslmode=disable",
-        OVERSIGHT_RULES=str(rules),
-        OVERSIGHT_AUDIT_LOG=str(tmp_path / "audit.jsonl"),
-        OVERSIGHT_ADMIN_LISTEN="",
+    proc = await asyncio.to_thread(
+        start_serve,
+        {
+            "OVERSIGHT_LISTEN": "127.0.0.1:0",
+            "OVERSIGHT_UPSTREAM": pg.dsn() + "?sslmode=disable",
+            "OVERSIGHT_RULES": str(rules_file.parent),
+            "OVERSIGHT_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+            "OVERSIGHT_ADMIN_LISTEN": "",
+        },
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", env=env, stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    while b"listening on" not in await asyncio.wait_for(proc.stderr.readline(), 30):
-        pass
-    s = Served(proc, port, rules / "rules.yaml")
-    reader = asyncio.create_task(s.collect())
-    yield s
-    proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(proc.wait(), 20)
-    await reader
+    yield proc
+    await asyncio.to_thread(proc.stop)
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS reload_people, reload_late")
 
@@ -107,18 +84,20 @@ async def _eventually(check: Any, want: Any, timeout: float = 10.0) -> Any:
     return got
 
 
-async def test_rules_follow_file_changes_and_sighup(pg: PgCluster, served: Served) -> None:
+async def test_rules_follow_file_changes_and_sighup(
+    pg: PgCluster, served: Served, rules_file: Path
+) -> None:
     assert await _ssn(pg, served.port) == "****"
-    served.rules.write_text(RULES.format(policy="partial"))  # file change
+    rules_file.write_text(RULES.format(policy="partial"))  # file change
     assert await _eventually(lambda: _ssn(pg, served.port), "***6789") == "***6789"
 
-    served.rules.write_text(RULES.format(policy="no-such-policy"))
+    rules_file.write_text(RULES.format(policy="no-such-policy"))
     await asyncio.sleep(1.5)  # past the watcher's debounce
     assert await _ssn(pg, served.port) == "***6789"  # the last good set stays
     assert any("reload refused" in line for line in served.log), served.log
 
     # SIGHUP reloads too (the watcher may beat it to it: either way, it applies).
-    served.rules.write_text(RULES.format(policy="null"))
+    rules_file.write_text(RULES.format(policy="null"))
     served.proc.send_signal(signal.SIGHUP)
     assert await _eventually(lambda: _ssn(pg, served.port), None) is None
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import trustme
 from pgcluster import PgCluster, running_cluster
+from serveproc import start_serve
 
 OPEN_RULES = "version: 1\ndefaults: {unparsed: allow, statements: [all]}\n"
 
@@ -72,61 +73,36 @@ def test_broken_rules_refuse_to_start(tmp_path: Path) -> None:
     assert "rule x" in r.stderr and "columns" in r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
-    full.update(env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy.cli",
-        "serve",
-        env=full,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = await asyncio.wait_for(proc.stderr.readline(), 30)
-        assert line, "oversight serve exited before listening"
-        if b"listening on" in line:
-            return proc
-
-
 async def test_sigterm_lets_sessions_finish(pg: Any, tmp_path: Path) -> None:
-    port = _free_port()
     (tmp_path / "rules.yaml").write_text(OPEN_RULES)
     audit = tmp_path / "audit.jsonl"
-    proc = await _start(
+    served = await asyncio.to_thread(
+        start_serve,
         {
-            "OVERSIGHT_LISTEN": f"127.0.0.1:{port}",
+            "OVERSIGHT_LISTEN": "127.0.0.1:0",
             "OVERSIGHT_UPSTREAM": pg.dsn() + "?sslmode=disable",
             "OVERSIGHT_RULES": str(tmp_path / "rules.yaml"),
             "OVERSIGHT_AUDIT_LOG": str(audit),
             "OVERSIGHT_ADMIN_LISTEN": "",
             "OVERSIGHT_SHUTDOWN_GRACE": "20",
-        }
+        },
     )
-    dsn = pg.dsn().replace(f":{pg.port}/", f":{port}/")
+    dsn = pg.dsn().replace(f":{pg.port}/", f":{served.port}/")
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     query = asyncio.create_task(conn.execute("SELECT pg_sleep(1.5), 'drained'"))
     await asyncio.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    served.proc.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.3)
     with pytest.raises(psycopg.OperationalError):  # no new sessions while draining
         await psycopg.AsyncConnection.connect(dsn, connect_timeout=2)
     cur = await query
     assert (await cur.fetchone())[1] == "drained"  # type: ignore[index]
     await conn.close()
-    assert await asyncio.wait_for(proc.wait(), 15) == 0
-    records = audit.read_text()
-    assert "drained" not in records or '"error":null' in records
-    assert '"event":"disconnect"' in records
+    assert await asyncio.to_thread(served.proc.wait, 15) == 0
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    sleeps = [r for r in records if "pg_sleep" in (r.get("sql") or "")]
+    assert len(sleeps) == 1 and sleeps[0]["error"] is None  # it ran to the end
+    assert any(r["event"] == "disconnect" for r in records)
 
 
 # ---------------------------------------------------------------- TLS on both legs
