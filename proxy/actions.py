@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from proxy.errors import ProxyError
 from proxy.hooks import Admission, StreamLimits
@@ -44,7 +43,6 @@ class Running:
     blocked: ProxyError | None = None
     tag: str = ""
     paused: float = 0.0  # seconds its stream was held back by throttling
-    extra: dict[str, Any] = field(default_factory=dict)  # this execution's own audit fields
 
     @property
     def duration(self) -> float:

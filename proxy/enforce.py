@@ -3,15 +3,17 @@
 `Enforcer.decide` asks the pure policy engine first (cached, microseconds
 when warm); a statement it lets through then goes to the guard, which may
 refuse it (budgets, detectors), delay it (throttle) or cap its result
-stream. Rules and catalog swap atomically on reload; guard budgets live in
-its store and survive.
+stream. In the extended protocol the guard's part runs at every Execute
+instead (`execute`), so each run of a prepared statement is counted, delayed
+and capped like a new statement. Rules and catalog swap atomically on reload;
+guard budgets live in its store and survive.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.catalog import Catalog
@@ -96,12 +98,41 @@ class Enforcer(Hooks):
         )
         if self.guard is None:
             return adm
-        adm.per_execute = extended and self.guard.has_detectors(facts)
-        g = await self.guard.admit(facts, d.statements)
-        adm.token = _Token(d, g.token)
-        adm.rules = tuple(dict.fromkeys((*d.rules, *g.rules)))
+        if extended:
+            # A prepared statement may run many times: the guard counts,
+            # delays and caps each execution (see `execute`), not the Parse.
+            # Asked for every user, so a reload that adds a limit reaches
+            # statements prepared before it.
+            adm.per_execute = True
+            return adm
+        return await self._guard(adm, facts, d.statements)
+
+    async def execute(
+        self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
+    ) -> Admission:
+        """One execution of a statement admitted at Parse: the guard's part, per run.
+
+        Bound values join the statement's literals, so the lookup and paging
+        detectors see `WHERE id = $1` the way they see `WHERE id = 42`.
+        """
+        token = statement.token
+        if self.guard is None or not isinstance(token, _Token) or not self.guard.specs_for(facts):
+            return statement
+        infos = token.decision.statements
+        if params:
+            infos = tuple(dataclasses.replace(s, literals=(*s.literals, *params)) for s in infos)
+        adm = dataclasses.replace(statement, audit=dict(statement.audit), per_execute=False)
+        return await self._guard(adm, facts, infos)
+
+    async def _guard(
+        self, adm: Admission, facts: SessionFacts, infos: Sequence[StatementInfo]
+    ) -> Admission:
+        assert self.guard is not None and isinstance(adm.token, _Token)
+        g = await self.guard.admit(facts, infos)
+        adm.token = _Token(adm.token.decision, g.token)
+        adm.rules = tuple(dict.fromkeys((*adm.rules, *g.rules)))
         if g.hits:
-            audit["detectors"] = g.hits
+            adm.audit["detectors"] = g.hits
         if g.error is not None:
             adm.action = "block"
             adm.error = g.error
@@ -114,23 +145,6 @@ class Enforcer(Hooks):
         if g.delay > 0:
             adm.action = "throttle"
         return adm
-
-    async def execute(
-        self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
-    ) -> Admission:
-        """Show the detectors an Execute with its bound values, as literals."""
-        token = statement.token
-        if self.guard is None or not isinstance(token, _Token) or not params:
-            return Admission()
-        infos = [
-            dataclasses.replace(s, literals=(*s.literals, *params))
-            for s in token.decision.statements
-        ]
-        g = await self.guard.detect_execution(facts, infos)
-        audit: dict[str, Any] = {"detectors": g.hits} if g.hits else {}
-        if g.error is not None:
-            return Admission(action="block", error=g.error, reason=g.error.message, audit=audit)
-        return Admission(audit=audit)
 
     async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
         """Fast-path calls bypass SQL policy, so users with any policy may not make them."""

@@ -1,7 +1,8 @@
 """The seams later capabilities plug into: a statement decider and a stream observer.
 
 The session calls `Hooks.decide` for every simple Query and every Parse before
-anything reaches the upstream, and installs the returned `Admission.limits`
+anything reaches the upstream (and `Hooks.execute` for the Executes of a
+statement that asks for it), and installs the returned `Admission.limits`
 on the statement's result stream. Both default to "allow everything", which
 makes Oversight a plain auditing relay.
 
@@ -58,7 +59,8 @@ class Admission:
     audit: dict[str, Any] = field(default_factory=dict)
     # Opaque per-statement state the hooks want back in `finished`.
     token: Any = None
-    # Extended protocol: ask `execute` at every Execute, with the Bind values.
+    # Extended protocol: ask `execute` at the first Execute of every portal
+    # bound to this statement, with the Bind values.
     per_execute: bool = False
 
 
@@ -82,11 +84,14 @@ class Hooks:
     async def execute(
         self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
     ) -> Admission:
-        """An Execute of a statement admitted with `per_execute`: its Bind values.
+        """The first Execute of a portal whose statement was admitted with `per_execute`.
 
-        May refuse this one execution (`error`) or add audit fields (`audit`).
+        `statement` is the Parse's admission and `params` the portal's Bind
+        values. Returns the admission for this execution (and the portal's
+        later Executes): it may refuse it (`error`), delay it, cap its stream
+        or carry its own token and audit fields.
         """
-        return Admission()
+        return statement
 
     async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
         """A fast-path FunctionCall (protocol 'F'): it names a function by OID."""

@@ -64,9 +64,6 @@ class Recorder:
         if stmt.paused > 0 and decision in ("allow", "rewrite"):
             decision = "throttle"
         rules, reason = list(adm.rules), adm.reason
-        if stmt.blocked is not None and stmt.blocked is not adm.error:
-            # Refused at Execute (a detector saw the bound values), not at Parse.
-            rules, reason = [str(getattr(stmt.blocked, "rule", ""))], stmt.blocked.message
         sql = str(info.pop("sql", stmt.plan.sql))
         redacted = info.pop("redacted", None)
         rewritten = adm.sql if adm.sql is not None and adm.sql != stmt.plan.sql else None
@@ -93,7 +90,6 @@ class Recorder:
             "error": stmt.error,
         }
         extra = {k: v for k, v in adm.audit.items() if k != "groups"}
-        extra.update(stmt.extra)
         if extra:
             record.update(extra)
         if info:

@@ -114,11 +114,19 @@ class Session:
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
                 self._push(Entry(b"P", plan=plan, name=waiting.name, prev=prev), out)
         elif isinstance(waiting, ExecuteCheck):
-            stmt = Running(waiting.plan, portal=waiting.portal, extra=adm.audit)
+            plan = waiting.plan
+            if adm is not plan.admission:
+                plan = Plan(plan.sql, adm, extended=True, decide_s=plan.decide_s + decide_s)
+                if self.portals.get(waiting.portal) is waiting.plan:
+                    # The portal's later Executes (a suspended portal) continue this run.
+                    self.portals[waiting.portal] = plan
+            stmt = Running(plan, portal=waiting.portal)
             if adm.error is not None:
                 self._refuse(stmt, adm.error, out, ready=False)
                 self._discard = True
             else:
+                if adm.delay > 0:
+                    out.append(Throttle(adm.delay))
                 out.append(ToServer(waiting.raw))
                 self._push(Entry(b"E", stmts=deque([stmt])), out)
         elif isinstance(waiting, FunctionCall):
@@ -213,6 +221,8 @@ class Session:
             kind, name = m.parse_target(body)
             if t == b"C":
                 (self.statements if kind == b"S" else self.portals).pop(name, None)
+                if kind != b"S":
+                    self.params.pop(name, None)
             out.append(ToServer(raw))
             self._push(Entry(t), out)
         elif t == b"S":

@@ -20,10 +20,10 @@ a long stream's rows while it is still going.
 A lone FETCH gets its cursor's earlier output as StreamLimits.used_rows /
 used_bytes (cursors.py), so a per-query cap holds across a FETCH loop.
 
-A token is per admitted statement text, but a prepared statement is
-admitted once (at Parse) and may execute many times under its token: each
-later execution counts as a query, and `finished` re-arms the token's
-StreamLimits in place (the session reads them live) from fresh usage.
+A token is per execution: a simple Query is admitted once, and each run of
+a prepared statement is admitted at its Execute (proxy/enforce.py), with its
+bound values among the literals the detectors see. Only a suspended portal
+runs on under one token; its later Executes add rows, not queries.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
-from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, Usage, state_key
+from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, state_key
 from proxy.hooks import StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import RuleSet
@@ -88,10 +88,6 @@ class GuardToken:
     last_flush: float = 0.0
     cursor: CursorCount | None = None  # the cursor a FETCH reads, counted across FETCHes
     dry_caps: list[ExtractionSpec] = field(default_factory=list)
-    # For re-arming between executions of a prepared statement (see `finished`):
-    caps: list[ExtractionSpec] = field(default_factory=list)  # entries with per-query caps
-    limits: StreamLimits | None = None  # the object the session enforces, updated in place
-    executions: int = 0
 
 
 class Guard:
@@ -143,37 +139,6 @@ class Guard:
                 self._specs[id(entry)] = spec
             out.append(spec)
         return out
-
-    def has_detectors(self, facts: SessionFacts) -> bool:
-        """Whether any detector applies to this identity (then Executes are shown too)."""
-        return any(spec.detect is not None for spec in self.specs_for(facts))
-
-    async def detect_execution(
-        self, facts: SessionFacts, statements: Sequence[StatementFacts]
-    ) -> GuardAdmission:
-        """Detectors only, for one Execute of a prepared statement with its bound values.
-
-        Budgets and caps were settled when the statement was admitted at Parse
-        and are charged per execution by `finished`; here only the history of
-        looked-up values and pages grows, and a detector may refuse.
-        """
-        now = self.clock()
-        hits: list[Hit] = []
-        adm = GuardAdmission()
-        try:
-            for spec in self.specs_for(facts):
-                if spec.detect is None:
-                    continue
-                for stmt in statements:
-                    hit = await detect(spec, stmt, facts.user, self.store, self._sizes, now)
-                    if hit is None:
-                        continue
-                    hits.append(hit)
-                    if hit.action == "block" and not hit.dry_run:
-                        return self._finish(adm, hits, "block", Blocked(spec.id, reason(hit)))
-        except StoreUnavailable as exc:
-            return self._finish(adm, hits, "block", exc)
-        return self._finish(adm, hits, "allow", None)
 
     async def admit(
         self, facts: SessionFacts, statements: Sequence[StatementFacts]
@@ -255,8 +220,6 @@ class Guard:
                 last_flush=now,
                 cursor=cursor,
                 dry_caps=dry_caps,
-                caps=cap_specs,
-                limits=adm.limits,
             )
         throttled = adm.delay > 0 or bool(pacers)
         return self._finish(adm, hits, "throttle" if throttled else "allow", None)
@@ -334,22 +297,12 @@ class Guard:
         return min(wait, token.max_pause)
 
     async def finished(self, facts: SessionFacts, token: Any, result: Any) -> None:
-        """Account what the statement really produced (StatementResult rows/bytes).
-
-        A prepared statement is admitted once (at Parse) but may run many
-        times under one token. So every execution after the first counts as a
-        query here, and the token's StreamLimits, which the session reads
-        live, are re-armed for the next execution from the fresh usage: what
-        is left of blocking budgets (0 rows once exhausted), the cursor's
-        running count, and throttled streams' free allowance.
-        """
+        """Account what the statement really produced (StatementResult rows/bytes)."""
         if not isinstance(token, GuardToken):
             return
-        token.executions += 1
-        repeat = 1 if token.executions > 1 else 0
         rows, nbytes = int(result.rows), int(result.bytes)
-        usages = await self._flush(token, rows, nbytes, self.clock(), queries=repeat)
-        token.flushed_rows = token.flushed_bytes = 0
+        await self._flush(token, rows, nbytes, self.clock())
+        token.flushed_rows = token.flushed_bytes = 0  # a suspended portal's next Execute
         if token.cursor is not None:
             token.cursor.rows += rows
             token.cursor.bytes += nbytes
@@ -366,59 +319,21 @@ class Guard:
                     nbytes,
                 )
         for pacer in token.pacers:
-            pacer.crossed_at = None  # the next execution starts its own pace
-        if usages or token.cursor is not None:
-            self._rearm(token, usages)
+            pacer.crossed_at = None  # a suspended portal's next Execute starts its own pace
 
-    def _rearm(self, token: GuardToken, usages: list[tuple[_Budget, Usage]]) -> None:
-        caps = Caps()
-        for spec in token.caps:
-            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, token.cursor)
-        exhausted = None
-        for budget, used in usages:
-            spec = budget.spec
-            if _enforces(spec):
-                limits = BudgetLimits(spec.max_queries, spec.max_rows, spec.max_bytes)
-                if limits.exhausted(used) is not None:
-                    exhausted = spec.id
-                left_rows = None if spec.max_rows is None else max(spec.max_rows - used.rows, 0)
-                left_bytes = None if spec.max_bytes is None else max(spec.max_bytes - used.bytes, 0)
-                caps.offer(spec.id, left_rows, left_bytes)
-            elif budget.pacer is not None:
-                if spec.max_rows is not None:
-                    budget.pacer.rows_free = max(spec.max_rows - used.rows, 0)
-                if spec.max_bytes is not None:
-                    budget.pacer.bytes_free = max(spec.max_bytes - used.bytes, 0)
-        lim = token.limits
-        if lim is None:
-            return
-        fresh = caps.limits() or StreamLimits()
-        if exhausted is not None:  # the next execution may not send a single row
-            fresh = StreamLimits(max_rows=0, max_bytes=fresh.max_bytes, rule=exhausted)
-        lim.max_rows, lim.max_bytes, lim.rule = fresh.max_rows, fresh.max_bytes, fresh.rule
-        lim.used_rows, lim.used_bytes = fresh.used_rows, fresh.used_bytes
-
-    async def _flush(
-        self, token: GuardToken, rows: int, nbytes: int, now: float, queries: int = 0
-    ) -> list[tuple[_Budget, Usage]]:
-        """Push what streamed since the last flush into every budget; return fresh usage."""
+    async def _flush(self, token: GuardToken, rows: int, nbytes: int, now: float) -> None:
+        """Push what streamed since the last flush into every budget."""
         d_rows, d_bytes = max(rows - token.flushed_rows, 0), max(nbytes - token.flushed_bytes, 0)
         token.last_flush = now
-        if not d_rows and not d_bytes and not queries:
-            return []
+        if not d_rows and not d_bytes:
+            return
         token.flushed_rows, token.flushed_bytes = rows, nbytes
-        out = []
         for budget in token.budgets:
             try:
-                used = await self.store.add(
-                    budget.key, budget.window, now, d_rows, d_bytes, queries
-                )
+                await self.store.add(budget.key, budget.window, now, d_rows, d_bytes)
             except StoreUnavailable as exc:
                 # Fail-closed stores refuse new statements; rows already sent cannot be undone.
                 log.error("guard: could not account %s rows for %s: %s", d_rows, budget.key, exc)
-                continue
-            out.append((budget, used))
-        return out
 
 
 def _enforces(spec: ExtractionSpec) -> bool:

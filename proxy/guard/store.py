@@ -118,10 +118,9 @@ class Store(Protocol):
     async def add(
         self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
     ) -> Usage:
-        """Account what a statement produced (and repeated executions) into the current bucket.
+        """Account what a statement produced into the current bucket.
 
-        Returns the usage over the window afterwards, so a prepared statement's
-        next execution can be capped by what is left.
+        Returns the usage over the window afterwards.
         """
         ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,12 @@ import psycopg
 import pytest
 from fix_guard import RedisServer, redis_server
 
+from proxy.catalog import Catalog
+from proxy.enforce import Enforcer
 from proxy.guard import Guard, MemoryStore, RedisStore, Store
-from proxy.hooks import Admission, Hooks, StatementResult
+from proxy.hooks import StatementResult
 from proxy.identity import SessionFacts
-from proxy.rules import ExtractionRule, RuleSet
+from proxy.rules import Defaults, ExtractionRule, RuleSet
 
 __all__ = ["redis_server"]  # the fixture, imported from fix_guard
 
@@ -31,60 +32,28 @@ __all__ = ["redis_server"]  # the fixture, imported from fix_guard
 BIG = "SELECT g, repeat('x', 50) AS pad FROM (SELECT generate_series(1, 50000000) AS g) s"
 
 
-@dataclass(frozen=True)
-class Stmt:
-    kind: str
-    fingerprint: str
-    tables: tuple[str, ...] = ()
-    literals: tuple[object, ...] = ()
-    has_where: bool = True
-    has_limit: bool = False
-    offset: int | None = None
-    copy_out: bool = False
-    functions: tuple[str, ...] = ()
-    redacted: str = ""
+class GuardHooks(Enforcer):
+    """The production hooks over open rules (no policy), keeping every statement's result."""
 
-
-class GuardHooks(Hooks):
-    """The guard behind the session's seam, as proxy/enforce.py wires it, minus policy."""
-
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
+    def __init__(self, guard: Guard, rules: RuleSet) -> None:
+        super().__init__(rules, Catalog(), guard)
         self.results: list[StatementResult] = []
-
-    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
-        word = sql.split(None, 1)[0].lower() if sql.strip() else ""
-        copy_out = word == "copy" and "to stdout" in sql.lower()
-        stmt = Stmt(word, sql, copy_out=copy_out, redacted=sql)
-        g = await self.guard.admit(facts, [stmt])
-        audit = {"detectors": g.hits} if g.hits else {}
-        if g.error is not None:
-            return Admission(
-                action="block", error=g.error, rules=g.rules, reason=g.error.message, audit=audit
-            )
-        return Admission(
-            action="throttle" if g.action == "throttle" else "allow",
-            delay=g.delay,
-            limits=g.limits,
-            rules=g.rules,
-            token=g.token,
-            audit=audit,
-        )
-
-    async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
-        return await self.guard.pace(facts, token, rows, nbytes)
 
     async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
         self.results.append(result)
-        await self.guard.finished(facts, token, result)
+        await super().finished(facts, token, result)
+
+
+OPEN = Defaults(unparsed="allow", statements=["all"])
 
 
 def rules(*entries: dict[str, object]) -> RuleSet:
-    return RuleSet(extraction=[ExtractionRule.model_validate(e) for e in entries])
+    return RuleSet(defaults=OPEN, extraction=[ExtractionRule.model_validate(e) for e in entries])
 
 
 def guard_hooks(*entries: dict[str, object], store: Store | None = None) -> GuardHooks:
-    return GuardHooks(Guard(rules(*entries), store or MemoryStore()))
+    ruleset = rules(*entries)
+    return GuardHooks(Guard(ruleset, store or MemoryStore()), ruleset)
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:
@@ -230,6 +199,39 @@ async def test_throttle_slows_a_stream_to_about_the_budget_rate(proxy_factory: A
     assert expected * 0.75 <= elapsed <= expected * 1.4, (elapsed, expected)
 
 
+@pytest.mark.parametrize("client", ["asyncpg", "psycopg"])
+async def test_throttle_delays_each_run_of_a_prepared_statement(
+    proxy_factory: Any, client: str
+) -> None:
+    """One Parse, many Executes: every run past the query budget waits, not just the first."""
+    import asyncpg
+
+    # 2 queries per 3 s: the third run is one over, so it waits 3 s / 2 = 1.5 s.
+    hooks = guard_hooks({"id": "paced", "window": "3s", "max_queries": 2, "action": "throttle"})
+    proxy = await proxy_factory(hooks=hooks)
+    sql = "SELECT g FROM generate_series(1, 3) g"
+    t0 = time.monotonic()
+    if client == "asyncpg":
+        conn = await asyncpg.connect(proxy.dsn())
+        try:
+            stmt = await conn.prepare(sql)
+            counts = [len(await stmt.fetch()) for _ in range(3)]
+        finally:
+            await conn.close()
+    else:
+        async with await psycopg.AsyncConnection.connect(proxy.dsn(), autocommit=True) as pconn:
+            counts = []
+            for _ in range(3):
+                cur = await pconn.execute(sql, prepare=True)
+                counts.append(len(await cur.fetchall()))
+    elapsed = time.monotonic() - t0
+    assert counts == [3, 3, 3]
+    runs = [r for r in audit_records(proxy.audit_log) if "generate_series" in (r["sql"] or "")]
+    assert [r["decision"] for r in runs] == ["allow", "allow", "throttle"]
+    assert runs[-1]["rules"] == ["paced"]
+    assert elapsed >= 1.4  # the delay really happened (an upper bound is the benchmark's job)
+
+
 async def test_two_proxies_sharing_redis_enforce_one_budget(
     proxy_factory: Any, redis_server: RedisServer
 ) -> None:
@@ -312,7 +314,7 @@ async def test_cap_is_per_execution_of_a_prepared_statement(proxy_factory: Any) 
 async def test_budget_holds_for_a_prepared_statement_run_again_and_again(
     proxy_factory: Any,
 ) -> None:
-    """asyncpg prepares once (one Parse, one decision) and executes many times."""
+    """asyncpg prepares once and executes many times: each run is admitted on its own."""
     import asyncpg
 
     hooks = guard_hooks({"id": "hourly", "window": "1h", "max_rows": 1000, "action": "block"})
@@ -331,5 +333,6 @@ async def test_budget_holds_for_a_prepared_statement_run_again_and_again(
         assert exc.value.sqlstate == "53400"
     finally:
         await conn.close()
-    assert outcomes == ["300", "300", "300", "54000", "54000"]
+    # The fourth run is cut off at what was left (100 rows), the fifth refused.
+    assert outcomes == ["300", "300", "300", "54000", "53400"]
     assert sum(r.rows for r in hooks.results) == 1000

@@ -212,39 +212,3 @@ async def test_defaults_dry_run_applies_to_entries_without_a_mode(
     assert "cap would have cut off" in caplog.text
 
 
-async def test_prepared_statement_is_rearmed_between_executions() -> None:
-    guard, _ = make(
-        {"id": "rows", "window": "1h", "max_rows": 100, "action": "block"},
-        {"id": "cap", "max_rows_per_query": 50},
-    )
-    adm = await guard.admit(ALICE, [Stmt()])  # Parse: admitted once
-    lim = adm.limits
-    assert lim is not None and (lim.max_rows, lim.rule) == (50, "cap")
-    await guard.finished(ALICE, adm.token, result(50))  # Bind/Execute 1
-    assert (lim.max_rows, lim.rule) == (50, "cap")
-    await guard.finished(ALICE, adm.token, result(30))  # Bind/Execute 2
-    assert (lim.max_rows, lim.rule) == (20, "rows")  # the session reads this object live
-    await guard.finished(ALICE, adm.token, result(20))
-    assert (lim.max_rows, lim.rule) == (0, "rows")  # exhausted: not one more row
-
-
-async def test_prepared_statement_executions_count_as_queries() -> None:
-    guard, _ = make({"id": "q", "window": "1h", "max_queries": 3, "action": "block"})
-    adm = await guard.admit(ALICE, [Stmt()])
-    lim = adm.limits
-    assert lim is not None and lim.max_rows is None
-    for _ in range(2):
-        await guard.finished(ALICE, adm.token, result(1))
-        assert lim.max_rows is None
-    await guard.finished(ALICE, adm.token, result(1))  # the third execution uses the budget up
-    assert (lim.max_rows, lim.rule) == (0, "q")
-    assert isinstance((await guard.admit(ALICE, [Stmt()])).error, VolumeLimit)
-
-
-async def test_prepared_throttle_stream_starts_paced_once_over_budget() -> None:
-    guard, _ = make({"id": "rows", "window": "100s", "max_rows": 100, "action": "throttle"})
-    adm = await guard.admit(ALICE, [Stmt()])
-    assert await guard.pace(ALICE, adm.token, 100, 0) == 0
-    await guard.finished(ALICE, adm.token, result(100))
-    # the next execution of the same statement has no free rows left: 1 row/s from row one
-    assert await guard.pace(ALICE, adm.token, 10, 0) == pytest.approx(10.0)

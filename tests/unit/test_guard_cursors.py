@@ -81,14 +81,3 @@ def test_tracker_parses_names() -> None:
     assert fresh is not None and fresh.rows == 0
     assert t.observe("s", "select", "SELECT 1") is None
     assert ALICE.session_id == ""  # sessions without an id fall back to user@client
-
-
-async def test_prepared_fetch_is_rearmed_with_the_cursor_count() -> None:
-    guard = Guard(ruleset({"id": "cap", "max_rows_per_query": 1000}), MemoryStore(), clock=Clock())
-    await guard.admit(S1, [sql("DECLARE c CURSOR FOR SELECT * FROM people")])
-    adm = await guard.admit(S1, [sql("FETCH FORWARD ? FROM c")])  # prepared once, run in a loop
-    lim = adm.limits
-    assert lim is not None
-    for n in range(1, 4):
-        await guard.finished(S1, adm.token, done(300))
-        assert (lim.max_rows, lim.used_rows) == (1000, 300 * n)

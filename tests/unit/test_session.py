@@ -51,7 +51,7 @@ from playbook import (
 )
 
 from proxy.actions import ToClient, ToServer
-from proxy.errors import Blocked
+from proxy.errors import Blocked, VolumeLimit
 from proxy.hooks import Admission, StreamLimits
 from proxy.wire import frame
 
@@ -315,6 +315,45 @@ def test_execute_with_row_limit_and_portal_suspended() -> None:
         "finish 'select n from big' rows=1 SELECT 3",
         "client C Z:T",
     ]
+
+
+def test_a_portal_run_is_decided_at_its_first_execute() -> None:
+    """`per_execute`: the hooks decide each run of a prepared statement, not its Parse."""
+    answers = [
+        Admission(per_execute=True),  # the Parse
+        Admission(delay=2.0, limits=StreamLimits(max_rows=3, rule="cap")),  # portal c1
+        Admission(error=VolumeLimit("budget", "used up")),  # portal c2
+    ]
+    pb = Playbook(lambda sql, extended: answers.pop(0), status=b"T")
+    sql = "select n from big where k = $1"
+    assert pb.client(parse("s1", sql) + bind("c1", "s1", "7") + execute("c1", 2) + SYNC) == [
+        f"decide {sql!r}",
+        "server P B",
+        f"decide {sql!r}",
+        "throttle 2.0",
+        "server E S",
+    ]
+    reply = PARSE_COMPLETE + BIND_COMPLETE + rows("1", "2") + PORTAL_SUSPENDED
+    assert pb.server(reply + ready_for_query(b"T"))[1] == f"finish {sql!r} rows=2 suspended"
+    # The suspended portal goes on under its run's decision: no new one, and
+    # its cap counts the rows the run has already sent.
+    assert pb.client(execute("c1", 2) + SYNC) == ["server E S"]
+    assert pb.server(rows("3", "4")) == ["client D", "cancel"]
+    out = pb.server(error("57014") + ready_for_query(b"T"))
+    assert out[0] == f"finish {sql!r} rows=1 cutoff error=54000"
+    pb.cancel_done()
+    # A new portal of the same statement is a new run: decided again, here refused.
+    assert pb.client(bind("c2", "s1", "8") + execute("c2") + SYNC) == [
+        "server B",
+        f"decide {sql!r}",
+        "server S",
+    ]
+    assert pb.server(BIND_COMPLETE + ready_for_query(b"T")) == [
+        "client 2",
+        f"finish {sql!r} rows=0 error=53400",
+        "client E:53400 Z:T",
+    ]
+    assert not answers
 
 
 def test_flush_passes_through_and_replies_come_back_without_sync() -> None:

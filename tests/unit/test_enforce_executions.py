@@ -1,0 +1,122 @@
+"""Each run of a prepared statement is a statement to the guard.
+
+In the extended protocol the Enforcer admits the Parse by policy alone and
+the guard's part happens at every Execute (`Enforcer.execute`): budgets
+count each run, a throttle delays each run, caps and what is left of a
+blocking budget apply to each run, and detectors see its bound values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guard_helpers import ALICE, Clock, ruleset
+
+from proxy.catalog import Catalog
+from proxy.enforce import Enforcer
+from proxy.errors import Blocked, VolumeLimit
+from proxy.guard import Guard, MemoryStore
+from proxy.guard.limits import DEFAULT_MAX_DELAY
+from proxy.guard.store import state_key
+from proxy.hooks import Admission, StatementResult
+
+SQL = "SELECT name FROM people WHERE id = $1"
+
+
+def enforcer(*entries: dict[str, Any]) -> tuple[Enforcer, MemoryStore, Clock]:
+    clock, store = Clock(), MemoryStore()
+    rules = ruleset(*entries)
+    return Enforcer(rules, Catalog(), Guard(rules, store, clock=clock)), store, clock
+
+
+async def run(e: Enforcer, parsed: Admission, rows: int, *params: str) -> Admission:
+    """One Bind/Execute of the prepared statement, streaming `rows` rows."""
+    adm = await e.execute(ALICE, parsed, params)
+    if adm.error is None:
+        await e.finished(ALICE, adm.token, StatementResult(rows, rows * 10, 0.0, None, False))
+    return adm
+
+
+async def test_parse_is_admitted_by_policy_alone() -> None:
+    e, store, clock = enforcer({"id": "q", "window": "1h", "max_queries": 1, "action": "block"})
+    for _ in range(3):  # Parse is not a query: nothing is counted
+        parsed = await e.decide(SQL, ALICE, extended=True)
+        assert parsed.per_execute and parsed.error is None and parsed.limits is None
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 0
+
+
+async def test_every_execution_counts_against_the_query_budget() -> None:
+    e, _, _ = enforcer({"id": "q", "window": "1h", "max_queries": 2, "action": "block"})
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    first, second, third = [await run(e, parsed, 1, "1") for _ in range(3)]
+    assert first.error is None and second.error is None
+    assert isinstance(third.error, VolumeLimit) and third.action == "block"
+    assert third.reason.startswith("oversight: q: volume limit: 2 of 2 queries")
+
+
+async def test_every_execution_is_delayed_once_over_a_throttle_budget() -> None:
+    e, _, _ = enforcer(
+        {"id": "slow", "window": "1h", "max_queries": 2, "action": "throttle"}
+    )
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    delays = [(await run(e, parsed, 1, str(i))).delay for i in range(4)]
+    assert delays[:2] == [0.0, 0.0]
+    # one query over a budget of 2 an hour: half an hour's wait, capped at max_delay
+    assert delays[2:] == [DEFAULT_MAX_DELAY, DEFAULT_MAX_DELAY]
+    assert (await run(e, parsed, 1)).action == "throttle"
+
+
+async def test_each_execution_is_capped_by_what_is_left_of_a_row_budget() -> None:
+    e, _, _ = enforcer(
+        {"id": "rows", "window": "1h", "max_rows": 100, "action": "block"},
+        {"id": "cap", "max_rows_per_query": 50},
+    )
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    caps = []
+    for rows in (50, 30, 20):
+        adm = await run(e, parsed, rows)
+        assert adm.limits is not None
+        caps.append((adm.limits.max_rows, adm.limits.rule))
+    assert caps == [(50, "cap"), (50, "cap"), (20, "rows")]
+    assert isinstance((await run(e, parsed, 0)).error, VolumeLimit)  # used up: refused
+
+
+async def test_detectors_see_bound_values() -> None:
+    e, _, _ = enforcer(
+        {
+            "id": "lookups",
+            "window": "10m",
+            "detect": "enumeration",
+            "max_distinct": 3,
+            "action": "block",
+        }
+    )
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    outcomes = [await run(e, parsed, 1, v) for v in ("7", "8", "8", "9")]
+    errors = [a.error for a in outcomes]
+    assert errors[:3] == [None, None, None]  # the same value again is not a new lookup
+    assert isinstance(errors[-1], Blocked) and errors[-1].rule == "lookups"
+    hits = outcomes[-1].audit["detectors"]
+    assert hits[0]["detector"] == "enumeration"
+
+
+async def test_users_without_extraction_entries_keep_the_parse_admission() -> None:
+    e, _, _ = enforcer({"id": "cap", "match": {"groups": ["supervisors"]}, "max_rows_per_query": 5})
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    assert await e.execute(ALICE, parsed, ("1",)) is parsed
+
+
+async def test_a_reload_that_adds_a_limit_reaches_statements_prepared_before() -> None:
+    e, _, _ = enforcer()
+    parsed = await e.decide(SQL, ALICE, extended=True)
+    assert parsed.per_execute  # asked at Execute although no entry applies yet
+    e.reload(ruleset({"id": "cap", "max_rows_per_query": 5}))
+    adm = await e.execute(ALICE, parsed, ("1",))
+    assert adm.limits is not None and adm.limits.max_rows == 5
+
+
+async def test_a_simple_query_is_admitted_whole() -> None:
+    e, store, clock = enforcer({"id": "q", "window": "1h", "max_queries": 5, "action": "block"})
+    adm = await e.decide(SQL.replace("$1", "1"), ALICE, extended=False)
+    assert not adm.per_execute and adm.token.guard is not None
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 1
