@@ -78,8 +78,8 @@ async def test_describe_and_list(pg: PgCluster, compat_proxy: Any) -> None:
             for line in out.out.splitlines()
         ), f"\\d lacks column {column}"
     assert '"people_pkey" PRIMARY KEY, btree (id)' in out.out
-    assert " compat | people  | table | postgres" in out.out
-    assert " compat | scratch | table | postgres" in out.out
+    assert f" compat | people  | table | {pg.user}" in out.out
+    assert f" compat | scratch | table | {pg.user}" in out.out
     assert "(2 rows)" in out.out
     assert 'Table "compat.scratch"' in out.out
     assert "Access method: heap" in out.out
