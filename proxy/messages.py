@@ -279,6 +279,10 @@ def parse_execute(body: bytes) -> tuple[str, int]:
     return r.cstr(), r.i32()
 
 
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    return frame(b"E", cstr(portal) + I32.pack(max_rows))
+
+
 def parse_target(body: bytes) -> tuple[bytes, str]:
     """Describe and Close: kind byte (S statement, P portal) and name."""
     r = Reader(body)

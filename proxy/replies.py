@@ -1,8 +1,9 @@
 """Entries of the session's expected-reply queue, and small helpers over statements.
 
 Each client message forwarded upstream that expects replies becomes an
-`Entry`; a proxy-made reply (a refusal) is an `Entry` of kind `!` in the same
-queue, so it reaches the client exactly where PostgreSQL would have put it.
+`Entry`; a refusal is an `Entry` of kind `!` in the same queue, awaiting the
+error of the stand-in message sent upstream in place of the refused one, so
+it reaches the client exactly where PostgreSQL would have put it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class ExecuteCheck:
 class Entry:
     """Replies the upstream owes for one forwarded client message, or a synthetic reply."""
 
-    kind: bytes  # client message type; b"!" for a synthetic reply
+    kind: bytes  # client message type; b"!" for a refusal
     stmts: deque[Running] = field(default_factory=deque)
-    synthetic: bytes = b""  # bytes to send when this entry reaches the head
-    ready: bool = False  # synthetic: follow with ReadyForQuery(current status)
+    synthetic: bytes = b""  # refusal: the ErrorResponse to send in place of the upstream's
+    ready: bool = False  # refusal: of a simple Query or FunctionCall (upstream sends Z)
     plan: Plan | None = None  # Parse: the statement prepared; Query: the string
     count: int = 0  # Query: statements started so far
     aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery

@@ -15,11 +15,15 @@ as its raw bytes.
 
 Server side: every forwarded client message that expects replies pushes an
 entry on `queue`, the replies the upstream owes us, in order (pgdog's
-expected-reply queue). A proxy-made refusal is a `Synthetic` entry in the
-same queue, so its ErrorResponse reaches the client exactly where
-PostgreSQL would have put it, behind replies still owed for earlier
-pipelined messages. ReadyForQuery after a refusal carries the upstream's
-last real transaction status.
+expected-reply queue). A refusal is an entry (kind `!`) in the same queue,
+so its ErrorResponse reaches the client exactly where PostgreSQL would have
+put it, behind replies still owed for earlier pipelined messages. The
+refused message itself never goes upstream: in its place goes one sure to
+fail without side effects (a syntax error, or an Execute of a portal nobody
+has), and its ErrorResponse is swapped for the refusal. So the upstream
+fails the transaction exactly as it would for any error: an implicit
+transaction's earlier statements roll back, an explicit one is left
+aborted, and ReadyForQuery stays true to the upstream.
 
 The upstream stream is scanned by message header only. Runs of messages
 that need no attention (DataRow above all) are forwarded as one slice of
@@ -35,6 +39,7 @@ Executes share one count, so fetching in pages does not reset a cap.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from dataclasses import replace
 
@@ -67,6 +72,9 @@ from proxy.replies import (
 from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader, unpack_len
 
 D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
+# Sent upstream in place of a refused simple Query or FunctionCall: it fails at
+# raw parsing, before any lookup or execution, and names the reason in the server log.
+REFUSED_QUERY = "OVERSIGHT REFUSED THIS STATEMENT"
 ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
 
 
@@ -88,6 +96,9 @@ class Session:
         self._cutting: Running | None = None  # statement being cut off
         self._drain = False  # extended batch cut off: drop server replies until ReadyForQuery
         self._copy_in = False  # upstream in COPY FROM STDIN: it ignores Sync and Flush
+        # Executed in place of a refused extended-protocol message: a portal name
+        # the client cannot guess, so the Execute always fails (34000).
+        self._nowhere = f"oversight-refused-{secrets.token_hex(8)}"
         self.closed = False
 
     # ------------------------------------------------------------ client side
@@ -112,7 +123,7 @@ class Session:
                 prev = self.statements.get(waiting.name)
                 self.statements[waiting.name] = plan
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
-                self._push(Entry(b"P", plan=plan, name=waiting.name, prev=prev), out)
+                self.queue.append(Entry(b"P", plan=plan, name=waiting.name, prev=prev))
         elif isinstance(waiting, ExecuteCheck):
             plan = waiting.plan
             if adm is not plan.admission:
@@ -128,14 +139,14 @@ class Session:
                 if adm.delay > 0:
                     out.append(Throttle(adm.delay))
                 out.append(ToServer(waiting.raw))
-                self._push(Entry(b"E", stmts=deque([stmt])), out)
+                self.queue.append(Entry(b"E", stmts=deque([stmt])))
         elif isinstance(waiting, FunctionCall):
             plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
             if adm.error is not None:
                 self._refuse(Running(plan), adm.error, out, ready=True)
             else:
                 out.append(ToServer(waiting.raw))
-                self._push(Entry(b"F", stmts=deque([Running(plan)])), out)
+                self.queue.append(Entry(b"F", stmts=deque([Running(plan)])))
         elif isinstance(waiting, str):
             plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
             if adm.error is not None:
@@ -146,7 +157,7 @@ class Session:
                 n = max(1, len(adm.statements))
                 stmts = deque(Running(plan, index=i) for i in range(n))
                 out.append(ToServer(m.query(adm.sql if adm.sql is not None else waiting)))
-                self._push(Entry(b"Q", stmts=stmts, plan=plan, count=n), out)
+                self.queue.append(Entry(b"Q", stmts=stmts, plan=plan, count=n))
         out += self._pump()
         return out
 
@@ -155,11 +166,18 @@ class Session:
         return self._pump()
 
     def _refuse(self, stmt: Running, error: ProxyError, out: list[Action], *, ready: bool) -> None:
-        """Queue `error` as the reply to `stmt`, in order behind replies still owed."""
+        """Refuse `stmt` with `error` by way of a message the upstream is sure to fail.
+
+        `ready`: the refused message was a simple Query or FunctionCall, which
+        the upstream answers with ReadyForQuery; otherwise an extended-protocol
+        message, after which it skips to Sync.
+        """
         stmt.blocked = error
         stmt.error = f"{error.sqlstate}: {error.message}"
-        synthetic = m.error_response(error.fields())
-        self._push(Entry(b"!", stmts=deque([stmt]), ready=ready, synthetic=synthetic), out)
+        stand_in = m.query(REFUSED_QUERY) if ready else m.execute(self._nowhere)
+        out.append(ToServer(stand_in))
+        refusal = m.error_response(error.fields())
+        self.queue.append(Entry(b"!", stmts=deque([stmt]), ready=ready, synthetic=refusal))
 
     def _pump(self) -> list[Action]:
         out: list[Action] = []
@@ -205,7 +223,7 @@ class Session:
                 if plan.admission.per_execute:
                     self.params[portal] = m.parse_bind_params(body)
             out.append(ToServer(raw))
-            self._push(Entry(b"B"), out)
+            self.queue.append(Entry(b"B"))
         elif t == b"E":
             portal, _ = m.parse_execute(body)
             plan = self.portals.get(portal) or Plan(f"<portal {portal!r}>", Admission(), True)
@@ -216,7 +234,7 @@ class Session:
                 out.append(Decide(plan.sql, extended=True, params=params, token=plan.admission))
                 return
             out.append(ToServer(raw))
-            self._push(Entry(b"E", stmts=deque([Running(plan, portal=portal)])), out)
+            self.queue.append(Entry(b"E", stmts=deque([Running(plan, portal=portal)])))
         elif t in (b"D", b"C"):
             kind, name = m.parse_target(body)
             if t == b"C":
@@ -224,11 +242,11 @@ class Session:
                 if kind != b"S":
                     self.params.pop(name, None)
             out.append(ToServer(raw))
-            self._push(Entry(t), out)
+            self.queue.append(Entry(t))
         elif t == b"S":
             self._discard = False
             out.append(ToServer(raw))
-            self._push(Entry(b"S"), out)
+            self.queue.append(Entry(b"S"))
         elif t == b"H":
             out.append(ToServer(raw))
         elif t == b"F":
@@ -239,19 +257,6 @@ class Session:
             out.append(Decide(f"<function call oid={oid}>", extended=True, function_oid=oid))
         else:
             raise ProtocolViolation(f"unexpected message type {t!r} from client")
-
-    def _push(self, entry: Entry, out: list[Action]) -> None:
-        self.queue.append(entry)
-        if len(self.queue) == 1:
-            self._emit_synthetic(out)
-
-    def _emit_synthetic(self, out: list[Action]) -> None:
-        """Send synthetic replies that have reached the head of the queue."""
-        q = self.queue
-        while q and q[0].kind == b"!":
-            e = q.popleft()
-            out.extend(Finish(s) for s in e.stmts)
-            out.append(ToClient(e.synthetic + (m.ready_for_query(self.status) if e.ready else b"")))
 
     def _close(self, out: list[Action], error: ProxyError | None) -> list[Action]:
         self.closed = True
@@ -335,7 +340,9 @@ class Session:
 
     def _dropping(self, head: Entry | None) -> bool:
         """Is upstream output now being thrown away (a cut-off statement or batch)?"""
-        return self._cutting is not None or self._drain or (head is not None and head.aborted)
+        if head is None:
+            return self._cutting is not None or self._drain
+        return self._cutting is not None or self._drain or head.aborted or head.kind == b"!"
 
     def current(self) -> Running | None:
         """The statement whose output is streaming now, if any."""
@@ -358,6 +365,9 @@ class Session:
             if t != b"Z":
                 return  # the rest of a cut-off batch, or the cancel's 57014
             self._drain = False
+        if kind == b"!":
+            self._on_refusal(head, t, body, raw, out)
+            return
         if head.aborted and t != b"Z":
             self._drop_statement_end(head, t, body, out)
             return
@@ -388,7 +398,7 @@ class Session:
                 self._ready(body, out)  # audits what never ran before the client hears
             out.append(ToClient(raw))
             if kind in b"QSF":
-                self._pop(out)
+                self.queue.popleft()
             return
         if t in b"GH" and kind in b"QE":
             # COPY: the upstream ignores Sync and Flush while copying in, so a
@@ -402,7 +412,7 @@ class Session:
             self._complete(head, body if t == b"C" else b"", out)
             out.append(ToClient(raw))
             if kind == b"E":
-                self._pop(out)
+                self.queue.popleft()
             return
         out.append(ToClient(raw))
         if (
@@ -411,7 +421,23 @@ class Session:
             or (kind == b"D" and t in b"Tn")
             or (kind == b"C" and t == b"3")
         ):
-            self._pop(out)
+            self.queue.popleft()
+
+    def _on_refusal(
+        self, head: Entry, t: bytes, body: bytes, raw: bytes, out: list[Action]
+    ) -> None:
+        """Replies to a refused message's stand-in: its error becomes the refusal."""
+        if t in b"CEIs" and head.stmts:  # E; the others only if the stand-in somehow ran
+            out.extend(Finish(s) for s in head.stmts)
+            head.stmts.clear()
+            out.append(ToClient(head.synthetic))
+            if not head.ready:
+                self.queue.popleft()
+                self._skip_to_sync(out)
+        elif t == b"Z" and head.ready:
+            self.status = body[:1] or b"I"
+            out.append(ToClient(raw))
+            self.queue.popleft()
 
     def _complete(self, head: Entry, tag: bytes, out: list[Action]) -> None:
         if not head.stmts:
@@ -436,10 +462,6 @@ class Session:
             out.append(Finish(s))
         head.stmts.clear()
 
-    def _pop(self, out: list[Action]) -> None:
-        self.queue.popleft()
-        self._emit_synthetic(out)
-
     def _skip_to_sync(self, out: list[Action]) -> None:
         """After an error in an extended batch the upstream skips to Sync; so do we."""
         q = self.queue
@@ -454,7 +476,6 @@ class Session:
             undo_parse(self.statements, e)
         if not q:
             self._discard = True
-        self._emit_synthetic(out)
 
     def _finish_cut(self, head: Entry, out: list[Action]) -> None:
         s = head.stmts.popleft()

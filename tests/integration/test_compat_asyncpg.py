@@ -114,12 +114,14 @@ async def test_denied_column_then_connection_goes_on(conn: asyncpg.Connection) -
             await conn.fetch(DENIED, 1)
     assert not conn.is_in_transaction()
     assert await _scratch(conn) == []
-    async with conn.transaction():
-        await conn.execute("INSERT INTO compat.scratch VALUES ($1, 'kept')", IDS[1])
-        await _refused(conn.fetch(DENIED, 1))
-        # The refused statement never ran: the transaction is still usable.
-        assert await conn.fetchval("SELECT count(*) FROM compat.people") == 10
-    assert await _scratch(conn) == [(IDS[1], "kept")]
+    # A refusal fails the transaction as any PostgreSQL error does: nothing in it is kept.
+    with pytest.raises(asyncpg.exceptions.InFailedSQLTransactionError):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO compat.scratch VALUES ($1, 'lost')", IDS[1])
+            await _refused(conn.fetch(DENIED, 1))
+            await conn.fetchval("SELECT count(*) FROM compat.people")
+    assert not conn.is_in_transaction()
+    assert await _scratch(conn) == []
 
 
 async def test_prepared_statement(conn: asyncpg.Connection) -> None:
@@ -149,12 +151,14 @@ async def test_cursors_in_transaction(conn: asyncpg.Connection) -> None:
         await cur.forward(2)
         assert tuple(await cur.fetchrow() or ()) == EXPECTED[7]
         assert _rows(await cur.fetch(10)) == EXPECTED[8:]
-        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+    # A refusal inside the transaction fails it, as any error does; a new one works.
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+        async with conn.transaction():
             await conn.cursor(DENIED, 1)
-        # A refused statement never ran: the transaction is still usable.
+    assert not conn.is_in_transaction()
+    async with conn.transaction():
         stmt = await conn.prepare(PEOPLE)
         assert [tuple(r) async for r in stmt.cursor(prefetch=4)] == EXPECTED
-    assert not conn.is_in_transaction()
 
 
 async def test_copy(conn: asyncpg.Connection) -> None:

@@ -160,14 +160,21 @@ def _dbapi(params: dict[str, Any]) -> dict[str, Any]:
             "INSERT INTO compat.scratch (id, label) VALUES (%s, %s)",
             [(i, f"dbapi {i}") for i in IDS[20:24]],
         )
-        # Refused inside the transaction: the transaction itself goes on.
+        cur.execute("SELECT count(*) FROM compat.scratch WHERE id >= %s", (IDS[20],))
+        out["in_tx"] = cur.fetchone()
+        con.commit()
+        # Refused inside a transaction: it fails as on any error, and the next
+        # statement says so (25P02), as PostgreSQL would.
+        cur.execute("INSERT INTO compat.scratch (id, label) VALUES (%s, %s)", (IDS[29], "lost"))
         try:
             cur.execute("SELECT id, notes FROM compat.people WHERE id = %s", (1,))
         except pg8000.dbapi.DatabaseError as e:
             out["denied"] = (type(e).__name__, *_error(e))
-        cur.execute("SELECT count(*) FROM compat.scratch WHERE id >= %s", (IDS[20],))
-        out["in_tx"] = cur.fetchone()
-        con.commit()
+        try:
+            cur.execute("SELECT 1")
+        except pg8000.dbapi.DatabaseError as e:
+            out["aborted"] = _error(e)[0]
+        con.rollback()
         # Refused, then rolled back: the rollback works and so does what follows.
         cur.execute("INSERT INTO compat.scratch (id, label) VALUES (%s, %s)", (IDS[30], "gone"))
         try:
@@ -201,6 +208,7 @@ async def test_dbapi(params: dict[str, Any], run_sync: Any) -> None:
         "param": [MASKED],
         "denied": ("DatabaseError", "42501", True),
         "in_tx": [4],
+        "aborted": "25P02",
         "denied_again": ("42501", True),
         "scratch": tuple([i, f"dbapi {i}"] for i in IDS[20:24]),
         "copy_out": sorted(f"{i},{MASKED}" for i in range(1, 11)),

@@ -25,6 +25,7 @@ IDS = range(2000, 2100)  # this file's rows in the shared compat.scratch
 PEOPLE = "SELECT id, name, ssn FROM compat.people ORDER BY id"
 DENIED = "SELECT id, notes FROM compat.people WHERE id = %s"
 IDLE, INTRANS = pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS
+INERROR = pq.TransactionStatus.INERROR
 
 
 def _is_blocked(e: psycopg.Error) -> bool:
@@ -160,12 +161,12 @@ async def test_server_side_cursor(aconn: psycopg.AsyncConnection[Any]) -> None:
         await cur.scroll(2, mode="absolute")
         assert await cur.fetchone() == EXPECTED[2]
     await aconn.commit()
-    # DECLARE over the denied column is refused; the transaction goes on.
+    # DECLARE over the denied column is refused and fails the transaction.
     with pytest.raises(errors.InsufficientPrivilege) as info:
         async with aconn.cursor(name="compat_denied") as cur:
             await cur.execute(DENIED, [1])
     assert _is_blocked(info.value)
-    assert aconn.info.transaction_status == INTRANS
+    assert aconn.info.transaction_status == INERROR
     await aconn.rollback()
     async with aconn.cursor(name="compat_after") as cur:
         await cur.execute("SELECT ssn FROM compat.people WHERE id = %s", [8])
@@ -287,8 +288,24 @@ async def test_prepare_threshold_zero_async(compat_proxy: Any) -> None:
             assert sorted(await cur.fetchall()) == EXPECTED
             with pytest.raises(errors.InsufficientPrivilege):
                 await conn.execute(DENIED, [1])
-            # Inside the transaction psycopg opened: the refusal does not abort it.
-            assert conn.info.transaction_status == INTRANS
-        await conn.rollback()
+            # Inside the transaction psycopg opened: the refusal fails it, as an error does.
+            assert conn.info.transaction_status == INERROR
+            await conn.rollback()
         cur = await conn.execute("SELECT count(*) FROM compat.people WHERE ssn = %s", [MASKED])
         assert await cur.fetchone() == (10,)
+
+
+async def test_refusal_in_a_pipeline_rolls_back_its_implicit_transaction(
+    compat_proxy: Any,
+) -> None:
+    """As with any error before Sync, statements earlier in the batch do not commit."""
+    dsn = compat_proxy.dsn(user=COMPAT_USER)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("DELETE FROM compat.scratch WHERE id = %s", [IDS[90]])
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            async with conn.pipeline():
+                await conn.execute("INSERT INTO compat.scratch VALUES (%s, 'a')", [IDS[90]])
+                await conn.execute(DENIED, [1])
+        assert _is_blocked(info.value)
+        cur = await conn.execute("SELECT count(*) FROM compat.scratch WHERE id = %s", [IDS[90]])
+        assert await cur.fetchone() == (0,)

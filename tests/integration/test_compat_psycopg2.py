@@ -192,15 +192,17 @@ def _denied_in_transaction(dsn: str) -> dict[str, Any]:
             cur.execute("SELECT name, notes FROM compat.people")
         except psycopg2.errors.InsufficientPrivilege as e:
             out["error"] = (e.pgcode, e.diag.message_primary.startswith(BLOCKED))
-        # The proxy refuses without running the statement: the upstream transaction
-        # is still open and healthy, and ReadyForQuery says so.
+        # A refusal fails the transaction exactly as a server error does, and
+        # ReadyForQuery says so: a COMMIT now could not keep the earlier insert.
         out["status"] = conn.get_transaction_status()
-        cur.execute("SELECT count(*) FROM compat.people")
-        out["in_tx"] = cur.fetchone()
-        conn.rollback()
+        try:
+            cur.execute("SELECT count(*) FROM compat.people")
+        except psycopg2.errors.InFailedSqlTransaction as e:
+            out["in_tx"] = e.pgcode
+        conn.commit()  # of a failed transaction: rolls back
         out["rolled_back"] = _scratch(conn)
         conn.commit()
-        # A genuine server error still aborts the transaction as usual.
+        # A genuine server error, for comparison.
         cur.execute("INSERT INTO compat.scratch VALUES (%s, %s)", (IDS[1], "lost"))
         try:
             cur.execute("SELECT 1/0")
@@ -220,8 +222,8 @@ async def test_denied_column_in_transaction_goes_on(dsn: str, run_sync: Any) -> 
     out = await run_sync(_denied_in_transaction, dsn)
     assert out == {
         "error": ("42501", True),
-        "status": STATUS.TRANSACTION_STATUS_INTRANS,
-        "in_tx": (10,),
+        "status": STATUS.TRANSACTION_STATUS_INERROR,
+        "in_tx": "25P02",
         "rolled_back": [],
         "server_error": "22012",
         "server_status": STATUS.TRANSACTION_STATUS_INERROR,

@@ -226,17 +226,19 @@ async def test_blocked_statement_keeps_session_usable(pg: Any, proxy_factory: An
                 await conn.execute("SELECT 'forbidden'", prepare=prepare)
             cur = await conn.execute("SELECT 1", prepare=prepare)
             assert await cur.fetchone() == (1,)
-        # Inside a transaction the status stays the upstream's: still in the transaction.
-        await conn.execute("BEGIN")
+        # Inside a transaction a refusal fails it, as any error would upstream.
         await conn.execute("CREATE TEMP TABLE seam (x int)")
-        await conn.execute("INSERT INTO seam VALUES (1)")
         for prepare in (False, True):
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO seam VALUES (1)")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await conn.execute("SELECT %s::text AS forbidden", ["x"], prepare=prepare)
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                await conn.execute("SELECT count(*) FROM seam")
+            await conn.execute("COMMIT")  # of a failed transaction: a rollback
         cur = await conn.execute("SELECT count(*) FROM seam")
-        assert await cur.fetchone() == (1,)
-        await conn.execute("COMMIT")
+        assert await cur.fetchone() == (0,)
 
 
 async def test_observer_stops_stream_after_n_rows(pg: Any, proxy_factory: Any) -> None:

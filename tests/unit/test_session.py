@@ -53,6 +53,7 @@ from playbook import (
 from proxy.actions import ToClient, ToServer
 from proxy.errors import Blocked, VolumeLimit
 from proxy.hooks import Admission, StreamLimits
+from proxy.session import REFUSED_QUERY
 from proxy.wire import frame
 
 BLOCK = Admission(action="block", error=Blocked("no-secrets", "secret column"))
@@ -346,12 +347,12 @@ def test_a_portal_run_is_decided_at_its_first_execute() -> None:
     assert pb.client(bind("c2", "s1", "8") + execute("c2") + SYNC) == [
         "server B",
         f"decide {sql!r}",
-        "server S",
+        "server E S",
     ]
-    assert pb.server(BIND_COMPLETE + ready_for_query(b"T")) == [
+    assert pb.server(BIND_COMPLETE + error("34000") + ready_for_query(b"E")) == [
         "client 2",
         f"finish {sql!r} rows=0 error=53400",
-        "client E:53400 Z:T",
+        "client E:53400 Z:E",
     ]
     assert not answers
 
@@ -495,23 +496,33 @@ def test_failed_reparse_of_a_named_statement_keeps_the_old_one() -> None:
     ]
 
 
-def test_refused_parse_sends_42501_and_discards_until_sync() -> None:
+def test_refused_parse_sends_a_stand_in_and_discards_until_sync() -> None:
     pb = Playbook(policy(blocked=("secret",)))
+    # The refused Parse never goes upstream; an Execute of no portal does, so the
+    # upstream fails the implicit transaction as it would for any error.
     assert pb.client(extended("select secret from t") + SYNC) == [
         "decide 'select secret from t'",
+        "server E S",
+    ]
+    stand_in = next(a for a in pb.actions if isinstance(a, ToServer)).data
+    assert stand_in.startswith(b"E") and b"oversight-refused-" in stand_in
+    assert pb.server(error("34000")) == [
         "finish 'select secret from t' rows=0 error=42501",
         "client E:42501",
-        "server S",
     ]
     assert pb.server(ready_for_query()) == ["client Z:I"]
     assert pb.client(query("select 1")) == ["decide 'select 1'", "server Q"]
 
 
-def test_refused_parse_ready_for_query_carries_the_real_status() -> None:
-    for status in (b"I", b"T", b"E"):
-        pb = Playbook(policy(blocked=("secret",)), status=status)
-        pb.client(parse("", "select secret") + bind() + execute() + SYNC)
-        assert pb.server(ready_for_query(status)) == [f"client Z:{status.decode()}"]
+def test_refused_parse_in_a_transaction_leaves_it_failed_as_the_upstream_says() -> None:
+    pb = Playbook(policy(blocked=("secret",)), status=b"T")
+    pb.client(parse("", "select secret") + bind() + execute() + SYNC)
+    assert pb.server(error("34000")) == [
+        "finish 'select secret' rows=0 error=42501",
+        "client E:42501",
+    ]
+    assert pb.server(ready_for_query(b"E")) == ["client Z:E"]
+    assert pb.session.status == b"E"
 
 
 def test_refused_parse_waits_behind_replies_still_owed() -> None:
@@ -521,21 +532,23 @@ def test_refused_parse_waits_behind_replies_still_owed() -> None:
         "decide 'select 1'",
         "server P B D E",
         "decide 'select secret'",
-        "server S",
+        "server E S",
     ]
     reply = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("1")
-    assert pb.server(reply + command_complete("SELECT 1") + ready_for_query(b"T")) == [
+    assert pb.server(reply + command_complete("SELECT 1") + error("34000")) == [
         "client 1 2 T D",
         "finish 'select 1' rows=1 SELECT 1",
         "client C",
         "finish 'select secret' rows=0 error=42501",
-        "client E:42501 Z:T",
+        "client E:42501",
     ]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
 
 
 def test_refused_parse_after_an_upstream_error_sends_only_the_first_error() -> None:
     pb = Playbook(policy(blocked=("secret",)))
     pb.client(extended("select 1/0") + parse("", "select secret") + execute() + SYNC)
+    # The upstream skips the stand-in as it skips everything up to Sync.
     assert pb.server(PARSE_COMPLETE + BIND_COMPLETE + NO_DATA + error("22012")) == [
         "client 1 2 n",
         "finish 'select 1/0' rows=0 error=22012",
@@ -545,12 +558,17 @@ def test_refused_parse_after_an_upstream_error_sends_only_the_first_error() -> N
     assert pb.server(ready_for_query()) == ["client Z:I"]
 
 
-def test_refused_query_answers_error_and_ready_with_the_last_status() -> None:
+def test_refused_query_answers_the_refusal_and_the_upstream_status() -> None:
     pb = Playbook(policy(blocked=("secret",)), status=b"T")
     assert pb.client(query("select secret from t")) == [
         "decide 'select secret from t'",
+        "server Q",
+    ]
+    stand_in = next(a for a in pb.actions if isinstance(a, ToServer)).data
+    assert stand_in == query(REFUSED_QUERY)
+    assert pb.server(error("42601") + ready_for_query(b"E")) == [
         "finish 'select secret from t' rows=0 error=42501",
-        "client E:42501 Z:T",
+        "client E:42501 Z:E",
     ]
     assert not pb.session.queue
 
@@ -561,21 +579,32 @@ def test_refused_query_pipelined_behind_an_outstanding_query() -> None:
         "decide 'begin'",
         "server Q",
         "decide 'select secret'",
+        "server Q",
         "decide 'select 2'",
         "server Q",
     ]
     reply = command_complete("BEGIN") + ready_for_query(b"T")
-    assert pb.server(reply) == [
+    assert pb.server(reply + error("42601") + ready_for_query(b"E")) == [
         "finish 'begin' rows=0 BEGIN",
         "client C Z:T",
         "finish 'select secret' rows=0 error=42501",
-        "client E:42501 Z:T",
+        "client E:42501 Z:E",
     ]
-    assert pb.server(select(1, status=b"T")) == [
-        "client T D",
-        "finish 'select 2' rows=1 SELECT 1",
-        "client C Z:T",
+    assert pb.server(error("25P02") + ready_for_query(b"E")) == [
+        "finish 'select 2' rows=0 error=25P02",
+        "client E:25P02 Z:E",
     ]
+
+
+def test_refusal_drops_whatever_a_stand_in_would_stream() -> None:
+    # Cannot happen (the portal name is random), but must not leak if it did.
+    pb = Playbook(policy(blocked=("secret",)))
+    pb.client(parse("", "select secret") + bind() + execute() + SYNC)
+    assert pb.server(row_description("a") + rows("1", "2") + command_complete("SELECT 2")) == [
+        "finish 'select secret' rows=0 error=42501",
+        "client E:42501",
+    ]
+    assert pb.server(ready_for_query()) == ["client Z:I"]
 
 
 # ---------------------------------------------------------------- stream limits
@@ -726,8 +755,9 @@ def test_one_ready_for_query_per_sync_or_query() -> None:
     )
     pb.client(client)
     one = PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + rows("x")
-    server = select(1) + one + command_complete("SELECT 1") + ready_for_query()
-    server += ready_for_query()  # for the refused Parse's Sync
+    server = select(1) + error("42601") + ready_for_query()  # the refused Query's stand-in
+    server += one + command_complete("SELECT 1") + ready_for_query()
+    server += error("34000") + ready_for_query()  # the refused Parse's stand-in, and Sync
     server += PARSE_COMPLETE + BIND_COMPLETE + row_description("a") + error("22012")
     server += ready_for_query() + ready_for_query()
     sent = pb.raw(server)
@@ -775,8 +805,8 @@ def test_function_call_is_audited_once_on_its_result() -> None:
 def test_function_call_refused_by_the_hooks() -> None:
     pb = Playbook(lambda sql, ext: Admission(action="block", error=Blocked("fastpath", "no")))
     call = frame(b"F", b"\0\0\x03\xe8" + b"\0\0" + b"\0\0" + b"\0\0")
-    assert pb.client(call) == [
-        "decide '<function call oid=1000>'",
+    assert pb.client(call) == ["decide '<function call oid=1000>'", "server Q"]
+    assert pb.server(error("42601") + ready_for_query()) == [
         "finish '<function call oid=1000>' rows=0 error=42501",
         "client E:42501 Z:I",
     ]
@@ -835,6 +865,10 @@ def test_refused_asyncpg_prepare_answers_at_once_then_waits_for_sync() -> None:
     pb = Playbook(policy(blocked=("secret",)))
     assert pb.client(parse("__asyncpg_stmt_2__", "select secret") + describe(b"S") + FLUSH) == [
         "decide 'select secret'",
+        "server E",
+    ]
+    # PostgreSQL flushes an ErrorResponse at once, Flush or not.
+    assert pb.server(error("34000")) == [
         "finish 'select secret' rows=0 error=42501",
         "client E:42501",
     ]
@@ -877,6 +911,7 @@ def test_generated_pipelines_stay_in_step(
             client += query(f"select {i} {kind}" + (" secret" if kind == "block" else ""))
             audited += 1
             if kind == "block":
+                server += error("42601") + ready_for_query()  # the stand-in's syntax error
                 expect += ["E:42501", "Z:I"]
                 continue
             if kind == "error":
@@ -897,7 +932,8 @@ def test_generated_pipelines_stay_in_step(
             audited += 1
             if kind == "block":
                 refused = True
-                if not failed:
+                if not failed:  # else the upstream skips the stand-in too
+                    server += error("34000")
                     expect.append("E:42501")
                 failed = True
             elif failed:
@@ -917,7 +953,7 @@ def test_generated_pipelines_stay_in_step(
     pb = Playbook(policy(blocked=("secret",)))
     sent = b""
     for part in _chunked(client, chunks):
-        sent += pb.replies(part)  # refusals may be answered at once
+        sent += pb.replies(part)  # nothing: refusals come with the upstream's replies
     for part in _chunked(server, chunks[::-1]):
         sent += pb.raw(part)
     assert tokens(sent) == expect
