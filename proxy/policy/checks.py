@@ -201,7 +201,9 @@ def copy_to_query(tree: exp.Copy) -> None:
     if isinstance(this, exp.Schema):
         cols = [exp.column(c.copy()) for c in this.expressions]
         this = this.this
-    if isinstance(this, exp.Subquery):
+    # Only the masking subquery has an alias; COPY (query) TO is already a query
+    # (and PostgreSQL before 16 refuses a FROM subquery without an alias).
+    if isinstance(this, exp.Subquery) and this.args.get("alias") is not None:
         select = exp.Select(expressions=cols or [exp.Star()]).from_(this)
         tree.set("this", exp.Subquery(this=select))
 

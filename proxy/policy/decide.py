@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import Blocked, NotUnderstood, ProxyError
 from proxy.policy import checks
 from proxy.policy.analyze import Occ, attribute_columns, bind_colmaps, collect
 from proxy.policy.context import Context
+from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
 from proxy.policy.redact import redact
 from proxy.policy.rewrite import (
@@ -139,6 +141,8 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
 
 def _parse(piece: Piece) -> exp.Expr | None:
     """Parse from the splitter's tokens (no second tokenization)."""
+    if piece.tokens[0].token_type == TokenType.COPY:
+        return parse_copy(piece, _PG)  # sqlglot reads only part of PostgreSQL's COPY
     trees = _PG.parser().parse(list(piece.tokens), piece.source)
     return trees[0] if len(trees) == 1 else None
 
