@@ -9,7 +9,8 @@ Three passes over a sqlglot tree:
 2. The engine resolves each reference to `schema.table` (search_path, catalog).
 3. `attribute_columns`: every column each reference gives up, including `*`,
    `t.*`, whole-row references (`SELECT p FROM people p`, `row_to_json(p)`,
-   `(p).ssn`), USING/NATURAL joins and column aliases `people AS p(a, b)`.
+   `(p).ssn`), USING/NATURAL joins and column aliases `people AS p(a, b)`;
+   `attribute_copy`: the columns `COPY t [(cols)] TO` reads.
    Unqualified names resolve innermost scope first; when unsure it marks more.
 """
 
@@ -337,6 +338,27 @@ def attribute_columns(nodes: Nodes, occs: list[Occ]) -> None:
             for o in scope_occs:
                 if _visible(o, name) is not False:
                     read(o, name)
+
+
+def attribute_copy(tree: exp.Expr, occs: list[Occ]) -> None:
+    """`COPY t (a, b) TO` reads the listed columns of t; `COPY t TO`, all of them.
+
+    sqlglot holds the column list as bare identifiers, which the column pass does
+    not see; COPY FROM writes its list, like INSERT's.
+    """
+    if not isinstance(tree, exp.Copy) or tree.args.get("kind"):
+        return
+    listed = tree.this.expressions if isinstance(tree.this, exp.Schema) else []
+    table = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+    for o in occs:
+        if o.node is not table:
+            continue
+        if listed:
+            o.columns.update(fold(c) for c in listed)
+        elif o.column_names():
+            o.columns.update(o.column_names())  # so a refusal names the denied column
+        else:
+            o.whole = True  # columns unknown: assume every one is read
 
 
 def _is_set_target(col: exp.Column) -> bool:

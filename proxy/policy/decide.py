@@ -23,7 +23,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import Blocked, NotUnderstood, ProxyError
 from proxy.policy import checks
-from proxy.policy.analyze import Occ, attribute_columns, bind_colmaps, collect
+from proxy.policy.analyze import Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
@@ -223,6 +223,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
             pinned.append(o)  # ambiguous: pin it to what we decided it reads or writes
     bind_colmaps(occs)
     attribute_columns(found.nodes, occs)
+    attribute_copy(tree, occs)
     checks.describe(v, tree, occs, found.calls, ctx)
 
     checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate
