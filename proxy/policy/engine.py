@@ -30,6 +30,11 @@ Known limits (by design, documented for DBAs):
   against the filter (there is no WITH CHECK), upserts on filtered tables block.
 - Server-side code (triggers, FK cascades, functions a `functions:` rule allows)
   is out of the parser's sight.
+- COPY is read in PostgreSQL's whole grammar (copystmt.py: options with or
+  without WITH, the legacy words, COPY BINARY t) except COPY ... WHERE and
+  COPY (INSERT/UPDATE/DELETE ... RETURNING) TO, which are not understood. COPY t
+  TO reads t's columns like SELECT; COPY FROM rows, like INSERT rows, are not
+  checked against the row filter.
 - Names resolve against the catalog snapshot and the session's tracked
   search_path; where that could be wrong (an ungoverned name that is governed in
   another schema) the reference is pinned to the schema decided on.
