@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.errors import Blocked
+from proxy.errors import Blocked, StalePlan
 from proxy.guard import Guard
 from proxy.hooks import Admission, Hooks, StatementResult
 from proxy.identity import SessionFacts
@@ -27,6 +27,10 @@ from proxy.rules import RuleSet
 log = logging.getLogger("oversight.enforce")
 
 _INFO_FIELDS = ("kind", "tables", "columns", "fingerprint", "redacted")
+
+
+def _upstream_sql(adm: Admission, token: _Token) -> str:
+    return adm.sql if adm.sql is not None else token.sql
 
 
 def _info(s: StatementInfo) -> dict[str, Any]:
@@ -42,6 +46,8 @@ def _info(s: StatementInfo) -> dict[str, Any]:
 class _Token:
     decision: Decision
     guard: Any
+    sql: str = ""  # the text the client sent (extended protocol: for revalidation)
+    engine: PolicyEngine | None = None  # the rules it was decided under
 
 
 class Enforcer(Hooks):
@@ -85,7 +91,7 @@ class Enforcer(Hooks):
                 reason=d.reason,
                 statements=statements,
                 audit=audit,
-                token=_Token(d, None),
+                token=_Token(d, None, sql, self.engine),
             )
         adm = Admission(
             action=d.action,
@@ -94,29 +100,45 @@ class Enforcer(Hooks):
             reason=d.reason,
             statements=statements,
             audit=audit,
-            token=_Token(d, None),
+            token=_Token(d, None, sql, self.engine),
         )
-        if self.guard is None:
-            return adm
         if extended:
-            # A prepared statement may run many times: the guard counts,
-            # delays and caps each execution (see `execute`), not the Parse.
-            # Asked for every user, so a reload that adds a limit reaches
-            # statements prepared before it.
+            # A prepared statement may run many times, under rules reloaded
+            # since its Parse: each execution is checked again (`execute`).
             adm.per_execute = True
+            return adm
+        if self.guard is None:
             return adm
         return await self._guard(adm, facts, d.statements)
 
     async def execute(
         self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
     ) -> Admission:
-        """One execution of a statement admitted at Parse: the guard's part, per run.
+        """One execution of a statement admitted at Parse.
 
-        Bound values join the statement's literals, so the lookup and paging
-        detectors see `WHERE id = $1` the way they see `WHERE id = 42`.
+        If the rules were reloaded since the Parse, the statement is decided
+        again: refused if the new rules refuse it, and refused as a stale
+        plan if they would rewrite it differently, since the upstream holds
+        the old rewrite. Then the guard's part, per run: bound values join
+        the statement's literals, so the lookup and paging detectors see
+        `WHERE id = $1` the way they see `WHERE id = 42`.
         """
         token = statement.token
-        if self.guard is None or not isinstance(token, _Token) or not self.guard.specs_for(facts):
+        if not isinstance(token, _Token):
+            return statement
+        if token.engine is not self.engine:
+            fresh = await self.decide(token.sql, facts, extended=True)
+            changed = _upstream_sql(fresh, token) != _upstream_sql(statement, token)
+            if fresh.error is None and changed:
+                err = StalePlan()
+                fresh = dataclasses.replace(
+                    fresh, action="block", error=err, rules=("reload",), reason=str(err.detail)
+                )
+            if fresh.error is not None:
+                return fresh
+            statement, token = fresh, fresh.token
+            assert isinstance(token, _Token)
+        if self.guard is None or not self.guard.specs_for(facts):
             return statement
         infos = token.decision.statements
         if params:
@@ -129,7 +151,7 @@ class Enforcer(Hooks):
     ) -> Admission:
         assert self.guard is not None and isinstance(adm.token, _Token)
         g = await self.guard.admit(facts, infos)
-        adm.token = _Token(adm.token.decision, g.token)
+        adm.token = dataclasses.replace(adm.token, guard=g.token)
         adm.rules = tuple(dict.fromkeys((*adm.rules, *g.rules)))
         if g.hits:
             adm.audit["detectors"] = g.hits

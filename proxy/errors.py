@@ -111,6 +111,29 @@ class AuthFailed(ProxyError):
     severity = "FATAL"
 
 
+class StalePlan(ProxyError):
+    """A statement prepared under rules since reloaded would now be rewritten differently.
+
+    Sent as PostgreSQL sends its own error for a prepared statement whose
+    result shape may no longer hold (0A000 from RevalidateCachedQuery):
+    drivers with statement caches (asyncpg, pgjdbc) recognise it by that
+    routine name, prepare the statement again and go on; others show it once.
+    """
+
+    sqlstate = "0A000"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "cached plan must not change result type",
+            detail="oversight: the rules changed since this statement was prepared",
+            hint="Prepare the statement again.",
+        )
+        self.rule = "reload"
+
+    def fields(self) -> dict[str, str]:
+        return {**super().fields(), "R": "RevalidateCachedQuery"}
+
+
 class AuditUnavailable(ProxyError):
     """The audit log cannot be written, so the statement is not run (58030)."""
 

@@ -136,3 +136,39 @@ async def test_extended_protocol_asyncpg_denied(proxy: Any) -> None:
         await asyncio.sleep(0)
     finally:
         await conn.close()
+
+
+async def test_statements_prepared_before_a_reload_follow_the_new_rules(
+    pg: PgCluster, e2e_schema: str, proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A tightened rule reaches a driver's cached prepared statements at their next run."""
+    rules_file = tmp_path / "policy.yaml"
+    rules_file.write_text(RULES)
+    catalog = await load_catalog(pg.dsn())
+    hooks = Enforcer(load_rules(rules_file), catalog, None)
+    proxy = await proxy_factory(hooks=hooks, rules=rules_file)
+    lookup = f"SELECT name, email FROM {SCHEMA}.people WHERE id = $1"
+    conn = await asyncpg.connect(proxy.dsn(user="scramuser"))
+    prepared = await conn.prepare(lookup)
+    try:
+        assert tuple(await conn.fetchrow(lookup, 3) or ()) == ("p3", "***.org")
+        hooks.reload(load_rules_text(tmp_path, RULES.replace("email: partial", "email: redact")))
+        # asyncpg's statement cache: told the plan is stale (0A000), it prepares again.
+        assert tuple(await conn.fetchrow(lookup, 3) or ()) == ("p3", "****")
+        # A statement the application holds itself: the error reaches it once.
+        with pytest.raises(asyncpg.exceptions.InvalidCachedStatementError) as exc:
+            await prepared.fetchrow(3)
+        assert exc.value.sqlstate == "0A000" and "rules changed" in str(exc.value.detail)
+        assert tuple(await (await conn.prepare(lookup)).fetchrow(3) or ()) == ("p3", "****")
+        hooks.reload(load_rules_text(tmp_path, RULES.replace("email: partial", "email: deny")))
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchrow(lookup, 3)
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+def load_rules_text(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "reloaded.yaml"
+    path.write_text(text)
+    return load_rules(path)

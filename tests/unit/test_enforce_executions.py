@@ -1,24 +1,29 @@
-"""Each run of a prepared statement is a statement to the guard.
+"""Each run of a prepared statement is a statement to the guard, and to reloaded rules.
 
 In the extended protocol the Enforcer admits the Parse by policy alone and
 the guard's part happens at every Execute (`Enforcer.execute`): budgets
 count each run, a throttle delays each run, caps and what is left of a
-blocking budget apply to each run, and detectors see its bound values.
+blocking budget apply to each run, and detectors see its bound values. After
+a rules reload, a statement prepared before it is decided again at its next
+Execute: refused if the new rules refuse it, stale (0A000, so drivers
+prepare it again) if they would rewrite it differently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from guard_helpers import ALICE, Clock, ruleset
 
-from proxy.catalog import Catalog
+from proxy.catalog import Catalog, Relation
 from proxy.enforce import Enforcer
-from proxy.errors import Blocked, VolumeLimit
+from proxy.errors import Blocked, StalePlan, VolumeLimit
 from proxy.guard import Guard, MemoryStore
 from proxy.guard.limits import DEFAULT_MAX_DELAY
 from proxy.guard.store import state_key
 from proxy.hooks import Admission, StatementResult
+from proxy.rules import RuleSet, TableRule
 
 SQL = "SELECT name FROM people WHERE id = $1"
 
@@ -120,3 +125,50 @@ async def test_a_simple_query_is_admitted_whole() -> None:
     adm = await e.decide(SQL.replace("$1", "1"), ALICE, extended=False)
     assert not adm.per_execute and adm.token.guard is not None
     assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 1
+
+
+# ---------------------------------------------------------------- rules reloaded
+
+
+PEOPLE = Catalog({"public.people": Relation("public", "people", columns=("id", "name", "ssn"))})
+LOOKUP = "SELECT name, ssn FROM people WHERE id = $1"
+
+
+def masking(ssn: str | None) -> RuleSet:
+    rules = ruleset()
+    if ssn is None:
+        return rules
+    rule = TableRule.model_validate(
+        {
+            "id": "people",
+            "match": {"groups": ["analysts"]},
+            "table": "public.people",
+            "columns": {"ssn": ssn},
+        }
+    )
+    return dataclasses.replace(rules, rules=[rule])
+
+
+async def prepared_then_reloaded(before: RuleSet, after: RuleSet) -> Admission:
+    e = Enforcer(before, PEOPLE, None)
+    parsed = await e.decide(LOOKUP, ALICE, extended=True)
+    assert parsed.error is None
+    e.reload(after)
+    return await e.execute(ALICE, parsed, ("1",))
+
+
+async def test_a_reload_that_changes_the_rewrite_makes_the_statement_stale() -> None:
+    adm = await prepared_then_reloaded(masking(None), masking("redact"))
+    assert isinstance(adm.error, StalePlan) and adm.error.sqlstate == "0A000"
+    assert adm.error.message == "cached plan must not change result type"
+    assert adm.action == "block" and adm.rules == ("reload",)
+
+
+async def test_a_reload_that_refuses_the_statement_refuses_its_next_execution() -> None:
+    adm = await prepared_then_reloaded(masking("redact"), masking("deny"))
+    assert isinstance(adm.error, Blocked) and adm.error.rule == "people"
+
+
+async def test_a_reload_that_changes_nothing_for_it_lets_it_run() -> None:
+    adm = await prepared_then_reloaded(masking("redact"), masking("redact"))
+    assert adm.error is None and adm.action == "rewrite"
