@@ -162,8 +162,6 @@ async def test_cursors_in_transaction(conn: asyncpg.Connection) -> None:
 
 
 async def test_copy(conn: asyncpg.Connection) -> None:
-    # No format= / csv options here: asyncpg writes them as `TO STDOUT (FORMAT ...)`
-    # without WITH, which the proxy cannot parse yet (see the report).
     out = io.BytesIO()
     status = await conn.copy_from_query(  # the argument is inlined by asyncpg
         "SELECT id, name, ssn FROM compat.people WHERE id >= $1 ORDER BY id", 8, output=out
@@ -190,6 +188,21 @@ async def test_copy(conn: asyncpg.Connection) -> None:
     )
     assert status == "COPY 5"
     assert await _scratch(conn) == [(i, f"file {i}") for i in IDS[20:25]]
+
+    # asyncpg writes options as `(FORMAT csv)` without WITH; records go in binary.
+    out = io.BytesIO()
+    status = await conn.copy_from_query(
+        "SELECT id, ssn FROM compat.people ORDER BY id", output=out, format="csv", header=True
+    )
+    assert status == "COPY 10"
+    csv = [f"{i},{MASKED}" for i in range(1, 11)]
+    assert out.getvalue().decode().splitlines() == ["id,ssn", *csv]
+    records = [(i, f"record {i}") for i in IDS[30:33]]
+    status = await conn.copy_records_to_table(
+        "scratch", schema_name="compat", columns=["id", "label"], records=records
+    )
+    assert status == "COPY 3"
+    assert [r for r in await _scratch(conn) if r[0] in IDS[30:33]] == records
 
 
 async def test_listen_notify(conn: asyncpg.Connection, dsn: str, pg: PgCluster) -> None:
