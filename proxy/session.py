@@ -56,9 +56,10 @@ from proxy.actions import (
     ToClient,
     ToServer,
 )
-from proxy.errors import ProtocolViolation, ProxyError, ResultLimit
+from proxy.errors import FeatureNotSupported, ProtocolViolation, ProxyError, ResultLimit
 from proxy.hooks import Admission
 from proxy.identity import SessionFacts
+from proxy.policy.textmode import parser_hazard
 from proxy.replies import (
     Entry,
     ExecuteCheck,
@@ -313,7 +314,13 @@ class Session:
             if t in ASYNC:
                 if t == 83:  # ParameterStatus
                     k, v = m.parse_parameter_status(buf[pos + 5 : end])
-                    self._on_parameter(k, v)
+                    hazard = self._on_parameter(k, v)
+                    if hazard is not None:
+                        # Statements are no longer read as the server reads them:
+                        # forward nothing more, end the session.
+                        if start < pos:
+                            out.append(ToClient(buf[start:pos]))
+                        return self._close(out, FeatureNotSupported(f"oversight: {hazard}"))
                 pos = end
                 continue
             # A message that may end a statement or an entry: handle it alone.
@@ -349,10 +356,14 @@ class Session:
         head = self.queue[0] if self.queue else None
         return head.stmts[0] if head and head.stmts else None
 
-    def _on_parameter(self, name: str, value: str) -> None:
+    def _on_parameter(self, name: str, value: str) -> str | None:
+        """Track a ParameterStatus; say why it ends the session, if it must."""
         self.parameters[name] = value
         if name == "application_name":
             self.facts = replace(self.facts, application=value)
+        # SET and set_config() of these are refused up front; this catches any
+        # other way (a function the rules allow), at the latest at the next Sync.
+        return parser_hazard(name, value)
 
     def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
         q = self.queue

@@ -31,6 +31,7 @@ from proxy.errors import (
     ProxyError,
     UpstreamUnavailable,
 )
+from proxy.policy.textmode import parser_hazard
 from proxy.scram import authenticate_client
 from proxy.settings import Upstream
 from proxy.streams import read_frame, read_startup_packet
@@ -154,6 +155,10 @@ async def connect_upstream(
         if f.type == b"S":
             k, v = m.parse_parameter_status(f.body)
             hs.parameters[k] = v
+            hazard = parser_hazard(k, v)
+            if hazard is not None:  # from PGOPTIONS, or the role's or database's settings
+                writer.close()
+                raise FeatureNotSupported(f"oversight: {hazard}")
         elif f.type == b"Z":
             hs.status = f.body[:1]
         elif f.type == b"E":

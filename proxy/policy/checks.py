@@ -16,9 +16,15 @@ from sqlglot.tokenizer_core import TokenType
 from proxy.catalog import SYSTEM_SCHEMAS
 from proxy.policy.analyze import Call, Occ
 from proxy.policy.context import Context
-from proxy.policy.functions import SIDE_CHANNEL_COLUMNS, dangerous, side_channel
+from proxy.policy.functions import (
+    INFORMATION_SCHEMA_HELPERS,
+    SIDE_CHANNEL_COLUMNS,
+    dangerous,
+    side_channel,
+)
 from proxy.policy.kinds import Head
 from proxy.policy.split import Piece
+from proxy.policy.textmode import parser_hazard
 from proxy.rules import TableRule
 
 if TYPE_CHECKING:
@@ -28,7 +34,6 @@ if TYPE_CHECKING:
 TOUCHES_TABLES = frozenset(
     {"grant", "revoke", "comment", "cluster", "reindex", "refresh", "security_label", "lock"}
 )
-_SAFE_ENCODINGS = {"utf8", "utf-8", "unicode", "sql_ascii"}
 _WRITE_DDL = {"create", "alter", "drop"}
 
 
@@ -164,6 +169,8 @@ def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
         if frule is not None:
             v.note(frule.id)
             continue
+        if schema == "information_schema" and name in INFORMATION_SCHEMA_HELPERS:
+            continue
         if schema != "pg_catalog":
             v.block("defaults.functions", f"function {q} is not allowed by any functions: rule")
             return
@@ -222,11 +229,11 @@ def explain_analyze(v: Verdict, tree: exp.Expr, ctx: Context) -> None:
 
 def setting(v: Verdict, h: Head) -> None:
     """SETs that would make PostgreSQL read statement text differently from the proxy."""
-    value = h.values[0].lower() if h.values else ""
-    if h.setting == "standard_conforming_strings" and not h.reset and value not in ("on", "true"):
-        v.block("defaults.parser", "standard_conforming_strings must stay on behind the proxy")
-    if h.setting in ("client_encoding", "names") and not h.reset and value not in _SAFE_ENCODINGS:
-        v.block("defaults.parser", f"client_encoding {value!r} is not supported by the proxy")
+    if h.reset or not h.setting:
+        return
+    hazard = parser_hazard(h.setting, h.values[0] if h.values else "")
+    if hazard is not None:
+        v.block("defaults.parser", hazard)
 
 
 def _names(piece: Piece) -> list[tuple[str, str]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from proxy.policy.textmode import parser_hazard
+
 # Exact pg_catalog names (compared lower case).
 DANGEROUS = frozenset(
     {
@@ -81,6 +83,25 @@ SIDE_CHANNEL_COLUMNS = {
 }
 
 
+# Built-in helpers of the information_schema views, which drivers call directly
+# for metadata (pgjdbc's getPrimaryKeys uses _pg_expandarray): catalog reads only.
+INFORMATION_SCHEMA_HELPERS = frozenset(
+    {
+        "_pg_expandarray",
+        "_pg_index_position",
+        "_pg_truetypid",
+        "_pg_truetypmod",
+        "_pg_char_max_length",
+        "_pg_char_octet_length",
+        "_pg_numeric_precision",
+        "_pg_numeric_precision_radix",
+        "_pg_numeric_scale",
+        "_pg_datetime_precision",
+        "_pg_interval_type",
+    }
+)
+
+
 def dangerous(name: str, args: list[str | None]) -> str | None:
     """Why calling pg_catalog function `name` with these literal args escapes policy, or None.
 
@@ -91,6 +112,11 @@ def dangerous(name: str, args: list[str | None]) -> str | None:
         first = args[0].lower() if args and args[0] is not None else None
         if first is None or first.strip() == "search_path":
             return "set_config on search_path moves name resolution behind the proxy's back"
+        if first.strip() in ("standard_conforming_strings", "client_encoding"):
+            value = args[1] if len(args) > 1 else None
+            if value is None:
+                return f"set_config on {first.strip()} with a computed value"
+            return parser_hazard(first, value)
         return None
     if n in DANGEROUS or _DANGEROUS_PREFIX.match(n):
         return f"{n}() reads data outside the tables the proxy can police"

@@ -113,11 +113,6 @@ async def test_database_metadata(compat_proxy: Any, classpath: str) -> None:
     assert got["metadata.next"] == MASKED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the proxy refuses information_schema._pg_expandarray, which pgjdbc's "
-    "getPrimaryKeys/getIndexInfo/getBestRowIdentifier call (defaults.functions)",
-)
 async def test_database_metadata_keys(compat_proxy: Any, classpath: str) -> None:
     got = await compat_check(compat_proxy, classpath, "keys")
     assert got["keys.primary"] == "id:people_pkey"

@@ -50,7 +50,7 @@ from playbook import (
     tokens,
 )
 
-from proxy.actions import ToClient, ToServer
+from proxy.actions import Close, ToClient, ToServer
 from proxy.errors import Blocked, VolumeLimit
 from proxy.hooks import Admission, StreamLimits
 from proxy.session import REFUSED_QUERY
@@ -764,6 +764,34 @@ def test_one_ready_for_query_per_sync_or_query() -> None:
     zs = [t for t in tokens(sent) if t.startswith("Z")]
     assert len(zs) == 6  # two Queries (one refused) and four Syncs
     assert not pb.session.queue
+
+
+def test_a_parameter_the_proxy_cannot_parse_under_ends_the_session() -> None:
+    pb = Playbook()
+    pb.client(query("select my_function()"))
+    reply = select(1) + parameter_status("standard_conforming_strings", "off")
+    reply += select(1)  # whatever follows was read by the server under the new setting
+    assert pb.server(reply) == [
+        "client T D",
+        "finish 'select my_function()' rows=1 SELECT 1",
+        "client C Z:I",
+        "close 0A000",
+    ]
+    close = pb.actions[-1]
+    assert isinstance(close, Close) and close.error is not None
+    assert "standard_conforming_strings must stay on" in close.error.message
+    assert pb.session.closed
+
+
+def test_safe_parameter_changes_pass_through() -> None:
+    pb = Playbook()
+    pb.client(query("set client_encoding to latin1"))
+    reply = command_complete("SET") + parameter_status("client_encoding", "LATIN1")
+    assert pb.server(reply + ready_for_query()) == [
+        "finish 'set client_encoding to latin1' rows=0 SET",
+        "client C S Z:I",
+    ]
+    assert not pb.session.closed
 
 
 def test_terminate_closes() -> None:
