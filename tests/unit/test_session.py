@@ -785,10 +785,10 @@ def test_a_parameter_the_proxy_cannot_parse_under_ends_the_session() -> None:
 
 def test_safe_parameter_changes_pass_through() -> None:
     pb = Playbook()
-    pb.client(query("set client_encoding to latin1"))
-    reply = command_complete("SET") + parameter_status("client_encoding", "LATIN1")
+    pb.client(query("set client_encoding to sql_ascii"))
+    reply = command_complete("SET") + parameter_status("client_encoding", "SQL_ASCII")
     assert pb.server(reply + ready_for_query()) == [
-        "finish 'set client_encoding to latin1' rows=0 SET",
+        "finish 'set client_encoding to sql_ascii' rows=0 SET",
         "client C S Z:I",
     ]
     assert not pb.session.closed
