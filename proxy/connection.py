@@ -114,8 +114,9 @@ class Connection:
                 data = b""
             if not data:
                 if not self._closing:
-                    err = UpstreamUnavailable("the upstream connection was lost")
-                    self.writer.write(m.error_response(err.fields()))
+                    if not session.upstream_fatal:  # else the client has the real reason
+                        err = UpstreamUnavailable("the upstream connection was lost")
+                        self.writer.write(m.error_response(err.fields()))
                     await self._finish("upstream connection lost")
                 return
             await self._run(session.server_data(data))

@@ -101,6 +101,7 @@ class Session:
         # the client cannot guess, so the Execute always fails (34000).
         self._nowhere = f"oversight-refused-{secrets.token_hex(8)}"
         self.closed = False
+        self.upstream_fatal = False  # the upstream said why it is going away
 
     # ------------------------------------------------------------ client side
 
@@ -366,6 +367,11 @@ class Session:
         return parser_hazard(name, value)
 
     def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
+        if t == b"E":
+            fields = m.error_fields(body)
+            # V is never translated (S is, under lc_messages).
+            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                self.upstream_fatal = True
         q = self.queue
         head = q[0] if q else None
         if head is None:
