@@ -116,8 +116,9 @@ class StalePlan(ProxyError):
 
     Sent as PostgreSQL sends its own error for a prepared statement whose
     result shape may no longer hold (0A000 from RevalidateCachedQuery):
-    drivers with statement caches (asyncpg, pgjdbc) recognise it by that
-    routine name, prepare the statement again and go on; others show it once.
+    drivers with statement caches recognise it by that routine name: asyncpg
+    prepares again and retries at once, pgjdbc prepares again at the next
+    execution; others show the error once.
     """
 
     sqlstate = "0A000"
