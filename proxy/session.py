@@ -348,9 +348,9 @@ class Session:
 
     def _dropping(self, head: Entry | None) -> bool:
         """Is upstream output now being thrown away (a cut-off statement or batch)?"""
-        if head is None:
-            return self._cutting is not None or self._drain
-        return self._cutting is not None or self._drain or head.aborted or head.kind == b"!"
+        if self._cutting is not None or self._drain:
+            return True
+        return head is not None and (head.aborted or head.kind == b"!")
 
     def current(self) -> Running | None:
         """The statement whose output is streaming now, if any."""
@@ -367,11 +367,10 @@ class Session:
         return parser_hazard(name, value)
 
     def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
-        if t == b"E":
-            fields = m.error_fields(body)
-            # V is never translated (S is, under lc_messages).
-            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
-                self.upstream_fatal = True
+        fields = m.error_fields(body) if t == b"E" else {}
+        # V is never translated (S is, under lc_messages).
+        if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+            self.upstream_fatal = True
         q = self.queue
         head = q[0] if q else None
         if head is None:
@@ -395,7 +394,6 @@ class Session:
         if t in b"CE":
             self._copy_in = False
         if t == b"E":
-            fields = m.error_fields(body)
             error = f"{fields.get('C', '?????')}: {fields.get('M', '')}"
             if kind == b"Q" and not head.stmts:
                 next_stmt(head)  # a statement past those the hooks counted failed

@@ -115,9 +115,7 @@ class Store(Protocol):
         """
         ...
 
-    async def add(
-        self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
-    ) -> Usage:
+    async def add(self, key: str, window: float, now: float, rows: int, nbytes: int) -> Usage:
         """Account what a statement produced into the current bucket.
 
         Returns the usage over the window afterwards.

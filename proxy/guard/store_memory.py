@@ -70,12 +70,10 @@ class MemoryStore:
         self._touch(key, now)
         return True, used
 
-    async def add(
-        self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
-    ) -> Usage:
+    async def add(self, key: str, window: float, now: float, rows: int, nbytes: int) -> Usage:
         counters = self._counters_for(key, window)
-        if rows or nbytes or queries:
-            counters.add(now, window, queries, rows, nbytes)
+        if rows or nbytes:
+            counters.add(now, window, 0, rows, nbytes)
             self._touch(key, now)
         return Usage(*counters.totals(now, window))
 

@@ -63,9 +63,6 @@ local mode = ARGV[4]
 if mode == 'add' then
   redis.call('HINCRBY', KEYS[1], 'r:' .. start, tonumber(ARGV[5]))
   redis.call('HINCRBY', KEYS[1], 'b:' .. start, tonumber(ARGV[6]))
-  if tonumber(ARGV[7]) > 0 then
-    redis.call('HINCRBY', KEYS[1], 'q:' .. start, tonumber(ARGV[7]))
-  end
   redis.call('PEXPIRE', KEYS[1], window + width)
 end
 local q, r, b = 0, 0, 0
@@ -238,9 +235,7 @@ class RedisStore:
             ),
         )
 
-    async def add(
-        self, key: str, window: float, now: float, rows: int, nbytes: int, queries: int = 0
-    ) -> Usage:
+    async def add(self, key: str, window: float, now: float, rows: int, nbytes: int) -> Usage:
         async def op() -> Usage:
             res = await self._budget(
                 keys=[self._k("budget", key)],
@@ -251,14 +246,11 @@ class RedisStore:
                     "add",
                     rows,
                     nbytes,
-                    queries,
                 ],
             )
             return Usage(int(res[1]), int(res[2]), int(res[3]))
 
-        return await self._run(
-            op, lambda: self._fallback.add(key, window, now, rows, nbytes, queries)
-        )
+        return await self._run(op, lambda: self._fallback.add(key, window, now, rows, nbytes))
 
     async def usage(self, key: str, window: float, now: float) -> Usage:
         async def op() -> Usage:
