@@ -66,6 +66,14 @@ def compat_schema(pg: PgCluster) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {COMPAT_SCHEMA} CASCADE")
 
 
+def clear_scratch(pg: PgCluster, ids: range) -> None:
+    """Delete a test file's own id range from the shared compat.scratch (directly, as owner)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(
+            f"DELETE FROM {COMPAT_SCHEMA}.scratch WHERE id BETWEEN %s AND %s", (ids[0], ids[-1])
+        )
+
+
 @pytest.fixture
 async def compat_proxy(
     pg: PgCluster, compat_schema: str, proxy_factory: Any, tmp_path: Path

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED
+from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED, clear_scratch
 from pgcluster import PgCluster
 
 EXPECTED = [(i, name, MASKED) for i, name, _ssn, _notes in COMPAT_PEOPLE]
@@ -36,20 +36,11 @@ async def _scratch(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
     return _rows(await conn.fetch(q, IDS[0], IDS[-1]))
 
 
-async def _clean(dsn: str) -> None:
-    c = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await c.execute("DELETE FROM compat.scratch WHERE id BETWEEN $1 AND $2", IDS[0], IDS[-1])
-    finally:
-        await c.close(timeout=10)
-
-
 @pytest.fixture
-async def dsn(compat_proxy: Any) -> AsyncIterator[str]:
-    url: str = compat_proxy.dsn(user=COMPAT_USER)
-    await _clean(url)
-    yield url
-    await _clean(url)
+def dsn(compat_proxy: Any, pg: PgCluster) -> Iterator[str]:
+    clear_scratch(pg, IDS)
+    yield compat_proxy.dsn(user=COMPAT_USER)
+    clear_scratch(pg, IDS)
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ the session goes on.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import pg8000.dbapi
 import pg8000.native
 import pytest
-from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED
+from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED, clear_scratch
+from pgcluster import PgCluster
 
 EXPECTED = [[i, name, MASKED] for i, name, _ssn, _notes in COMPAT_PEOPLE]
 BLOCKED = "oversight: blocked by compat-people"
@@ -30,20 +32,11 @@ def _error(e: Exception) -> tuple[str, bool]:
     return fields["C"], fields["M"].startswith(BLOCKED)
 
 
-def _clean(params: dict[str, Any]) -> None:
-    con = pg8000.native.Connection(**params, timeout=20)
-    try:
-        con.run("DELETE FROM compat.scratch WHERE id BETWEEN :a AND :b", a=IDS[0], b=IDS[-1])
-    finally:
-        con.close()
-
-
 @pytest.fixture
-async def params(compat_proxy: Any, run_sync: Any) -> Any:
-    p = compat_proxy.params(user=COMPAT_USER)
-    await run_sync(_clean, p)
-    yield p
-    await run_sync(_clean, p)
+def params(compat_proxy: Any, pg: PgCluster) -> Iterator[dict[str, Any]]:
+    clear_scratch(pg, IDS)
+    yield compat_proxy.params(user=COMPAT_USER)
+    clear_scratch(pg, IDS)
 
 
 def _native(params: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED
+from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED, clear_scratch
+from pgcluster import PgCluster
 from psycopg import errors, pq
 
 EXPECTED = [(i, name, MASKED) for i, name, _ssn, _notes in COMPAT_PEOPLE]
@@ -45,14 +46,13 @@ async def _scratch(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-async def aconn(compat_proxy: Any) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+async def aconn(compat_proxy: Any, pg: PgCluster) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    clear_scratch(pg, IDS)
     dsn = compat_proxy.dsn(user=COMPAT_USER)
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    await conn.execute("DELETE FROM compat.scratch WHERE id BETWEEN %s AND %s", [IDS[0], IDS[-1]])
     yield conn
     await conn.close()
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-        await c.execute("DELETE FROM compat.scratch WHERE id BETWEEN %s AND %s", [IDS[0], IDS[-1]])
+    clear_scratch(pg, IDS)
 
 
 async def test_async_masked_and_denied(aconn: psycopg.AsyncConnection[Any]) -> None:

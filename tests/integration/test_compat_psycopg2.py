@@ -11,6 +11,7 @@ statement reading `notes` is refused with 42501, and the session goes on.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -18,7 +19,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 import pytest
-from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED
+from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED, clear_scratch
+from pgcluster import PgCluster
 
 EXPECTED = [(i, name, MASKED) for i, name, _ssn, _notes in COMPAT_PEOPLE]
 BLOCKED = "oversight: blocked by compat-people"
@@ -39,22 +41,11 @@ def _scratch(conn: Any) -> list[tuple[int, str]]:
         return list(cur.fetchall())
 
 
-def _clean(dsn: str) -> None:
-    conn = _connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM compat.scratch WHERE id BETWEEN %s AND %s", (IDS[0], IDS[-1]))
-    finally:
-        conn.close()
-
-
 @pytest.fixture
-async def dsn(compat_proxy: Any, run_sync: Any) -> Any:
-    url = compat_proxy.dsn(user=COMPAT_USER)
-    await run_sync(_clean, url)
-    yield url
-    await run_sync(_clean, url)
+def dsn(compat_proxy: Any, pg: PgCluster) -> Iterator[str]:
+    clear_scratch(pg, IDS)
+    yield compat_proxy.dsn(user=COMPAT_USER)
+    clear_scratch(pg, IDS)
 
 
 def _plain(dsn: str) -> dict[str, Any]:

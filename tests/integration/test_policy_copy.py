@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
-from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED
+from conftest import COMPAT_PEOPLE, COMPAT_USER, MASKED, clear_scratch
 from pgcluster import PgCluster
 from psycopg import errors
 
@@ -30,17 +30,11 @@ IDS = range(6000, 6100)  # this file's rows in the shared compat.scratch
 MASKED_PEOPLE = "SELECT id, name, '****'::text AS ssn FROM compat.people"
 
 
-async def _clean(dsn: str) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-        await c.execute("DELETE FROM compat.scratch WHERE id BETWEEN %s AND %s", [IDS[0], IDS[-1]])
-
-
 @pytest.fixture
-async def dsn(compat_proxy: Any) -> AsyncIterator[str]:
-    url: str = compat_proxy.dsn(user=COMPAT_USER)
-    await _clean(url)
-    yield url
-    await _clean(url)
+def dsn(compat_proxy: Any, pg: PgCluster) -> Iterator[str]:
+    clear_scratch(pg, IDS)
+    yield compat_proxy.dsn(user=COMPAT_USER)
+    clear_scratch(pg, IDS)
 
 
 @pytest.fixture
