@@ -88,6 +88,10 @@ def writes(v: Verdict, occs: list[Occ], ctx: Context) -> None:
     """Writes to governed tables need the rule's consent and must not read masked columns."""
     kind = v.kind
     for o in (o for o in occs if o.write):
+        if ctx.has_policy and o.qualified == "pg_catalog.pg_settings":
+            # UPDATE pg_settings is set_config(): search_path, standard_conforming_strings...
+            v.block("defaults.functions", "writing pg_settings changes settings behind the proxy")
+            continue
         rule = ctx.rule_for(o.qualified)
         if rule is None:
             view_rule = _governed_base(o, ctx)

@@ -2,7 +2,7 @@
 
 With standard_conforming_strings off, `'\\'` no longer ends a string for the
 server, so text the proxy read as a literal runs as SQL: a denied column
-could be read. Every way in is closed: SET and set_config() are refused,
+could be read. Every way in is closed: SET and set_config() (and UPDATE pg_settings) are refused,
 a session whose startup parameters (PGOPTIONS, role or database settings)
 say so is refused, and a session the server reports the change for by any
 other path is ended before anything more is relayed.
@@ -27,6 +27,7 @@ async def test_set_config_of_parser_settings_is_refused(compat_proxy: Any) -> No
             "SELECT set_config('standard_conforming_strings', 'off', false)",
             "SELECT set_config('client_encoding', 'SJIS', false)",
             "SET standard_conforming_strings = off",
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
                 await conn.execute(sql)
