@@ -61,8 +61,9 @@ async def scramp_client(
     assert code == m.AUTH_SASL_CONTINUE
     c.set_server_first(data.decode())
     final = c.get_client_final()
-    if tamper:  # flip the proof's last character
-        final = final[:-2] + ("A" if final[-2] != "A" else "B") + final[-1]
+    if tamper:  # change the proof's first character (the last one partly encodes padding)
+        i = final.index(",p=") + 3
+        final = final[:i] + ("A" if final[i] != "A" else "B") + final[i + 1 :]
     writer.write(m.password_message(final.encode()))
     await writer.drain()
     try:
