@@ -127,19 +127,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from proxy.policy.commands import cmd_check
+    from proxy.commands.rules import cmd_check
 
     return cmd_check(_rules_path(args.rules), args.schema, args.upstream)
 
 
 def _test(args: argparse.Namespace) -> int:
-    from proxy.policy.commands import cmd_test
+    from proxy.commands.rules import cmd_test
 
     return cmd_test(_rules_path(args.rules), args.schema, args.upstream)
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from proxy.policy.commands import cmd_explain
+    from proxy.commands.rules import cmd_explain
 
     upstream = args.upstream
     if not args.schema and not upstream:
@@ -177,9 +177,7 @@ def _tail(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from proxy.audit import cmd_verify
 
-    return cmd_verify(
-        args.files, _audit_key(), discover_rotated=args.rotated, partial=args.partial
-    )
+    return cmd_verify(args.files, _audit_key(), discover_rotated=args.rotated, partial=args.partial)
 
 
 def _passwd(args: argparse.Namespace) -> int:

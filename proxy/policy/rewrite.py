@@ -20,8 +20,8 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
 from proxy.catalog import Relation
-from proxy.policy.sqlcheck import parse_snippet
 from proxy.rules import Principal, SqlMask, TableRule
+from proxy.rules.sqlcheck import parse_snippet
 
 _PG = Postgres()
 

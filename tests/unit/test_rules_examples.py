@@ -72,7 +72,7 @@ def test_schema_file_matches_the_demo_data() -> None:
 
 def test_rule_file_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     """What `oversight test rules/ --schema rules/demo-schema.json` runs in CI."""
-    from proxy.policy.commands import cmd_test
+    from proxy.commands.rules import cmd_test
 
     rc = cmd_test(str(RULES), str(SCHEMA), None)
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.policy.commands import cmd_check, cmd_explain, cmd_test
+from proxy.commands.rules import cmd_check, cmd_explain, cmd_test
 
 FIX = Path(__file__).parent / "fixtures"
 RULES, SCHEMA = str(FIX / "rules.yaml"), str(FIX / "schema.yaml")

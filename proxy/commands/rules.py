@@ -1,5 +1,7 @@
 """`oversight check`, `oversight test` and `oversight explain`: the policy engine for DBAs.
 
+The I/O side of rule checking (reading files, loading a catalog, printing);
+the checks themselves are pure and live in proxy/rules and proxy/policy.
 Each function prints to stdout and returns the process exit code; proxy/cli.py
 wires them into argparse. A catalog comes from `--schema FILE` or, failing
 that, from the upstream DSN; without either, checks that need one are skipped
@@ -9,17 +11,12 @@ that, from the upstream DSN; without either, checks that need one are skipped
 from __future__ import annotations
 
 import asyncio
-import sys
-
-from sqlglot import exp
 
 from proxy.catalog import Catalog, load_catalog
 from proxy.identity import SessionFacts
-from proxy.policy.analyze import fold
+from proxy.policy.catalogcheck import attribute_problems, catalog_problems
 from proxy.policy.engine import Decision, PolicyEngine
-from proxy.policy.sqlcheck import parse_snippet
-from proxy.rules import ATTR_PARAM, RulesError, RuleSet, SqlMask, load_rules
-from proxy.rules import glob_regex as _glob
+from proxy.rules import RulesError, RuleSet, load_rules
 
 
 def _catalog(schema: str | None, upstream: str | None) -> tuple[Catalog | None, str]:
@@ -38,64 +35,6 @@ def _load(rules: str) -> RuleSet | None:
             print(p)
         print(f"{len(e.problems)} problem(s) in {rules}")
         return None
-
-
-def catalog_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
-    """Problems only a catalog can reveal: globs that match nothing, columns that do not exist."""
-    out: list[str] = []
-    names = list(catalog.relations)
-    for r in rs.rules:
-        where = f"{rs.sources.get(r.id, '?')}: rule {r.id}"
-        pattern = _glob(r.table)
-        matched = [n for n in names if pattern.fullmatch(n)]
-        if not matched:
-            out.append(f"{where}: table: {r.table} matches no relation in the catalog")
-            continue
-        for q in matched:
-            cols = set(catalog.relations[q].columns)
-            for c in r.columns:
-                if cols and c not in cols:
-                    out.append(f"{where}: columns.{c}: {q} has no column {c}")
-            for c in _filter_columns(r.row_filter) - cols if cols else ():
-                out.append(f"{where}: row_filter: {q} has no column {c}")
-    for f in rs.functions:
-        where = f"{rs.sources.get(f.id, '?')}: rule {f.id}"
-        known = [f"{s}.{n}" for n, ss in catalog.functions.items() for s in ss]
-        for pat in f.allow:
-            if pat.startswith("pg_catalog."):
-                continue
-            if not any(_glob(pat).fullmatch(k) for k in known):
-                out.append(f"{where}: allow: {pat} matches no function in the catalog")
-    return out
-
-
-def _filter_columns(row_filter: str | None) -> set[str]:
-    """Bare column names a row filter uses outside its own subqueries."""
-    if not row_filter:
-        return set()
-    tree = parse_snippet(row_filter)
-    return {
-        fold(c.this)
-        for c in tree.find_all(exp.Column)
-        if not c.table and c.find_ancestor(exp.Select) is None
-    }
-
-
-def attribute_problems(rs: RuleSet) -> list[str]:
-    """Users whose rules bind an :attribute they do not have (decisions would block)."""
-    out: list[str] = []
-    for name, entry in rs.users.items():
-        facts = SessionFacts(name, "")
-        have = {"user", *entry.attributes}
-        for r in rs.matching_rules(facts):
-            texts = [r.row_filter or ""] + [
-                p.sql for p in r.columns.values() if isinstance(p, SqlMask)
-            ]
-            for t in texts:
-                for a in sorted(set(ATTR_PARAM.findall(t)) - have):
-                    where = f"{rs.sources.get(r.id, '?')}: rule {r.id}"
-                    out.append(f"{where}: row_filter: user {name} has no attribute :{a}")
-    return out
 
 
 def cmd_check(rules: str, schema: str | None, upstream: str | None) -> int:
@@ -211,20 +150,3 @@ def cmd_test(rules: str, schema: str | None, upstream: str | None) -> int:
             print(f"ok   {label}")
     print(f"{len(rs.tests) - failed} passed, {failed} failed")
     return 1 if failed else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Tiny stand-alone entry (`python -m proxy.policy.commands check rules/`) for debugging."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) >= 2 and args[0] == "check":
-        return cmd_check(args[1], args[2] if len(args) > 2 else None, None)
-    if len(args) >= 2 and args[0] == "test":
-        return cmd_test(args[1], args[2] if len(args) > 2 else None, None)
-    if len(args) >= 4 and args[0] == "explain":
-        return cmd_explain(args[1], args[2], args[3], args[4] if len(args) > 4 else None, None)
-    print("usage: check RULES [SCHEMA] | test RULES [SCHEMA] | explain USER SQL RULES [SCHEMA]")
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Static checks of the SQL snippets DBAs write in rule files (row filters, `{sql:}` masks).
 
-Kept apart from rules.py so rule models load without sqlglot, and shared by
+Kept apart from the models so they load without sqlglot, and shared by
 `oversight check` and the loader: a filter that does not parse is a rule-file
 problem, not a surprise at the first query.
 """

@@ -1,17 +1,14 @@
-"""Rule files (DESIGN.md, "Rule files (version 1)"): loading, validation, merging, matching.
+"""Loading rule files: validation, merging, problem reports (DESIGN.md, "Rule files").
 
 A rule set is loaded from one YAML file or a directory of `*.yaml` files merged in
 file-name order. Loading either yields a complete, validated `RuleSet` or raises
 `RulesError` listing every problem found ("file: rule <id>: field: message"), so a
 DBA fixes them all in one pass and a running proxy can keep its last good set.
-The models themselves are in proxy/policy/rulefile.py and re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,119 +16,17 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from proxy.identity import SessionFacts
-from proxy.policy.rulefile import (
-    ATTR_PARAM,
-    DEFAULT_STATEMENTS,
-    MASK_KINDS,
-    ColumnPolicy,
-    Defaults,
-    Duration,
+from proxy.rules.model import (
     ExtractionRule,
     FunctionRule,
-    HourRange,
-    Match,
-    Mode,
-    Principal,
     RuleFile,
+    RuleModel,
     RuleTest,
-    Size,
     SqlMask,
-    StrList,
     TableRule,
-    TestExpect,
-    UserEntry,
-    _Model,
-    glob_regex,
-    parse_duration,
-    parse_size,
 )
-
-__all__ = [
-    "ATTR_PARAM",
-    "DEFAULT_STATEMENTS",
-    "MASK_KINDS",
-    "ColumnPolicy",
-    "Defaults",
-    "Duration",
-    "ExtractionRule",
-    "FunctionRule",
-    "HourRange",
-    "Match",
-    "Mode",
-    "Principal",
-    "RuleFile",
-    "RuleSet",
-    "RuleTest",
-    "RulesError",
-    "Size",
-    "SqlMask",
-    "StrList",
-    "TableRule",
-    "TestExpect",
-    "UserEntry",
-    "glob_regex",
-    "load_rules",
-    "parse_duration",
-    "parse_size",
-]
-
-
-class RulesError(Exception):
-    """A rule set that does not validate; `.problems` has one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("invalid rule set:\n" + "\n".join(problems))
-        self.problems = problems
-
-
-@dataclass(slots=True)
-class RuleSet:
-    """The merged, validated rule files; immutable once built."""
-
-    defaults: Defaults = field(default_factory=Defaults)
-    users: dict[str, UserEntry] = field(default_factory=dict)
-    rules: list[TableRule] = field(default_factory=list)
-    functions: list[FunctionRule] = field(default_factory=list)
-    extraction: list[ExtractionRule] = field(default_factory=list)
-    tests: list[RuleTest] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)  # rule id -> file
-    version: str = ""
-
-    @property
-    def uses_hours(self) -> bool:
-        items: Iterable[TableRule | FunctionRule | ExtractionRule]
-        items = [*self.rules, *self.functions, *self.extraction]
-        return any(r.match is not None and r.match.hours is not None for r in items)
-
-    @property
-    def known_attributes(self) -> set[str]:
-        return {"user"} | {a for u in self.users.values() for a in u.attributes}
-
-    def principal(self, facts: SessionFacts) -> Principal:
-        entry = self.users.get(facts.user)
-        if entry is None:
-            return Principal(facts.user)
-        attrs = {k: _attr_text(v) for k, v in entry.attributes.items()}
-        return Principal(facts.user, frozenset(entry.groups), attrs)
-
-    def matching_extraction(self, facts: SessionFacts) -> list[ExtractionRule]:
-        who = self.principal(facts)
-        return [r for r in self.extraction if r.match is None or r.match.fits(who, facts)]
-
-    def matching_rules(self, facts: SessionFacts) -> list[TableRule]:
-        who = self.principal(facts)
-        return [r for r in self.rules if r.match is None or r.match.fits(who, facts)]
-
-    def matching_functions(self, facts: SessionFacts) -> list[FunctionRule]:
-        who = self.principal(facts)
-        return [r for r in self.functions if r.match is None or r.match.fits(who, facts)]
-
-
-def _attr_text(v: str | int | float | bool) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
+from proxy.rules.ruleset import RulesError, RuleSet
+from proxy.rules.sqlcheck import sql_problems
 
 
 def _files(path: Path) -> list[Path]:
@@ -160,7 +55,7 @@ def _locate(raw: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
     return prefix, ".".join(parts) or "(rule)"
 
 
-_SECTIONS: dict[str, type[_Model]] = {
+_SECTIONS: dict[str, type[RuleModel]] = {
     "rules": TableRule,
     "functions": FunctionRule,
     "extraction": ExtractionRule,
@@ -275,8 +170,6 @@ def load_rules(path: str | Path) -> RuleSet:
 
 def static_problems(fname: str, rules: list[TableRule], known: set[str]) -> list[str]:
     """Problems found without a catalog: bad SQL in filters and masks, unknown :attributes."""
-    from proxy.policy.sqlcheck import sql_problems  # late: keeps rules importable alone
-
     out: list[str] = []
     for r in rules:
         where = f"{fname}: rule {r.id}"

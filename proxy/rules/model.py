@@ -3,7 +3,8 @@
 Pydantic models with `extra="forbid"`, so an unknown key is a problem, plus the
 small parsers they use (sizes like "50MB", windows like "1h", hour ranges,
 column policies) and identity matching (`Match.fits`). Loading, merging and
-problem reporting live in proxy/rules.py, which re-exports everything here.
+problem reporting live in proxy/rules/load.py; proxy/rules/__init__.py
+re-exports both.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ StrList = Annotated[list[str], BeforeValidator(_as_list)]
 Mode = Literal["enforce", "dry_run"]
 
 
-class _Model(BaseModel):
+class RuleModel(BaseModel):
+    """Base of every rule-file model: unknown keys are problems, values never change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -106,7 +109,7 @@ class Principal:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
-class HourRange(_Model):
+class HourRange(RuleModel):
     start: time
     end: time
 
@@ -134,7 +137,7 @@ def _parse_hours(value: Any) -> Any:
     return out
 
 
-class Match(_Model):
+class Match(RuleModel):
     """Who a rule applies to; every key present must fit, absent keys fit everyone."""
 
     users: StrList | None = None
@@ -179,7 +182,7 @@ class Match(_Model):
         return True
 
 
-class SqlMask(_Model):
+class SqlMask(RuleModel):
     sql: str
 
 
@@ -204,7 +207,7 @@ ColumnPolicy = Annotated[
 ]
 
 
-class Defaults(_Model):
+class Defaults(RuleModel):
     mode: Mode = "enforce"
     unknown_tables: Literal["allow", "block"] = "allow"
     unparsed: Literal["allow", "block"] = "block"
@@ -214,12 +217,12 @@ class Defaults(_Model):
         return "all" in self.statements or kind in self.statements
 
 
-class UserEntry(_Model):
+class UserEntry(RuleModel):
     groups: StrList = Field(default_factory=list)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-class TableRule(_Model):
+class TableRule(RuleModel):
     """A row filter, column policies or access decision for the tables `table` matches."""
 
     id: str
@@ -260,7 +263,7 @@ class TableRule(_Model):
         return {m for t in texts for m in ATTR_PARAM.findall(_strip_strings(t))}
 
 
-class FunctionRule(_Model):
+class FunctionRule(RuleModel):
     id: str
     description: str = ""
     match: Match | None = None
@@ -275,7 +278,7 @@ class FunctionRule(_Model):
         return any(p.fullmatch(qualified) for p in self._patterns)
 
 
-class ExtractionRule(_Model):
+class ExtractionRule(RuleModel):
     """Limits and detectors the extraction guard enforces on result streams."""
 
     id: str
@@ -304,13 +307,13 @@ class ExtractionRule(_Model):
         return self
 
 
-class TestExpect(_Model):
+class TestExpect(RuleModel):
     decision: Literal["allow", "rewrite", "block"]
     rules: StrList | None = None
     sql_contains: StrList | None = None
 
 
-class RuleTest(_Model):
+class RuleTest(RuleModel):
     __test__ = False  # not a pytest class
     user: str
     sql: str
@@ -320,7 +323,7 @@ class RuleTest(_Model):
     search_path: StrList | None = None
 
 
-class RuleFile(_Model):
+class RuleFile(RuleModel):
     version: Literal[1]
     defaults: Defaults | None = None
     users: dict[str, UserEntry] = Field(default_factory=dict)

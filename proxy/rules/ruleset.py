@@ -1,0 +1,78 @@
+"""The merged, validated rule set the policy engine and the guard read.
+
+Built by proxy/rules/load.py from one file or a directory of files; immutable
+once built, so a running proxy swaps whole sets on reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from proxy.identity import SessionFacts
+from proxy.rules.model import (
+    Defaults,
+    ExtractionRule,
+    FunctionRule,
+    Principal,
+    RuleTest,
+    TableRule,
+    UserEntry,
+)
+
+
+class RulesError(Exception):
+    """A rule set that does not validate; `.problems` has one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid rule set:\n" + "\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """The merged, validated rule files; immutable once built."""
+
+    defaults: Defaults = field(default_factory=Defaults)
+    users: dict[str, UserEntry] = field(default_factory=dict)
+    rules: list[TableRule] = field(default_factory=list)
+    functions: list[FunctionRule] = field(default_factory=list)
+    extraction: list[ExtractionRule] = field(default_factory=list)
+    tests: list[RuleTest] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # rule id -> file
+    version: str = ""
+
+    @property
+    def uses_hours(self) -> bool:
+        items: Iterable[TableRule | FunctionRule | ExtractionRule]
+        items = [*self.rules, *self.functions, *self.extraction]
+        return any(r.match is not None and r.match.hours is not None for r in items)
+
+    @property
+    def known_attributes(self) -> set[str]:
+        return {"user"} | {a for u in self.users.values() for a in u.attributes}
+
+    def principal(self, facts: SessionFacts) -> Principal:
+        entry = self.users.get(facts.user)
+        if entry is None:
+            return Principal(facts.user)
+        attrs = {k: _attr_text(v) for k, v in entry.attributes.items()}
+        return Principal(facts.user, frozenset(entry.groups), attrs)
+
+    def matching_extraction(self, facts: SessionFacts) -> list[ExtractionRule]:
+        who = self.principal(facts)
+        return [r for r in self.extraction if r.match is None or r.match.fits(who, facts)]
+
+    def matching_rules(self, facts: SessionFacts) -> list[TableRule]:
+        who = self.principal(facts)
+        return [r for r in self.rules if r.match is None or r.match.fits(who, facts)]
+
+    def matching_functions(self, facts: SessionFacts) -> list[FunctionRule]:
+        who = self.principal(facts)
+        return [r for r in self.functions if r.match is None or r.match.fits(who, facts)]
+
+
+def _attr_text(v: str | int | float | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
