@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.address import parse_optional_address
 from proxy.metrics import METRICS, Metrics
 
 MAX_HEAD = 8192
@@ -54,15 +55,6 @@ DISABLED = (
     "The Oversight dashboard is disabled: set OVERSIGHT_ADMIN_TOKEN to enable it.\n"
     "/metrics, /healthz and /readyz are served without a token.\n"
 )
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' into (host, port); a bare ':port' means loopback."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"admin listen address must be host:port, got {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
 
 
 def dashboard_html() -> bytes:
@@ -106,9 +98,10 @@ class AdminServer:
         self.port = 0
 
     async def start(self) -> None:
-        if not self.listen:
+        address = parse_optional_address(self.listen)
+        if address is None:
             return
-        host, port = parse_listen(self.listen)
+        host, port = address
         self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD)
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -1,14 +1,32 @@
-"""The `oversight` command (DESIGN.md, "The command")."""
+"""The `oversight` command (DESIGN.md, "The command").
+
+Every subcommand that uses a setting reads it from one `Settings` object
+(proxy/settings.py: OVERSIGHT_* environment, then `--config FILE` or
+./oversight.toml), never from os.environ: a key set only in the file works
+for `audit verify` as it does for `serve`. Command-line arguments beat
+settings. `demo` alone reads no settings: it brings its own PostgreSQL, and
+a deployment's settings could point it elsewhere.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from proxy.address import parse_address
+from proxy.settings import Settings
+
 EXIT_USAGE = 2
+
+
+def _listen_arg(value: str) -> str:
+    try:
+        parse_address(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,33 +37,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Settings for every subcommand that reads them (all but `demo`).
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (default ./oversight.toml); OVERSIGHT_* variables win",
+    )
 
-    s = sub.add_parser("serve", help="run the proxy from settings")
-    s.add_argument("--config", help="TOML settings file (default ./oversight.toml)")
+    sub.add_parser("serve", help="run the proxy from settings", parents=[config])
 
     d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + example rules + proxy")
     d.add_argument("--keep", action="store_true", help="keep the data directory for next time")
-    d.add_argument("--listen", default="127.0.0.1:6432")
+    d.add_argument("--listen", default="127.0.0.1:6432", type=_listen_arg)
     d.add_argument("--data-dir", default=None)
     d.add_argument("--scale", type=float, default=1.0, help="data set size factor")
 
     for name, text in (("check", "validate rule files"), ("test", "run the rule files' tests")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("rules", nargs="?", default=None, help="file or directory of *.yaml")
+        c = sub.add_parser(name, help=text, parents=[config])
+        c.add_argument("rules", nargs="?", default=None, help="file or directory (default: rules)")
         c.add_argument("--schema", help="catalog from a schema file instead of the upstream")
         c.add_argument("--upstream", help="catalog from this postgresql:// URI")
 
-    e = sub.add_parser("explain", help="decision, rules and rewritten SQL, without running it")
+    e = sub.add_parser(
+        "explain", help="decision, rules and rewritten SQL, without running it", parents=[config]
+    )
     e.add_argument("--user", required=True)
-    e.add_argument("--rules", default=None)
+    e.add_argument("--rules", default=None, help="default: the rules setting")
     e.add_argument("--schema")
-    e.add_argument("--upstream")
+    e.add_argument("--upstream", help="default: the upstream setting, unless --schema")
     e.add_argument("--application", default="")
     e.add_argument("--client-ip", default="127.0.0.1")
     e.add_argument("sql")
 
-    t = sub.add_parser("tail", help="follow the audit log, one line per record")
-    t.add_argument("file", nargs="?", default=None)
+    t = sub.add_parser("tail", help="follow the audit log, one line per record", parents=[config])
+    t.add_argument("file", nargs="?", default=None, help="default: the audit_log setting")
     t.add_argument("--blocked", action="store_true", help="only refused and cut-off statements")
     t.add_argument("--user")
     t.add_argument("--since", help="RFC 3339 time or relative (10m, 2h)")
@@ -54,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("audit", help="audit log tools")
     asub = a.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    v = asub.add_parser("verify", help="check the hash chain of audit files")
+    v = asub.add_parser(
+        "verify", help="check the hash chain of audit files (key: audit_key)", parents=[config]
+    )
     v.add_argument("files", nargs="+")
     v.add_argument(
         "--rotated", action="store_true", help="also check the rotated files before each file"
@@ -65,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the first record may continue a chain (older files are gone)",
     )
 
-    pw = sub.add_parser("passwd", help="write a SCRAM-SHA-256 verifier for proxy auth mode")
+    pw = sub.add_parser(
+        "passwd", help="write a SCRAM-SHA-256 verifier for proxy auth mode", parents=[config]
+    )
     pw.add_argument("user")
-    pw.add_argument("--file", default=None, help="users file (default OVERSIGHT_USERS_FILE)")
+    pw.add_argument("--file", default=None, help="users file (default: the users_file setting)")
     return p
 
 
@@ -84,13 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _settings_or_exit(config: str | None = None) -> object:
+def _settings(args: argparse.Namespace) -> Settings:
+    """The one settings object; a bad one exits 2 with one line naming the setting."""
     from pydantic import ValidationError
 
     from proxy.settings import load_settings
 
     try:
-        return load_settings(config)
+        return load_settings(args.config)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "settings"
@@ -101,19 +132,14 @@ def _settings_or_exit(config: str | None = None) -> object:
     raise SystemExit(EXIT_USAGE)
 
 
-def _rules_path(given: str | None) -> str:
-    return given or os.environ.get("OVERSIGHT_RULES", "rules/")
-
-
 def _serve(args: argparse.Namespace) -> int:
     from proxy.run import serve
-    from proxy.settings import Settings
 
-    settings = _settings_or_exit(args.config)
-    assert isinstance(settings, Settings)
+    settings = _settings(args)
     if not settings.upstream:
         print(
-            "oversight: no upstream: set OVERSIGHT_UPSTREAM to a postgresql:// URI",
+            "oversight: no upstream: set OVERSIGHT_UPSTREAM (or `upstream` in the config "
+            "file) to a postgresql:// URI",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -129,25 +155,28 @@ def _demo(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from proxy.commands.rules import cmd_check
 
-    return cmd_check(_rules_path(args.rules), args.schema, args.upstream)
+    settings = _settings(args)  # also when unused: a broken --config is reported, not ignored
+    return cmd_check(args.rules or settings.rules, args.schema, args.upstream)
 
 
 def _test(args: argparse.Namespace) -> int:
     from proxy.commands.rules import cmd_test
 
-    return cmd_test(_rules_path(args.rules), args.schema, args.upstream)
+    settings = _settings(args)
+    return cmd_test(args.rules or settings.rules, args.schema, args.upstream)
 
 
 def _explain(args: argparse.Namespace) -> int:
     from proxy.commands.rules import cmd_explain
 
+    settings = _settings(args)
     upstream = args.upstream
     if not args.schema and not upstream:
-        upstream = os.environ.get("OVERSIGHT_UPSTREAM")
+        upstream = settings.upstream
     return cmd_explain(
         args.user,
         args.sql,
-        _rules_path(args.rules),
+        args.rules or settings.rules,
         args.schema,
         upstream,
         application=args.application,
@@ -155,15 +184,14 @@ def _explain(args: argparse.Namespace) -> int:
     )
 
 
-def _audit_key() -> bytes | None:
-    key = os.environ.get("OVERSIGHT_AUDIT_KEY")
-    return key.encode() if key else None
-
-
 def _tail(args: argparse.Namespace) -> int:
     from proxy.audit import cmd_tail
 
-    path = args.file or os.environ.get("OVERSIGHT_AUDIT_LOG", "oversight-audit.jsonl")
+    settings = _settings(args)
+    path = args.file or settings.audit_log
+    if not path:
+        print("oversight: the audit log is off (audit_log is empty); name a file", file=sys.stderr)
+        return EXIT_USAGE
     return cmd_tail(
         path,
         blocked=args.blocked,
@@ -177,15 +205,22 @@ def _tail(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from proxy.audit import cmd_verify
 
-    return cmd_verify(args.files, _audit_key(), discover_rotated=args.rotated, partial=args.partial)
+    key = _settings(args).audit_key
+    return cmd_verify(
+        args.files,
+        key.get_secret_value().encode() if key else None,
+        discover_rotated=args.rotated,
+        partial=args.partial,
+    )
 
 
 def _passwd(args: argparse.Namespace) -> int:
     from proxy.passwd import cmd_passwd
 
-    path = args.file or os.environ.get("OVERSIGHT_USERS_FILE")
+    settings = _settings(args)
+    path = args.file or settings.users_file
     if not path:
-        print("oversight: give --file or set OVERSIGHT_USERS_FILE", file=sys.stderr)
+        print("oversight: give --file or set users_file (OVERSIGHT_USERS_FILE)", file=sys.stderr)
         return EXIT_USAGE
     return cmd_passwd(args.user, path)
 

@@ -6,7 +6,6 @@ The names are the contract in DESIGN.md. Validation here is what lets
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,33 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-
-def parse_address(value: str, *, default_port: int) -> tuple[str, int]:
-    """`host:port`, `[v6]:port`, `host` or `:port` -> (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_s = rest.lstrip(":") or str(default_port)
-    elif value.count(":") == 1:
-        host, port_s = value.split(":")
-    elif value.count(":") > 1:
-        host, port_s = value, str(default_port)
-    else:
-        host, port_s = value, str(default_port)
-    host = host or "127.0.0.1"
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"bad port in address {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in address {value!r}")
-    if not host.replace("-", "").replace(".", "").replace("_", "").isalnum():
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"bad host in address {value!r}") from None
-    return host, port
-
+from proxy.address import parse_address, parse_optional_address
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -65,14 +38,7 @@ class Upstream:
         self.database = unquote(u.path.lstrip("/")) or self.user
         params = dict(p.split("=", 1) for p in u.query.split("&") if "=" in p)
         self.sslmode = params.get("sslmode", "prefer")
-        if self.sslmode not in (
-            "disable",
-            "allow",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ):
+        if self.sslmode not in SSLMODES:
             raise ValueError(f"unknown sslmode {self.sslmode!r} in the upstream URI")
         self.sslrootcert = params.get("sslrootcert")
         self.uri = uri
@@ -83,7 +49,9 @@ class Settings(BaseSettings):
         env_prefix="OVERSIGHT_", toml_file="oversight.toml", extra="forbid"
     )
 
-    listen: str = Field("127.0.0.1:6432", description="Address clients connect to.")
+    listen: str = Field(
+        "127.0.0.1:6432", description="Address clients connect to: `host:port`, `[v6]:port`."
+    )
     upstream: str | None = Field(
         None,
         description="The PostgreSQL to protect, a libpq URI (`sslmode` honoured). Its user is "
@@ -125,7 +93,8 @@ class Settings(BaseSettings):
     tls_key: str | None = Field(None, description="Client-side TLS private key (PEM).")
     admin_listen: str = Field(
         "127.0.0.1:9187",
-        description="Address of /metrics, /healthz, /readyz and the dashboard; empty: off.",
+        description="Address of /metrics, /healthz, /readyz and the dashboard, as `listen`; "
+        "empty: off.",
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the dashboard and its API (off without one)."
@@ -166,17 +135,18 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    # Every address setting goes through proxy/address.py here, so a value the
+    # listener could not use is refused before anything binds.
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        parse_address(v, default_port=6432)
+        parse_address(v)
         return v
 
     @field_validator("admin_listen")
     @classmethod
     def _admin(cls, v: str) -> str:
-        if v:
-            parse_address(v, default_port=9187)
+        parse_optional_address(v)
         return v
 
     @field_validator("upstream")
@@ -202,11 +172,11 @@ class Settings(BaseSettings):
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        return parse_address(self.listen, default_port=6432)
+        return parse_address(self.listen)
 
     @property
     def admin_address(self) -> tuple[str, int] | None:
-        return parse_address(self.admin_listen, default_port=9187) if self.admin_listen else None
+        return parse_optional_address(self.admin_listen)
 
     @property
     def upstream_target(self) -> Upstream:

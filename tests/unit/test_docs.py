@@ -1,21 +1,24 @@
-"""The README's settings reference is generated from the settings model: keep them in step."""
+"""The settings reference (README, docs/settings.md) is generated from the model: keep in step."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from proxy.settings import Settings, settings_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_settings_table_matches_the_model() -> None:
-    text = README.read_text()
+@pytest.mark.parametrize("doc", ["README.md", "docs/settings.md"])
+def test_settings_table_matches_the_model(doc: str) -> None:
+    text = (ROOT / doc).read_text()
     m = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
-    assert m is not None, "README lost its settings-table markers"
+    assert m is not None, f"{doc} lost its settings-table markers"
     assert m.group(1) == settings_table(), (
-        "README settings table is stale: paste proxy.settings.settings_table()"
+        f"{doc} settings table is stale: paste proxy.settings.settings_table()"
     )
 
 
