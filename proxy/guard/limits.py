@@ -1,11 +1,12 @@
 """The guard's own view of an `extraction:` rule entry, with defaults filled in.
 
-proxy/rules.py validates entries (sizes like `50MB` and windows like `1h`
-already parsed). The guard wants one flat record with every detector
-threshold resolved to a number, so `spec_from_entry` reads the entry's
-attributes (or a mapping's keys, as tests and extra data give them) by name;
-optional keys rules.py does not declare yet (rates, delays) simply keep
-their defaults until it does.
+proxy/rules validates entries (sizes like `50MB` and windows like `1h`
+already parsed, unknown keys refused at load). The guard wants one flat
+record with every detector threshold resolved to a number, so
+`spec_from_entry` reads the validated `ExtractionRule`'s typed attributes;
+it never re-parses raw data, so nothing the rule-file model forbids can
+reach the guard. Stream rates and throttle delays are not rule-file keys:
+specs carry their defaults, and only code building a spec directly sets them.
 
 Thresholds: `min_rows` (unfiltered_scan), `max_pages` (paging_scan) and
 `max_distinct` (enumeration), or the generic `threshold`. A detector fires
@@ -15,11 +16,10 @@ distinct lookup).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from proxy.rules import parse_duration, parse_size
+from proxy.rules import ExtractionRule, Mode
 
 GuardAction = Literal["log", "throttle", "block"]
 Detector = Literal["copy_out", "unfiltered_scan", "paging_scan", "enumeration"]
@@ -86,70 +86,28 @@ class ExtractionSpec:
         return None
 
 
-def _raw(entry: Any) -> dict[str, Any]:
-    """All keys of an entry: declared attributes plus any extra data a model kept."""
-    if isinstance(entry, Mapping):
-        return {k: v for k, v in entry.items() if v is not None}
-    out: dict[str, Any] = {}
-    extra = getattr(entry, "model_extra", None)
-    if isinstance(extra, Mapping):
-        out.update(extra)
-    for name in getattr(type(entry), "model_fields", {}):
-        value = getattr(entry, name, None)
-        if value is not None:
-            out[name] = value
-    return out
-
-
-def _opt(raw: Mapping[str, Any], key: str, conv: Any) -> Any:
-    value = raw.get(key)
-    return None if value is None else conv(value)
-
-
-def _enum_value(value: Any) -> Any:
-    return getattr(value, "value", value)
-
-
-def spec_from_entry(entry: Any, default_mode: str = "enforce") -> ExtractionSpec:
-    """Build an ExtractionSpec from a rules.py extraction entry (or a mapping).
+def spec_from_entry(entry: ExtractionRule, default_mode: Mode = "enforce") -> ExtractionSpec:
+    """Build an ExtractionSpec from a validated `extraction:` entry.
 
     An entry without its own `mode` follows `defaults.mode` (`default_mode`).
     """
-    raw = _raw(entry)
-    rule_id = str(raw.get("id") or "")
-    if not rule_id:
-        raise ValueError("extraction entry without an id")
-    action = str(_enum_value(raw.get("action") or "block"))  # rules.py's default
-    if action not in ("log", "throttle", "block"):
-        raise ValueError(f"{rule_id}: action must be log, throttle or block, not {action!r}")
-    detect = _enum_value(raw.get("detect"))
-    if detect is not None and detect not in DETECTORS:
-        raise ValueError(f"{rule_id}: unknown detector {detect!r}")
-    window = raw.get("window")
-    threshold = _opt(raw, "threshold", int)
-    rate = raw.get("rate")  # a combined `rate: {rows: N, bytes: 10MB}` per second, if given
-    rate_map: Mapping[str, Any] = rate if isinstance(rate, Mapping) else {}
+    threshold = entry.threshold
     return ExtractionSpec(
-        id=rule_id,
-        action=action,  # type: ignore[arg-type]
-        dry_run=str(_enum_value(raw.get("mode") or default_mode)) == "dry_run",
-        max_rows_per_query=_opt(raw, "max_rows_per_query", int),
-        max_bytes_per_query=_opt(raw, "max_bytes_per_query", parse_size),
-        window=None if window is None else parse_duration(window),
-        max_rows=_opt(raw, "max_rows", int),
-        max_bytes=_opt(raw, "max_bytes", parse_size),
-        max_queries=_opt(raw, "max_queries", int),
-        rows_per_second=_opt(raw, "rows_per_second", float) or _opt(rate_map, "rows", float),
-        bytes_per_second=_opt(raw, "bytes_per_second", parse_size)
-        or _opt(rate_map, "bytes", parse_size),
-        max_delay=_opt(raw, "max_delay", parse_duration) or DEFAULT_MAX_DELAY,
-        detect=detect,
-        min_table_rows=_first(raw.get("min_rows"), threshold, DEFAULT_MIN_TABLE_ROWS),
-        min_pages=max(_first(raw.get("max_pages"), threshold, DEFAULT_MIN_PAGES), 1),
-        min_distinct=max(_first(raw.get("max_distinct"), threshold, DEFAULT_MIN_DISTINCT), 1),
-        delay=_opt(raw, "delay", parse_duration) or DEFAULT_THROTTLE_DELAY,
+        id=entry.id,
+        action=entry.action,
+        dry_run=(entry.mode or default_mode) == "dry_run",
+        max_rows_per_query=entry.max_rows_per_query,
+        max_bytes_per_query=entry.max_bytes_per_query,
+        window=entry.window,
+        max_rows=entry.max_rows,
+        max_bytes=entry.max_bytes,
+        max_queries=entry.max_queries,
+        detect=entry.detect,
+        min_table_rows=_first(entry.min_rows, threshold, DEFAULT_MIN_TABLE_ROWS),
+        min_pages=max(_first(entry.max_pages, threshold, DEFAULT_MIN_PAGES), 1),
+        min_distinct=max(_first(entry.max_distinct, threshold, DEFAULT_MIN_DISTINCT), 1),
     )
 
 
-def _first(*values: Any) -> int:
-    return int(next(v for v in values if v is not None))
+def _first(*values: int | None) -> int:
+    return next(v for v in values if v is not None)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
-from proxy.guard import BudgetLimits, MemoryStore, Usage, spec_from_entry
+from proxy.guard import BudgetLimits, ExtractionSpec, MemoryStore, Usage, spec_from_entry
 from proxy.guard.store import MAX_MEMBERS
 from proxy.guard.windows import BUCKETS, Counters, bucket_ms, bucket_start, live
-from proxy.rules import ExtractionRule
+from proxy.rules import ExtractionRule, Mode, RulesError, load_rules
 
 
 def test_bucket_arithmetic() -> None:
@@ -106,19 +110,44 @@ def test_spec_from_rule_entry() -> None:
     assert cap.action == "block" and not cap.has_budget and cap.detect is None
 
 
+def spec(entry: dict[str, object], default_mode: Mode = "enforce") -> ExtractionSpec:
+    return spec_from_entry(ExtractionRule.model_validate(entry), default_mode)
+
+
 def test_detector_thresholds_and_defaults() -> None:
-    s = spec_from_entry({"id": "d", "detect": "paging_scan"})
+    s = spec({"id": "d", "detect": "paging_scan"})
     assert (s.min_pages, s.min_distinct, s.min_table_rows) == (20, 50, 100_000)
     assert s.detector_window == 3600.0
-    s = spec_from_entry({"id": "d", "detect": "paging_scan", "max_pages": 5, "window": "10m"})
+    s = spec({"id": "d", "detect": "paging_scan", "max_pages": 5, "window": "10m"})
     assert (s.min_pages, s.detector_window) == (5, 600.0)
-    s = spec_from_entry({"id": "d", "detect": "enumeration", "threshold": 7})
+    s = spec({"id": "d", "detect": "enumeration", "threshold": 7})
     assert (s.min_pages, s.min_distinct) == (7, 7)
-    s = spec_from_entry({"id": "d", "detect": "unfiltered_scan", "min_rows": 10, "mode": "dry_run"})
+    s = spec({"id": "d", "detect": "unfiltered_scan", "min_rows": 10, "mode": "dry_run"})
     assert s.min_table_rows == 10 and s.dry_run
-    s = spec_from_entry({"id": "d", "window": 60, "max_rows": 60, "rate": {"rows": 5}})
-    assert s.row_rate() == 5
-    with pytest.raises(ValueError):
-        spec_from_entry({"id": "d", "detect": "telepathy"})
-    with pytest.raises(ValueError):
-        spec_from_entry({"detect": "copy_out"})
+    assert spec({"id": "d", "detect": "copy_out"}, "dry_run").dry_run  # defaults.mode
+    assert not spec({"id": "d", "detect": "copy_out", "mode": "enforce"}, "dry_run").dry_run
+    s = replace(spec({"id": "d", "window": 60, "max_rows": 60}), rows_per_second=5)
+    assert s.row_rate() == 5  # an explicit rate beats the budget spread over the window
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"rate": {"rows": 5}}, {"rows_per_second": 5}, {"delay": "2s"}, {"max_delay": 9}],
+)
+def test_keys_the_rule_model_forbids_are_refused_at_load(
+    tmp_path: Path, extra: dict[str, object]
+) -> None:
+    """The guard once read these straight from the entry; now only the model's keys exist."""
+    entry = {"id": "d", "window": "1h", "max_rows": 60, **extra}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "extraction": [entry]}))
+    with pytest.raises(RulesError) as e:
+        load_rules(path)
+    assert f"rule d: {next(iter(extra))}: Extra inputs are not permitted" in str(e.value)
+
+
+def test_bad_detectors_and_missing_ids_never_reach_the_guard() -> None:
+    with pytest.raises(ValidationError):
+        ExtractionRule.model_validate({"id": "d", "detect": "telepathy"})
+    with pytest.raises(ValidationError):
+        ExtractionRule.model_validate({"detect": "copy_out"})
