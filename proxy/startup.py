@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import scramp
 
 from proxy import messages as m
+from proxy.catalog import parse_search_path
 from proxy.errors import (
     AuthFailed,
     FeatureNotSupported,
@@ -183,19 +184,7 @@ async def _show_search_path(hs: Handshake, max_message: int) -> tuple[str, ...] 
             if r.i16() == 1 and (n := r.i32()) >= 0:
                 value = r.take(n).decode("utf-8", "replace")
         elif f.type == b"Z":
-            return parse_search_path(value) if value is not None else None
-
-
-def parse_search_path(value: str) -> tuple[str, ...]:
-    """`"$user", public, "My Schema"` -> ('$user', 'public', 'My Schema')."""
-    out = []
-    for part in value.split(","):
-        part = part.strip()
-        if part.startswith('"') and part.endswith('"') and len(part) >= 2:
-            out.append(part[1:-1].replace('""', '"'))
-        elif part:
-            out.append(part.lower())
-    return tuple(out)
+            return tuple(parse_search_path(value)) if value is not None else None
 
 
 async def _relay_auth(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from proxy.audit.config import AuditConfig
 from proxy.audit.record import GENESIS, canonical, compute_hash, format_ts, seal
-from proxy.audit.redact import redact_sql
 from proxy.audit.rotate import discover
 from proxy.audit.tail import cmd_tail, format_record
 from proxy.audit.verify import Verdict, cmd_verify, verify_files
 from proxy.audit.writer import AuditLog
+from proxy.redact import redact_sql
 
 __all__ = [
     "GENESIS",

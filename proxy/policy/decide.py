@@ -27,7 +27,6 @@ from proxy.policy.analyze import Occ, attribute_columns, attribute_copy, bind_co
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
-from proxy.policy.redact import redact
 from proxy.policy.rewrite import (
     Masker,
     MissingAttribute,
@@ -37,6 +36,7 @@ from proxy.policy.rewrite import (
     qualify_columns,
 )
 from proxy.policy.split import Piece, SplitError, tokenize
+from proxy.redact import redact
 
 _KIND_OF = (
     (exp.Insert, "insert"),

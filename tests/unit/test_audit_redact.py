@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.audit import redact_sql
-from proxy.audit.redact import redact_fallback
+from proxy.redact import redact_fallback
 
 CASES = [
     ("SELECT * FROM people WHERE ssn = '123-45-6789'", "SELECT * FROM people WHERE ssn = ?"),

@@ -39,8 +39,8 @@ def test_statement_info(engine: PolicyEngine) -> None:
 
 
 def test_fingerprint_ignores_literals_and_case() -> None:
-    from proxy.policy.redact import redact
     from proxy.policy.split import split
+    from proxy.redact import redact
 
     def fp(sql: str) -> str:
         p = split(sql)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot.dialects.postgres import Postgres
 
-from proxy.policy.redact import redact
+from proxy.redact import redact
 
 
 def _redact(sql: str) -> tuple[str, str, tuple[str, ...]]:
