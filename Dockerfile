@@ -21,6 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
+# proxy/demo_rules is a link to rules/: the build resolves it into the package.
+COPY rules ./rules
 RUN pip install . \
     && rm -rf /src
 

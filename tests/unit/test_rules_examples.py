@@ -1,11 +1,13 @@
 """The example rule files in rules/ validate, show every feature they promise, and ship intact.
 
-rules/ is what a DBA copies and what `oversight demo` runs; proxy/demo_rules/
-is the same set packaged so `pip install` + `oversight demo` works anywhere.
+rules/ is what a DBA copies and what `oversight demo` runs, and the one copy:
+proxy/demo_rules is a symbolic link to it, which a wheel build resolves into
+real files, so `pip install .` + `oversight demo` works anywhere.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import orjson
@@ -80,11 +82,13 @@ def test_rule_file_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"{len(load_rules(RULES).tests)} passed, 0 failed" in out
 
 
-def test_packaged_copy_matches_rules_dir() -> None:
-    ours = {p.name: p.read_bytes() for p in RULES.glob("*.yaml")}
-    packaged = {p.name: p.read_bytes() for p in PACKAGED.glob("*.yaml")}
-    assert ours, "rules/ has no *.yaml"
-    assert packaged == ours, "proxy/demo_rules/ is stale: cp rules/*.yaml proxy/demo_rules/"
+def test_the_packaged_rules_are_rules_dir_itself() -> None:
+    """One source of truth: the package's demo rules are a link to rules/, not a copy."""
+    assert PACKAGED.is_symlink(), "proxy/demo_rules must stay a link: ln -s ../rules"
+    assert PACKAGED.resolve() == RULES.resolve()
+    packaged = files("proxy") / "demo_rules"
+    names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".yaml"))
+    assert names and names == sorted(p.name for p in RULES.glob("*.yaml"))
 
 
 def test_a_broken_copy_is_refused(tmp_path: Path) -> None:
