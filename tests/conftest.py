@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
+from openrules import OPEN_RULES
 from pgcluster import PgCluster, running_cluster, stop_all
 
 T = TypeVar("T")
@@ -48,15 +49,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
-# No statement policy: every statement kind is allowed, nothing is masked.
-OPEN_RULES = """\
-version: 1
-defaults:
-  mode: enforce
-  unknown_tables: allow
-  unparsed: allow
-  statements: [all]
-"""
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import psycopg
 import pytest
+from openrules import OPEN_RULES
 from pgcluster import PgCluster
 
 from proxy.audit import cmd_verify, discover, verify_files
@@ -28,13 +29,7 @@ from proxy.hooks import Admission, Hooks, StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import load_rules
 
-RULES = """\
-version: 1
-defaults:
-  mode: enforce
-  unknown_tables: allow
-  unparsed: allow
-  statements: [all]
+RULES = OPEN_RULES + """\
 users:
   {user}: {{groups: [analysts]}}
 rules:

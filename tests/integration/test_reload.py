@@ -15,12 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from openrules import OPEN_RULES
 from pgcluster import PgCluster
 from serveproc import Served, start_serve
 
-RULES = """\
-version: 1
-defaults: {{statements: [all], unparsed: allow}}
+RULES = OPEN_RULES + """\
 users:
   scramuser: {{groups: [analysts]}}
 rules:

@@ -16,10 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 import trustme
+from openrules import OPEN_RULES
 from pgcluster import PgCluster, running_cluster
 from serveproc import start_serve
-
-OPEN_RULES = "version: 1\ndefaults: {unparsed: allow, statements: [all]}\n"
 
 
 def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
