@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from openrules import OPEN_RULES
 from pgcluster import PgCluster
+from polling import until_running
 
 from proxy.audit import cmd_verify, discover, verify_files
 from proxy.catalog import load_catalog
@@ -29,7 +30,9 @@ from proxy.hooks import Admission, Hooks, StreamLimits
 from proxy.identity import SessionFacts
 from proxy.rules import load_rules
 
-RULES = OPEN_RULES + """\
+RULES = (
+    OPEN_RULES
+    + """\
 users:
   {user}: {{groups: [analysts]}}
 rules:
@@ -51,6 +54,7 @@ extraction:
     max_rows: 3
     action: throttle  # 3 rows a second: past the budget, statements wait
 """
+)
 
 
 class Decisions(Hooks):
@@ -283,7 +287,7 @@ async def test_statement_running_at_shutdown_is_recorded(pg: PgCluster, proxy_fa
     proxy = await proxy_factory(shutdown_grace=0)
     conn = await asyncpg.connect(proxy.dsn(), timeout=10)
     running = asyncio.create_task(conn.execute("SELECT pg_sleep(30)"))
-    await asyncio.sleep(0.5)
+    await until_running(pg.dsn(), "pg_sleep(30)")
     await proxy.stop()
     with pytest.raises((asyncpg.PostgresError, ConnectionError, asyncpg.InterfaceError)):
         await asyncio.wait_for(running, 10)

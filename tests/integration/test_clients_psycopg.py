@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgcluster import PgCluster
+from polling import until_running
 from psycopg import errors, pq
 
 TABLE = "psy_items"
@@ -234,12 +235,12 @@ async def test_parameter_status_and_notice(
     assert notices == [("NOTICE", "careful 42")]
 
 
-async def test_cancel_async(aconn: psycopg.AsyncConnection[Any]) -> None:
+async def test_cancel_async(pg: Any, aconn: psycopg.AsyncConnection[Any]) -> None:
     async def sleeper() -> None:
-        await aconn.execute("SELECT pg_sleep(20)")
+        await aconn.execute("SELECT pg_sleep(20), 'async-cancel-marker'")
 
     task = asyncio.create_task(sleeper())
-    await asyncio.sleep(0.5)
+    await until_running(pg.dsn(), "async-cancel-marker")
     start = time.monotonic()
     await aconn.cancel_safe()
     with pytest.raises(errors.QueryCanceled) as info:
@@ -258,13 +259,20 @@ from psycopg import errors
 with psycopg.connect(sys.argv[1]) as conn:
     conn.execute("BEGIN")
 
-    def cancel_soon() -> None:
-        time.sleep(0.5)
+    def cancel_when_running() -> None:
+        # Cancel once the server runs the statement: a cancel that comes too early is lost.
+        with psycopg.connect(sys.argv[3], autocommit=True) as watch:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                " AND query LIKE '%sync-cancel-marker%' AND pid <> pg_backend_pid()"
+            ).fetchone()[0]:
+                time.sleep(0.02)
         getattr(conn, sys.argv[2])()
 
-    threading.Thread(target=cancel_soon).start()
+    threading.Thread(target=cancel_when_running, daemon=True).start()
     try:
-        conn.execute("SELECT pg_sleep(20)")
+        conn.execute("SELECT pg_sleep(20), 'sync-cancel-marker'")
         print("not cancelled")
     except errors.QueryCanceled as e:
         print(e.sqlstate, conn.info.transaction_status.name)
@@ -274,7 +282,7 @@ with psycopg.connect(sys.argv[1]) as conn:
 
 
 @pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
-async def test_cancel_sync(endpoint: Any, method: str) -> None:
+async def test_cancel_sync(pg: Any, endpoint: Any, method: str) -> None:
     # A subprocess, not a thread: libpq's legacy PQcancel (conn.cancel) blocks
     # holding the GIL until the server closes the cancel socket, which would
     # freeze the proxy running in this process. `cancel` sends a plain
@@ -285,6 +293,7 @@ async def test_cancel_sync(endpoint: Any, method: str) -> None:
         CANCEL_SCRIPT,
         endpoint.dsn(),
         method,
+        pg.dsn(),  # where the script watches for its statement to start
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

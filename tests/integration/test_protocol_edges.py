@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
 import psycopg
 import pytest
+from polling import eventually, running_upstream, until_running
 from rawclient import Raw, errors_in
 
 from proxy import messages as m
@@ -117,22 +117,16 @@ async def test_max_clients(pg: Any, proxy_factory: Any) -> None:
     with pytest.raises(psycopg.OperationalError, match="too many clients"):
         await psycopg.AsyncConnection.connect(p.dsn())
     await a.close()
-    await asyncio.sleep(0.1)
-    c = await psycopg.AsyncConnection.connect(p.dsn())
+
+    async def connect() -> psycopg.AsyncConnection[Any] | None:
+        try:
+            return await psycopg.AsyncConnection.connect(p.dsn())
+        except psycopg.OperationalError:  # the proxy has not seen the close yet
+            return None
+
+    c = await eventually(connect, what="a free client slot after a close")
     await b.close()
     await c.close()
-
-
-async def _running(pg: Any, marker: str) -> int:
-    async with await psycopg.AsyncConnection.connect(pg.dsn(), autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE query LIKE %s AND state <> 'idle' AND pid <> pg_backend_pid()",
-            [f"%{marker}%"],
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 async def test_client_vanishing_mid_query_cancels_upstream(pg: Any, proxy_factory: Any) -> None:
@@ -141,16 +135,13 @@ async def test_client_vanishing_mid_query_cancels_upstream(pg: Any, proxy_factor
     await c.login(pg.user, pg.password, pg.dbname)
     c.send(m.query("SELECT pg_sleep(30), 'vanish-marker'"))
     await c.w.drain()
-    for _ in range(50):
-        if await _running(pg, "vanish-marker"):
-            break
-        await asyncio.sleep(0.05)
+    await until_running(pg.dsn(), "vanish-marker")
     c.w.transport.abort()
-    for _ in range(100):
-        if not await _running(pg, "vanish-marker"):
-            break
-        await asyncio.sleep(0.05)
-    assert await _running(pg, "vanish-marker") == 0
+
+    async def gone() -> bool:
+        return await running_upstream(pg.dsn(), "vanish-marker") == 0
+
+    await eventually(gone, what="the upstream statement to be cancelled")
 
 
 async def test_upstream_fatal_reaches_the_client_alone(pg: Any, proxy_factory: Any) -> None:
@@ -180,9 +171,9 @@ async def test_cancel_request_after_ssl_request(pg: Any, proxy_factory: Any) -> 
     ((pid, key),) = p.server.connections  # what BackendKeyData gave the client
     frames = await c.query("SELECT pg_backend_pid()")
     assert int(next(b for t, b in frames if t == b"D")[6:]) == pid  # real PID kept (item 16)
-    c.send(m.query("SELECT pg_sleep(20)"))
+    c.send(m.query("SELECT pg_sleep(20), 'ssl-cancel-marker'"))
     await c.w.drain()
-    await asyncio.sleep(0.3)
+    await until_running(pg.dsn(), "ssl-cancel-marker")
     x = await Raw.open(p.port)
     x.send(m.SSL_REQUEST_BYTES)
     assert await x.r.readexactly(1) == b"N"
@@ -257,7 +248,7 @@ async def test_observer_stops_stream_after_n_rows(pg: Any, proxy_factory: Any) -
     frames = await c.query("SELECT g AS capped FROM generate_series(1, 100000) g")
     assert sum(t == b"D" for t, _ in frames) == 5
     assert [e["C"] for e in errors_in(frames)] == ["54000"]
-    assert await _running(pg, "AS capped") == 0
+    assert await running_upstream(pg.dsn(), "AS capped") == 0
 
 
 # ---------------------------------------------------------------- fast-path function calls

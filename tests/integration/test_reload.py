@@ -17,9 +17,12 @@ import psycopg
 import pytest
 from openrules import OPEN_RULES
 from pgcluster import PgCluster
+from polling import eventually
 from serveproc import Served, start_serve
 
-RULES = OPEN_RULES + """\
+RULES = (
+    OPEN_RULES
+    + """\
 users:
   scramuser: {{groups: [analysts]}}
 rules:
@@ -32,6 +35,7 @@ rules:
     table: public.reload_late
     columns: {{ssn: redact}}
 """
+)
 
 
 @pytest.fixture
@@ -73,14 +77,11 @@ async def _ssn(pg: PgCluster, port: int, table: str = "reload_people") -> Any:
         return row[1] if row else None
 
 
-async def _eventually(check: Any, want: Any, timeout: float = 10.0) -> Any:
-    got = None
-    for _ in range(int(timeout / 0.2)):
-        got = await check()
-        if got == want:
-            return got
-        await asyncio.sleep(0.2)
-    return got
+async def _becomes(check: Any, want: Any) -> None:
+    async def fits() -> bool:
+        return bool(await check() == want)
+
+    await eventually(fits, what=f"{want!r}")
 
 
 async def test_rules_follow_file_changes_and_sighup(
@@ -88,17 +89,19 @@ async def test_rules_follow_file_changes_and_sighup(
 ) -> None:
     assert await _ssn(pg, served.port) == "****"
     rules_file.write_text(RULES.format(policy="partial"))  # file change
-    assert await _eventually(lambda: _ssn(pg, served.port), "***6789") == "***6789"
+    await _becomes(lambda: _ssn(pg, served.port), "***6789")
 
     rules_file.write_text(RULES.format(policy="no-such-policy"))
-    await asyncio.sleep(1.5)  # past the watcher's debounce
+    await eventually(
+        lambda: any("reload refused" in line for line in served.log),
+        what="the watcher to refuse the broken set",
+    )
     assert await _ssn(pg, served.port) == "***6789"  # the last good set stays
-    assert any("reload refused" in line for line in served.log), served.log
 
     # SIGHUP reloads too (the watcher may beat it to it: either way, it applies).
     rules_file.write_text(RULES.format(policy="null"))
     served.proc.send_signal(signal.SIGHUP)
-    assert await _eventually(lambda: _ssn(pg, served.port), None) is None
+    await _becomes(lambda: _ssn(pg, served.port), None)
 
 
 async def test_ddl_through_the_proxy_refreshes_the_catalog(pg: PgCluster, served: Served) -> None:
@@ -117,4 +120,4 @@ async def test_ddl_through_the_proxy_refreshes_the_catalog(pg: PgCluster, served
     # Until the refresh lands the engine cannot expand * and refuses; never the secret.
     first = await late()
     assert first in ("blocked", "****")
-    assert await _eventually(late, "****") == "****"
+    await _becomes(late, "****")

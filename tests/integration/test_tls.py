@@ -19,6 +19,7 @@ import pg8000.native
 import psycopg
 import pytest
 import trustme
+from polling import until_running
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,14 @@ async def test_require_against_proxy_without_tls(proxy_factory: Any, run_sync: A
     assert (got["ssl"], got["row"]) == (False, ("postgres", 42))
 
 
-async def test_cancel_over_tls(tls_proxy: Any) -> None:
+async def test_cancel_over_tls(pg: Any, tls_proxy: Any) -> None:
     # libpq 17's cancel connection follows sslmode: CancelRequest inside TLS.
     dsn = tls_proxy.dsn() + "?sslmode=require"
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     async with conn:
         assert conn.pgconn.ssl_in_use
-        task = asyncio.create_task(conn.execute("SELECT pg_sleep(20)"))
-        await asyncio.sleep(0.5)
+        task = asyncio.create_task(conn.execute("SELECT pg_sleep(20), 'tls-cancel'"))
+        await until_running(pg.dsn(), "tls-cancel")
         await conn.cancel_safe(timeout=10)
         with pytest.raises(psycopg.errors.QueryCanceled):
             await asyncio.wait_for(task, 10)
