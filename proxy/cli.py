@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy.address import parse_address
-from proxy.settings import Settings
+from proxy.settings import Settings, load_settings
 
 EXIT_USAGE = 2
 
@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("check", "validate rule files"), ("test", "run the rule files' tests")):
         c = sub.add_parser(name, help=text, parents=[config])
-        c.add_argument("rules", nargs="?", default=None, help="file or directory (default: rules)")
+        c.add_argument(
+            "rules", nargs="?", default=None, help="file or directory (default: the rules setting)"
+        )
         c.add_argument("--schema", help="catalog from a schema file instead of the upstream")
         c.add_argument("--upstream", help="catalog from this postgresql:// URI")
 
@@ -117,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     """The one settings object; a bad one exits 2 with one line naming the setting."""
     from pydantic import ValidationError
-
-    from proxy.settings import load_settings
 
     try:
         return load_settings(args.config)

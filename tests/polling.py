@@ -10,10 +10,9 @@ would otherwise hang; it never decides a pass.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import psycopg
 
@@ -37,17 +36,16 @@ def wait_until(
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T] | T],
+    probe: Callable[[], Awaitable[T]],
     *,
     timeout: float = TIMEOUT,
     interval: float = INTERVAL,
     what: str = "",
 ) -> T:
-    """Call `probe` (awaiting what it returns, if awaitable) until that is truthy; return it."""
+    """Await `probe()` until it gives something truthy; return that."""
     deadline = time.monotonic() + timeout
     while True:
-        result = probe()
-        got = cast(T, await result if inspect.isawaitable(result) else result)
+        got = await probe()
         if got:
             return got
         if time.monotonic() > deadline:

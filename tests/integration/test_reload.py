@@ -92,10 +92,11 @@ async def test_rules_follow_file_changes_and_sighup(
     await _becomes(lambda: _ssn(pg, served.port), "***6789")
 
     rules_file.write_text(RULES.format(policy="no-such-policy"))
-    await eventually(
-        lambda: any("reload refused" in line for line in served.log),
-        what="the watcher to refuse the broken set",
-    )
+
+    async def refused() -> bool:
+        return any("reload refused" in line for line in served.log)
+
+    await eventually(refused, what="the watcher to refuse the broken set")
     assert await _ssn(pg, served.port) == "***6789"  # the last good set stays
 
     # SIGHUP reloads too (the watcher may beat it to it: either way, it applies).
