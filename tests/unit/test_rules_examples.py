@@ -14,7 +14,14 @@ import orjson
 import pytest
 import yaml
 
-from proxy.rules import RulesError, SqlMask, load_rules
+from proxy.rules import (
+    ExtractionRule,
+    FunctionRule,
+    RulesError,
+    SqlMask,
+    TableRule,
+    load_rules,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
@@ -57,10 +64,15 @@ def test_examples_cover_every_feature() -> None:
 def test_every_rule_and_test_names_a_known_user_or_group() -> None:
     rs = load_rules(RULES)
     groups = {g for u in rs.users.values() for g in u.groups}
-    for item in [*rs.rules, *rs.functions, *rs.extraction]:
+    items: list[TableRule | FunctionRule | ExtractionRule] = [
+        *rs.rules,
+        *rs.functions,
+        *rs.extraction,
+    ]
+    for item in items:
         if item.match is not None:
-            assert set(item.match.groups) <= groups, item.id
-    ids = {r.id for r in [*rs.rules, *rs.functions, *rs.extraction]}
+            assert set(item.match.groups or ()) <= groups, item.id
+    ids = {r.id for r in items}
     for t in rs.tests:
         assert set(t.expect.rules or ()) <= ids, t.sql
 

@@ -29,7 +29,7 @@ from proxy.scram import (
     make_verifier,
     parse_verifier,
 )
-from proxy.startup import read_frame, read_startup_packet
+from proxy.streams import read_frame, read_startup_packet
 
 MAX = 1 << 20
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
