@@ -48,9 +48,10 @@ WORKDIR /var/lib/oversight
 VOLUME ["/etc/oversight/rules", "/var/log/oversight"]
 EXPOSE 6432 9187
 
-# No curl in a slim image: ask /healthz with the Python that is already here.
+# No curl in a slim image: ask /healthz with the Python that is already here,
+# at the port the proxy's own settings give (environment or oversight.toml).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('OVERSIGHT_ADMIN_LISTEN', '127.0.0.1:9187').rpartition(':')[2]; urllib.request.urlopen('http://127.0.0.1:' + port + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; from proxy.settings import load_settings; port = load_settings().admin_address[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 
 ENTRYPOINT ["oversight"]
 CMD ["serve"]
