@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy.address import parse_address
-from proxy.settings import Settings, load_settings
+from proxy.settings import Settings, load_settings, settings_help
 
 EXIT_USAGE = 2
 
@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML settings file (default ./oversight.toml); OVERSIGHT_* variables win",
     )
 
-    sub.add_parser("serve", help="run the proxy from settings", parents=[config])
+    sub.add_parser(
+        "serve",
+        help="run the proxy from settings",
+        parents=[config],
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
     d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + example rules + proxy")
     d.add_argument("--keep", action="store_true", help="keep the data directory for next time")

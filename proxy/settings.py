@@ -7,6 +7,7 @@ The names are the contract in DESIGN.md. Validation here is what lets
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -193,6 +194,18 @@ def settings_table() -> str:
         shown = "none" if default is None else f"`{default}`" if default != "" else "empty"
         rows.append(f"| `{name}` | `OVERSIGHT_{name.upper()}` | {shown} | {f.description or ''} |")
     return "\n".join(rows)
+
+
+def settings_help() -> str:
+    """The same reference as plain text, for `oversight serve --help`."""
+    lines = ["settings (environment, then --config FILE or ./oversight.toml):"]
+    for name, f in Settings.model_fields.items():
+        default = "none" if f.default is None else repr(f.default) if f.default != "" else "empty"
+        lines.append(f"  {name} (OVERSIGHT_{name.upper()}, default {default})")
+        lines += textwrap.wrap(
+            f.description or "", 78, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
 
 
 def load_settings(config: str | None = None, **overrides: Any) -> Settings:

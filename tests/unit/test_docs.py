@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli import main
 from proxy.settings import Settings, settings_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,4 +25,13 @@ def test_settings_table_matches_the_model(doc: str) -> None:
 
 def test_every_setting_is_documented() -> None:
     missing = [n for n, f in Settings.model_fields.items() if not f.description]
+    assert missing == []
+
+
+def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """DESIGN.md: the settings reference is also `oversight serve --help`."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    missing = [n for n in Settings.model_fields if f"  {n} (OVERSIGHT_{n.upper()}, " not in out]
     assert missing == []
