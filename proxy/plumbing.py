@@ -1,0 +1,119 @@
+"""What SQL session plumbing does to the names a session holds: PREPARE, EXECUTE, DECLARE...
+
+A prepared statement or a cursor made in SQL can be run later by name, in
+SQL (EXECUTE, FETCH) or by the extended protocol (Bind naming the statement,
+Execute naming the cursor's portal). The guard must admit each such run the
+way it admits a protocol Execute, so the session has to know these names.
+This module reads them from the statements the policy engine has already
+split and decided: one `Effect` per statement that defines, runs or drops a
+name (proxy/hooks.py), by statement index.
+
+Names follow PostgreSQL: an unquoted identifier is folded to lower case
+(ASCII letters only) and every identifier is cut to 63 bytes. MOVE returns no
+rows and is not a run; DISCARD other than ALL leaves names alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from itertools import pairwise
+
+from sqlglot.tokenizer_core import Token, TokenType
+
+from proxy.hooks import Effect
+from proxy.policy.kinds import head
+from proxy.policy.split import Piece, SplitError, split
+
+# Statement kinds (policy/kinds.py) that may touch the session's names.
+KINDS = frozenset({"prepare", "execute", "declare", "fetch", "close", "deallocate", "discard"})
+NAMEDATALEN = 64
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def effects(
+    sql: str, kinds: Sequence[str], literals: Sequence[tuple[str, ...]]
+) -> dict[int, Effect]:
+    """Effects of the statements of `sql` (decided as `kinds`, with these literals)."""
+    if not KINDS.intersection(kinds):
+        return {}
+    try:
+        pieces = split(sql)
+    except SplitError:
+        return {}
+    if len(pieces) != len(kinds):
+        return {}  # not the statements the engine decided: track nothing
+    out = {}
+    for i, (piece, kind) in enumerate(zip(pieces, kinds, strict=True)):
+        effect = _effect(piece.tokens, kind, literals[i] if i < len(literals) else ())
+        if effect is not None:
+            out[i] = replace(effect, text=piece.text)
+    return out
+
+
+def _effect(toks: Sequence[Token], kind: str, literals: tuple[str, ...]) -> Effect | None:
+    if kind not in KINDS or len(toks) < 2:
+        return None
+    first, second = toks[0].text.upper(), _word(toks[1])
+    if kind == "prepare":
+        name = ident(toks[1])
+        return None if name is None else Effect("prepare", name)
+    if kind == "execute":
+        name = ident(toks[1])
+        return None if name is None else Effect("run", name, params=literals)
+    if kind == "declare":
+        name = ident(toks[1])
+        return None if name is None else Effect("declare", name, hold=_holds(toks))
+    if kind == "fetch":
+        name = ident(toks[-1])
+        if first != "FETCH" or name is None:
+            return None
+        return Effect("run", name, cursor=True)
+    if kind == "discard":
+        return Effect("discard") if second == "ALL" else None
+    # CLOSE name | CLOSE ALL, DEALLOCATE [PREPARE] name | DEALLOCATE [PREPARE] ALL
+    target = toks[2] if kind == "deallocate" and second == "PREPARE" and len(toks) > 2 else toks[1]
+    close = kind == "close"
+    name = None if _word(target) == "ALL" else ident(target)
+    if name is None and _word(target) != "ALL":
+        return None
+    return Effect("close", name) if close else Effect("deallocate", name)
+
+
+def _holds(toks: Sequence[Token]) -> bool:
+    """DECLARE ... WITH HOLD ... FOR: the options before FOR."""
+    words = []
+    for t in toks[2:]:
+        if _word(t) == "FOR":
+            break
+        words.append(_word(t))
+    return any(a == "WITH" and b == "HOLD" for a, b in pairwise(words))
+
+
+def _word(t: Token) -> str:
+    return "" if t.token_type == TokenType.IDENTIFIER else t.text.upper()
+
+
+def ident(t: Token) -> str | None:
+    """The name a token stands for as PostgreSQL reads an identifier, if it is one."""
+    if t.token_type == TokenType.IDENTIFIER:
+        text = t.text
+    elif t.text[:1].isalpha() or t.text[:1] == "_":
+        text = t.text.translate(_LOWER)
+    else:
+        return None
+    raw = text.encode()
+    if len(raw) < NAMEDATALEN:
+        return text
+    return raw[: NAMEDATALEN - 1].decode("utf-8", "ignore")  # cut on a character boundary
+
+
+def run_kind(kind: str, redacted: str) -> str:
+    """The kind a run of a prepared statement has: that of the statement it prepares."""
+    if kind != "prepare":
+        return kind
+    try:
+        inner = head(Piece.alone(redacted)).inner
+        return head(Piece.alone(inner)).kind if inner else kind
+    except (SplitError, IndexError):
+        return kind
