@@ -19,9 +19,13 @@ statement at DEALLOCATE [ALL] or DISCARD ALL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from proxy.actions import Plan
 from proxy.hooks import Admission, Effect, Unknown
+
+T = TypeVar("T")
+MAX_PENDING = 1000  # names sent upstream and not yet confirmed, per session
 
 
 @dataclass(slots=True)
@@ -104,9 +108,9 @@ class Names:
         if name is None or adm is None:
             return
         if effect.op == "prepare":
-            self._preparing[name] = _plan(effect)
+            _put(self._preparing, name, _plan(effect))
         elif effect.op == "declare":
-            self._declaring[name] = Cursor(_plan(effect), effect.hold, adm)
+            _put(self._declaring, name, Cursor(_plan(effect), effect.hold, adm))
 
     def confirm(
         self, effect: Effect, statements: dict[str, Plan], portals: dict[str, Plan]
@@ -172,6 +176,14 @@ def in_query(query: Plan, index: int, run: Plan) -> Plan:
         infos[index]["columns"] = inner.get("columns", [])
     shown = replace(adm, statements=infos, sql=query.admission.sql)
     return Plan(query.sql, shown, False, decide_s=query.decide_s)
+
+
+def _put(pending: dict[str, T], name: str, value: T) -> None:
+    """Pending names whose statement failed are never confirmed: keep only the latest."""
+    pending.pop(name, None)
+    pending[name] = value
+    while len(pending) > MAX_PENDING:
+        del pending[next(iter(pending))]
 
 
 def _plan(effect: Effect) -> Plan:

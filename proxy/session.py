@@ -307,7 +307,7 @@ class Session(UpstreamSide):
             self._refuse(stmt, adm.error, out, ready=False)
             self._discard = True
             return
-        if adm.delay > 0:
+        if adm.delay > 0 and adm is not run.target.admission:  # not a cursor's later run
             out.append(Throttle(adm.delay))
         out.append(ToServer(waiting.raw))
         if waiting.effect is not None:
@@ -369,7 +369,8 @@ class Session(UpstreamSide):
             self._refuse(Running(plan, index=index), adm.error, out, ready=True)
             return
         qr.admitted[index] = plan
-        qr.delay = max(qr.delay, adm.delay)
+        if adm is not run.target.admission:  # a cursor's later FETCH is not delayed again
+            qr.delay = max(qr.delay, adm.delay)
         if run.cursor is not None:
             qr.cursors[index] = run.name
         self._next_run(qr, out)
