@@ -10,7 +10,10 @@ name (proxy/hooks.py), by statement index.
 
 Names follow PostgreSQL: an unquoted identifier is folded to lower case
 (ASCII letters only) and every identifier is cut to 63 bytes. MOVE returns no
-rows and is not a run; DISCARD other than ALL leaves names alone.
+rows and is not a run; DISCARD other than ALL leaves names alone. `CREATE
+TABLE t AS EXECUTE s` and `EXPLAIN ANALYZE EXECUTE s` are runs of s (its
+rows go into a table, or are counted by the server): admitted like EXECUTE,
+so detectors and a rules reload reach them too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from proxy.policy.kinds import head
 from proxy.policy.split import Piece, SplitError, split
 
 # Statement kinds (policy/kinds.py) that may touch the session's names.
-KINDS = frozenset({"prepare", "execute", "declare", "fetch", "close", "deallocate", "discard"})
+KINDS = frozenset(
+    {
+        "prepare",
+        "execute",
+        "declare",
+        "fetch",
+        "close",
+        "deallocate",
+        "discard",
+        "create",
+        "explain",
+    }
+)
 NAMEDATALEN = 64
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -55,6 +70,10 @@ def _effect(toks: Sequence[Token], kind: str, literals: tuple[str, ...]) -> Effe
     if kind not in KINDS or len(toks) < 2:
         return None
     first, second = toks[0].text.upper(), _word(toks[1])
+    if kind in ("create", "explain"):
+        # CREATE TABLE t AS EXECUTE s and EXPLAIN ANALYZE EXECUTE s run s too.
+        name = _executed(toks, after_as=kind == "create")
+        return None if name is None else Effect("run", name, params=literals)
     if kind == "prepare":
         name = ident(toks[1])
         return None if name is None else Effect("prepare", name)
@@ -78,6 +97,16 @@ def _effect(toks: Sequence[Token], kind: str, literals: tuple[str, ...]) -> Effe
     if name is None and _word(target) != "ALL":
         return None
     return Effect("close", name) if close else Effect("deallocate", name)
+
+
+def _executed(toks: Sequence[Token], *, after_as: bool) -> str | None:
+    """The statement an inner EXECUTE runs (for CREATE, only right after AS)."""
+    depth = 0
+    for i, t in enumerate(toks[:-1]):
+        depth += (t.token_type == TokenType.L_PAREN) - (t.token_type == TokenType.R_PAREN)
+        if depth == 0 and _word(t) == "EXECUTE" and (not after_as or _word(toks[i - 1]) == "AS"):
+            return ident(toks[i + 1])
+    return None
 
 
 def _holds(toks: Sequence[Token]) -> bool:

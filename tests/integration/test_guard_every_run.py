@@ -282,6 +282,8 @@ async def test_reload_that_refuses_reaches_open_cursors_and_statements(setup: Se
     assert rows(await c.query("FETCH 1 FROM h")) == 1
     await setup.reload(ssn="deny")
     assert codes(await c.query("EXECUTE s")) == ["42501"]
+    # Copying its rows into a table runs it as well: not under the old rules.
+    assert codes(await c.query("CREATE TEMP TABLE copied AS EXECUTE s")) == ["42501"]
     assert codes(await c.query("FETCH 1 FROM h")) == ["42501"]
     assert codes(await extended(c, m.execute("h", 1))) == ["42501"]
     c.close()

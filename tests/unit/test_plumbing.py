@@ -42,6 +42,10 @@ def read(sql: str) -> list[tuple[str, str | None, bool, bool, tuple[str, ...]]]:
         ("DISCARD ALL; DISCARD PLANS", [("discard", None, False, False, ())]),
         (f"PREPARE {LONG} AS SELECT 1", [("prepare", "n" * 63, False, False, ())]),
         ("SELECT 1; BEGIN", []),
+        ("CREATE TABLE t2 AS EXECUTE s(3)", [("run", "s", False, False, ("3",))]),
+        ("EXPLAIN (ANALYZE, COSTS off) EXECUTE s", [("run", "s", False, False, ())]),
+        ("CREATE TABLE t2 (a int)", []),
+        ("CREATE TRIGGER tr AFTER INSERT ON t EXECUTE FUNCTION f()", []),
     ],
 )
 def test_names(
