@@ -35,8 +35,8 @@ class StreamLimits:
     max_rows: int | None = None
     max_bytes: int | None = None
     rule: str = ""
-    # Already streamed by earlier statements on the same cursor or portal
-    # (FETCH loops count per cursor), so the cap holds across them.
+    # Already streamed by earlier runs on the same cursor or portal (the session
+    # counts a FETCH loop or a suspended portal's pages), so the cap holds across them.
     used_rows: int = 0
     used_bytes: int = 0
 
