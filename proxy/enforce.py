@@ -42,7 +42,7 @@ def _stale(token: _Token) -> ProxyError:
     """The error for a run whose upstream text the reloaded rules would change."""
     infos = token.decision.statements
     if infos and infos[0].kind == "declare":
-        effect = effects(token.sql, ["declare"], [()]).get(0)
+        effect = effects(token.sql, infos).get(0)
         return StaleCursor(effect.name or "?" if effect else "?")
     return StalePlan()
 
@@ -116,8 +116,7 @@ class Enforcer(Hooks):
             audit=audit,
             token=_Token(d, None, sql, self.engine),
         )
-        found = effects(sql, [s.kind for s in d.statements], [s.literals for s in d.statements])
-        for i, effect in found.items():
+        for i, effect in effects(sql, d.statements).items():
             adm.effects[i] = self._effect(effect, d, i, audit)
         if extended:
             # A prepared statement may run many times, under rules reloaded

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
+from typing import Protocol
 
 from sqlglot.tokenizer_core import Token, TokenType
 
@@ -46,21 +47,28 @@ NAMEDATALEN = 64
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def effects(
-    sql: str, kinds: Sequence[str], literals: Sequence[tuple[str, ...]]
-) -> dict[int, Effect]:
-    """Effects of the statements of `sql` (decided as `kinds`, with these literals)."""
-    if not KINDS.intersection(kinds):
+class Decided(Protocol):
+    """What the policy engine says of each statement (its StatementInfo)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def literals(self) -> tuple[str, ...]: ...
+
+
+def effects(sql: str, statements: Sequence[Decided]) -> dict[int, Effect]:
+    """Effects of the statements of `sql`, as the policy engine decided them."""
+    if not any(s.kind in KINDS for s in statements):
         return {}
     try:
         pieces = split(sql)
     except SplitError:
         return {}
-    if len(pieces) != len(kinds):
+    if len(pieces) != len(statements):
         return {}  # not the statements the engine decided: track nothing
     out = {}
-    for i, (piece, kind) in enumerate(zip(pieces, kinds, strict=True)):
-        effect = _effect(piece.tokens, kind, literals[i] if i < len(literals) else ())
+    for i, (piece, stmt) in enumerate(zip(pieces, statements, strict=True)):
+        effect = _effect(piece.tokens, stmt.kind, stmt.literals)
         if effect is not None:
             out[i] = replace(effect, text=piece.text)
     return out

@@ -20,17 +20,17 @@ in a Query or a Parse. Names made in SQL are tracked in named.py; a Bind,
 Execute, Describe, EXECUTE or FETCH naming something the session never saw
 made is put to the hooks as `Unknown`, which refuse it under a policy.
 
-Server side (session_upstream.py): every forwarded client message that expects replies pushes an
-entry on `queue`, the replies the upstream owes us, in order (pgdog's
-expected-reply queue). A refusal is an entry (kind `!`) in the same queue,
-so its ErrorResponse reaches the client exactly where PostgreSQL would have
-put it, behind replies still owed for earlier pipelined messages. The
-refused message itself never goes upstream: in its place goes one sure to
-fail without side effects (a syntax error, or an Execute of a portal nobody
-has), and its ErrorResponse is swapped for the refusal. So the upstream
-fails the transaction exactly as it would for any error: an implicit
-transaction's earlier statements roll back, an explicit one is left
-aborted, and ReadyForQuery stays true to the upstream.
+Server side (session_upstream.py): every forwarded client message that
+expects replies pushes an entry on `queue`, the replies the upstream owes
+us, in order (pgdog's expected-reply queue). A refusal is an entry (kind
+`!`) in the same queue, so its ErrorResponse reaches the client exactly
+where PostgreSQL would have put it, behind replies still owed for earlier
+pipelined messages. The refused message itself never goes upstream: in its
+place goes one sure to fail without side effects (a syntax error, or an
+Execute of a portal nobody has), and its ErrorResponse is swapped for the
+refusal. So the upstream fails the transaction exactly as it would for any
+error: an implicit transaction's earlier statements roll back, an explicit
+one is left aborted, and ReadyForQuery stays true to the upstream.
 
 The upstream stream is scanned by message header only. Runs of messages
 that need no attention (DataRow above all) are forwarded as one slice of
@@ -41,7 +41,8 @@ of that statement's output and sends a ResultLimit error in place of its
 completion; like any extended-protocol error, the rest of the batch up to
 Sync is discarded, and so is whatever the upstream still sends for it
 (the cancel's 57014, or replies if the cancel came too late). A portal's
-Executes share one count, so fetching in pages does not reset a cap.
+Executes and a cursor's FETCHes share one count, so fetching in pages does
+not reset a cap.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ LONG = "n" * 70
 
 def read(sql: str) -> list[tuple[str, str | None, bool, bool, tuple[str, ...]]]:
     d = ENGINE.decide(sql, FACTS)
-    found = effects(sql, [s.kind for s in d.statements], [s.literals for s in d.statements])
+    found = effects(sql, d.statements)
     return [(e.op, e.name, e.cursor, e.hold, e.params) for _, e in sorted(found.items())]
 
 
