@@ -309,3 +309,21 @@ async def test_reload_that_changes_nothing_lets_runs_go_on(setup: Setup) -> None
     frames = await c.query("FETCH 10 FROM cur")  # the cap still counts the first 3
     assert rows(frames) == CAP - 3 and codes(frames) == ["54000"]
     c.close()
+
+
+async def test_psycopg_named_cursor_is_capped_across_fetches(setup: Setup) -> None:
+    """psycopg's server-side cursors DECLARE and FETCH through the extended protocol."""
+    dsn = setup.proxy.dsn(USER, PASSWORD)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.cursor("named") as cur:
+        await cur.execute("SELECT id FROM every_run ORDER BY id")
+        assert [r[0] for r in await cur.fetchmany(3)] == [1, 2, 3]
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="cap"):
+            await cur.fetchmany(10)
+
+
+async def test_unknown_names_pass_to_postgresql_for_users_without_a_policy(setup: Setup) -> None:
+    c = await Raw.open(setup.proxy.port)
+    await c.login(setup.pg.user, setup.pg.password, setup.pg.dbname)
+    errs = errors_in(await extended(c, bind("", "nobody"), m.execute("")))
+    assert [e["C"] for e in errs] == ["26000"] and "oversight" not in errs[0]["M"]
+    c.close()
