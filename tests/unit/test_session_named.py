@@ -230,3 +230,23 @@ def test_after_a_reload_an_open_cursor_runs_under_the_new_limits() -> None:
     pb.client(query("FETCH 1 FROM c"))  # same text upstream: the new cap applies
     out = pb.server(row_description("x") + rows(*"12345678"))
     assert out == ["client T D*7", "cancel"]
+
+
+def test_a_run_pipelined_behind_its_declare_finds_the_cursor_in_flight() -> None:
+    pb, _ = hooked(CAP, status=b"T")
+    fetch = "FETCH ALL FROM c"
+    batch = parse("", DECLARE) + bind() + execute() + parse("f", fetch) + bind("", "f")
+    assert pb.client(batch + execute() + SYNC) == [
+        f"decide {DECLARE!r}",
+        "server P B",
+        f"decide {DECLARE!r}",  # the DECLARE's own run: policy only, no rows
+        "server E",
+        f"decide {fetch!r}",
+        "server P B",
+        f"decide {DECLARE!r}",  # the FETCH: a run of the cursor, not yet confirmed
+        "server E S",
+    ]
+    head = PARSE_COMPLETE + BIND_COMPLETE + command_complete("DECLARE CURSOR")
+    out = pb.server(head + PARSE_COMPLETE + BIND_COMPLETE + ten())
+    assert out[-2:] == ["client C 1 2 T D*5", "cancel"]  # capped as a run of c
+    assert pb.session.names.cursor("c") is not None
