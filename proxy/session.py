@@ -299,7 +299,7 @@ class Session(UpstreamSide):
     ) -> None:
         run, portal = waiting.run, waiting.portal
         plan = self._admitted(run, adm, decide_s)
-        if run.store and self.portals.get(portal) is run.target:
+        if run.store and adm.error is None and self.portals.get(portal) is run.target:
             # The portal's later Executes (a suspended portal) continue this run.
             self.portals[portal] = plan
         counted = portal if run.store or run.cursor is not None else None
@@ -316,12 +316,16 @@ class Session(UpstreamSide):
         self.queue.append(Entry(b"E", stmts=deque([stmt]), effect=waiting.effect))
 
     def _admitted(self, run: Run, adm: Admission, decide_s: float) -> Plan:
-        """The plan a run goes on under; a cursor's later runs continue from it."""
+        """The plan a run goes on under; a cursor's later runs continue from it.
+
+        A refused run leaves the cursor as it was: its next FETCH is decided
+        afresh (a budget may have room again, the rules may change back).
+        """
         target = run.target
         if adm is target.admission:
             return target
         plan = Plan(target.sql, adm, extended=True, decide_s=target.decide_s + decide_s)
-        if run.cursor is not None:
+        if run.cursor is not None and adm.error is None:
             admitted(run.cursor, target, plan)
         return plan
 

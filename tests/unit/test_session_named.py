@@ -250,3 +250,15 @@ def test_a_run_pipelined_behind_its_declare_finds_the_cursor_in_flight() -> None
     out = pb.server(head + PARSE_COMPLETE + BIND_COMPLETE + ten())
     assert out[-2:] == ["client C 1 2 T D*5", "cancel"]  # capped as a run of c
     assert pb.session.names.cursor("c") is not None
+
+
+def test_a_refused_fetch_leaves_its_cursor_to_be_decided_afresh() -> None:
+    pb, _ = hooked({"id": "q", "window": "1h", "max_queries": 1, "action": "block"}, status=b"T")
+    hold = "DECLARE h CURSOR WITH HOLD FOR SELECT x FROM t"
+    prepared(pb, hold, "DECLARE CURSOR")
+    pb.client(query("SELECT 1"))  # uses the one query the budget allows
+    pb.server(command_complete("SELECT 0") + ready_for_query(b"T"))
+    declared = pb.session.names.cursors["h"].plan
+    pb.client(query("FETCH 1 FROM h"))
+    assert pb.server(error("42601") + ready_for_query(b"E"))[-1] == "client E:53400 Z:E"
+    assert pb.session.names.cursors["h"].plan is declared
