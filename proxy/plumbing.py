@@ -27,6 +27,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from proxy.hooks import Effect
 from proxy.policy.kinds import head
+from proxy.policy.redact import LITERALS
 from proxy.policy.split import Piece, SplitError, split
 
 # Statement kinds (policy/kinds.py) that may touch the session's names.
@@ -43,6 +44,7 @@ KINDS = frozenset(
         "explain",
     }
 )
+_RUN_INSIDE = frozenset({"create", "explain"})  # only when they hold an EXECUTE
 NAMEDATALEN = 64
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -58,8 +60,9 @@ class Decided(Protocol):
 
 def effects(sql: str, statements: Sequence[Decided]) -> dict[int, Effect]:
     """Effects of the statements of `sql`, as the policy engine decided them."""
-    if not any(s.kind in KINDS for s in statements):
-        return {}
+    kinds = {s.kind for s in statements} & KINDS
+    if not kinds or (kinds <= _RUN_INSIDE and "execute" not in sql.lower()):
+        return {}  # most statements: no need to split the text again
     try:
         pieces = split(sql)
     except SplitError:
@@ -128,14 +131,17 @@ def _holds(toks: Sequence[Token]) -> bool:
 
 
 def _word(t: Token) -> str:
-    return "" if t.token_type == TokenType.IDENTIFIER else t.text.upper()
+    """A keyword's text in upper case; "" for a quoted name or a literal ('execute')."""
+    return (
+        "" if t.token_type == TokenType.IDENTIFIER or t.token_type in LITERALS else t.text.upper()
+    )
 
 
 def ident(t: Token) -> str | None:
     """The name a token stands for as PostgreSQL reads an identifier, if it is one."""
     if t.token_type == TokenType.IDENTIFIER:
         text = t.text
-    elif t.text[:1].isalpha() or t.text[:1] == "_":
+    elif t.token_type not in LITERALS and (t.text[:1].isalpha() or t.text[:1] == "_"):
         text = t.text.translate(_LOWER)
     else:
         return None
