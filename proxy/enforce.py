@@ -5,8 +5,12 @@ when warm); a statement it lets through then goes to the guard, which may
 refuse it (budgets, detectors), delay it (throttle) or cap its result
 stream. In the extended protocol the guard's part runs at every Execute
 instead (`execute`), so each run of a prepared statement is counted, delayed
-and capped like a new statement. Rules and catalog swap atomically on reload;
-guard budgets live in its store and survive.
+and capped like a new statement; so does every run of a statement prepared
+or a cursor declared in SQL (EXECUTE, FETCH, or a protocol Bind or Execute
+naming it): PREPARE and DECLARE themselves return no rows and are admitted
+by policy alone, and their runs are left out of the statement string's own
+admission. Rules and catalog swap atomically on reload; guard budgets live
+in its store and survive.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.errors import Blocked, StalePlan
+from proxy.errors import Blocked, ProxyError, StaleCursor, StalePlan, UnknownName
 from proxy.guard import Guard
-from proxy.hooks import Admission, Hooks, StatementResult
+from proxy.hooks import Admission, Effect, Hooks, StatementResult, Unknown
 from proxy.identity import SessionFacts
+from proxy.plumbing import effects, run_kind
 from proxy.policy.engine import Decision, PolicyEngine, StatementInfo
 from proxy.rules import RuleSet
 
@@ -31,6 +36,15 @@ _INFO_FIELDS = ("kind", "tables", "columns", "fingerprint", "redacted")
 
 def _upstream_sql(adm: Admission, token: _Token) -> str:
     return adm.sql if adm.sql is not None else token.sql
+
+
+def _stale(token: _Token) -> ProxyError:
+    """The error for a run whose upstream text the reloaded rules would change."""
+    infos = token.decision.statements
+    if infos and infos[0].kind == "declare":
+        effect = effects(token.sql, infos).get(0)
+        return StaleCursor(effect.name or "?" if effect else "?")
+    return StalePlan()
 
 
 def _info(s: StatementInfo) -> dict[str, Any]:
@@ -102,45 +116,90 @@ class Enforcer(Hooks):
             audit=audit,
             token=_Token(d, None, sql, self.engine),
         )
+        for i, effect in effects(sql, d.statements).items():
+            adm.effects[i] = self._effect(effect, d, i, audit)
         if extended:
             # A prepared statement may run many times, under rules reloaded
             # since its Parse: each execution is checked again (`execute`).
             adm.per_execute = True
             return adm
-        if self.guard is None:
+        # PREPARE and DECLARE return no rows; EXECUTE and FETCH are admitted as
+        # runs of what they name (`execute`), so none of them is counted here.
+        infos = [s for i, s in enumerate(d.statements) if i not in adm.effects]
+        if self.guard is None or (d.statements and not infos):
             return adm
-        return await self._guard(adm, facts, d.statements)
+        return await self._guard(adm, facts, infos)
+
+    def _effect(self, effect: Effect, d: Decision, index: int, audit: dict[str, Any]) -> Effect:
+        """A PREPARE or DECLARE carries what each of its runs is first admitted as."""
+        if effect.op not in ("prepare", "declare"):
+            return effect
+        info = d.statements[index]
+        text = effect.text
+        alone = dataclasses.replace(d, sql=info.rewritten or text, statements=(info,))
+        sub = Admission(
+            action="rewrite" if info.rewritten is not None else "allow",
+            sql=info.rewritten,
+            rules=d.rules,
+            reason=d.reason,
+            statements=[_info(info)],
+            audit=dict(audit),
+            token=_Token(alone, None, text, self.engine),
+            per_execute=True,
+        )
+        return dataclasses.replace(effect, admission=sub)
+
+    def _has_policy(self, facts: SessionFacts) -> bool:
+        r = self.rules
+        return bool(
+            r.matching_rules(facts) or r.matching_functions(facts) or r.matching_extraction(facts)
+        )
 
     async def execute(
         self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
     ) -> Admission:
-        """One execution of a statement admitted at Parse.
+        """One run of a statement admitted at Parse or PREPARE, or of a DECLAREd cursor.
 
-        If the rules were reloaded since the Parse, the statement is decided
-        again: refused if the new rules refuse it, and refused as a stale
-        plan if they would rewrite it differently, since the upstream holds
+        If the rules were reloaded since, the statement is decided again:
+        refused if the new rules refuse it, and refused as a stale plan (or
+        cursor) if they would rewrite it differently, since the upstream holds
         the old rewrite. Then the guard's part, per run: bound values join
         the statement's literals, so the lookup and paging detectors see
-        `WHERE id = $1` the way they see `WHERE id = 42`.
+        `WHERE id = $1` the way they see `WHERE id = 42`. A cursor's later
+        FETCHes go on under its first run's admission (one query, one cap).
+        A name the session never saw created is refused to users with a policy.
         """
         token = statement.token
+        if isinstance(token, Unknown):
+            if not self._has_policy(facts):
+                return statement
+            err: ProxyError = UnknownName(token.name, cursor=token.cursor)
+            return dataclasses.replace(statement, action="block", error=err, reason=err.message)
         if not isinstance(token, _Token):
             return statement
+        # Running PREPARE or DECLARE itself returns no rows: only the rules are asked.
+        defines = any(e.op != "run" for e in statement.effects.values())
         if token.engine is not self.engine:
             fresh = await self.decide(token.sql, facts, extended=True)
             changed = _upstream_sql(fresh, token) != _upstream_sql(statement, token)
             if fresh.error is None and changed:
-                err = StalePlan()
+                err = _stale(token)
+                why = err.detail or err.message
                 fresh = dataclasses.replace(
-                    fresh, action="block", error=err, rules=("reload",), reason=str(err.detail)
+                    fresh, action="block", error=err, rules=("reload",), reason=why
                 )
             if fresh.error is not None:
                 return fresh
             statement, token = fresh, fresh.token
             assert isinstance(token, _Token)
-        if self.guard is None or not self.guard.specs_for(facts):
+        elif not statement.per_execute:
+            return statement  # a cursor's later FETCH: its run goes on under this admission
+        if defines or self.guard is None or not self.guard.specs_for(facts):
             return statement
-        infos = token.decision.statements
+        infos = tuple(
+            dataclasses.replace(s, kind=run_kind(s.kind, s.redacted))
+            for s in token.decision.statements
+        )
         if params:
             infos = tuple(dataclasses.replace(s, literals=(*s.literals, *params)) for s in infos)
         adm = dataclasses.replace(statement, audit=dict(statement.audit), per_execute=False)
@@ -170,8 +229,7 @@ class Enforcer(Hooks):
 
     async def function_call(self, facts: SessionFacts, oid: int) -> Admission:
         """Fast-path calls bypass SQL policy, so users with any policy may not make them."""
-        r = self.rules
-        if r.matching_rules(facts) or r.matching_functions(facts) or r.matching_extraction(facts):
+        if self._has_policy(facts):
             err = Blocked("fastpath", f"function call by OID {oid} bypasses SQL policy")
             return Admission(action="block", error=err, reason=err.reason)
         return Admission()

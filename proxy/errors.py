@@ -135,6 +135,32 @@ class StalePlan(ProxyError):
         return {**super().fields(), "R": "RevalidateCachedQuery"}
 
 
+class StaleCursor(ProxyError):
+    """A cursor declared under rules since reloaded would now be read differently (0A000)."""
+
+    sqlstate = "0A000"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f'oversight: the rules changed since cursor "{name}" was declared',
+            hint="Declare the cursor again.",
+        )
+        self.rule = "reload"
+
+
+class UnknownName(ProxyError):
+    """A Bind, Execute, Describe, EXECUTE or FETCH names what the proxy never saw created.
+
+    Its admission cannot be known, so users with a policy are refused, with
+    PostgreSQL's own codes for a missing statement (26000) or portal (34000).
+    """
+
+    def __init__(self, name: str, *, cursor: bool) -> None:
+        what = "portal" if cursor else "prepared statement"
+        super().__init__(f'oversight: {what} "{name}" is unknown to the proxy')
+        self.sqlstate = "34000" if cursor else "26000"
+
+
 class AuditUnavailable(ProxyError):
     """The audit log cannot be written, so the statement is not run (58030)."""
 

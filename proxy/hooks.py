@@ -1,10 +1,10 @@
 """The seams later capabilities plug into: a statement decider and a stream observer.
 
 The session calls `Hooks.decide` for every simple Query and every Parse before
-anything reaches the upstream (and `Hooks.execute` for the Executes of a
-statement that asks for it), and installs the returned `Admission.limits`
-on the statement's result stream. Both default to "allow everything", which
-makes Oversight a plain auditing relay.
+anything reaches the upstream, and `Hooks.execute` for every run of a named
+statement or cursor (a protocol Execute, SQL EXECUTE, FETCH), and installs
+the returned `Admission.limits` on the statement's result stream. All default
+to "allow everything", which makes Oversight a plain auditing relay.
 
 Hooks are async because some of them consult shared state (Redis-backed
 budgets) before a statement may run; the pure parts (policy) are sync and
@@ -35,10 +35,37 @@ class StreamLimits:
     max_rows: int | None = None
     max_bytes: int | None = None
     rule: str = ""
-    # Already streamed by earlier statements on the same cursor or portal
-    # (FETCH loops count per cursor), so the cap holds across them.
+    # Already streamed by earlier runs on the same cursor or portal (the session
+    # counts a FETCH loop or a suspended portal's pages), so the cap holds across them.
     used_rows: int = 0
     used_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one statement does to the session's SQL-level names (see proxy/named.py).
+
+    `op`: "prepare" / "declare" define `name`; "run" runs the statement
+    (EXECUTE) or cursor (FETCH) `name`; "close" (CLOSE) and "deallocate"
+    drop `name`, or every one when `name` is None; "discard" is DISCARD ALL.
+    """
+
+    op: Literal["prepare", "declare", "run", "close", "deallocate", "discard"]
+    name: str | None = None
+    cursor: bool = False  # run: FETCH of a cursor, not EXECUTE of a statement
+    hold: bool = False  # declare: WITH HOLD, survives the end of its transaction
+    params: tuple[str, ...] = ()  # run: EXECUTE's argument values, for the detectors
+    text: str = ""  # prepare / declare: the statement as the client wrote it
+    # prepare / declare: what each run of the name is admitted as (via `execute`).
+    admission: Admission | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """Token of the admission `execute` gets for a name the session never saw created."""
+
+    cursor: bool  # a portal or cursor; else a prepared statement
+    name: str
 
 
 @dataclass(slots=True)
@@ -62,6 +89,8 @@ class Admission:
     # Extended protocol: ask `execute` at the first Execute of every portal
     # bound to this statement, with the Bind values.
     per_execute: bool = False
+    # By statement index: what it does to SQL-level prepared statements and cursors.
+    effects: dict[int, Effect] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -84,12 +113,17 @@ class Hooks:
     async def execute(
         self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
     ) -> Admission:
-        """The first Execute of a portal whose statement was admitted with `per_execute`.
+        """One run of a named statement or cursor.
 
-        `statement` is the Parse's admission and `params` the portal's Bind
-        values. Returns the admission for this execution (and the portal's
-        later Executes): it may refuse it (`error`), delay it, cap its stream
-        or carry its own token and audit fields.
+        The first Execute of a portal whose statement was admitted with
+        `per_execute` (`statement` is the Parse's or PREPARE's admission,
+        `params` the Bind or EXECUTE values); every FETCH or Execute of a
+        cursor (`statement` is the DECLARE's admission, then what its first
+        run returned). Returns the admission for this execution (and the
+        portal's later Executes): it may refuse it (`error`), delay it, cap
+        its stream or carry its own token and audit fields. A `statement`
+        whose token is `Unknown` names something the session never saw
+        created: these hooks let it pass.
         """
         return statement
 

@@ -12,21 +12,12 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from proxy.actions import Plan, Running
+from proxy.hooks import Effect
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCall:
     oid: int
-    raw: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ExecuteCheck:
-    """An Execute held until the hooks have seen its Bind parameter values."""
-
-    portal: str
-    plan: Plan
-    params: tuple[str, ...]
     raw: bytes
 
 
@@ -43,6 +34,7 @@ class Entry:
     aborted: bool = False  # simple query cut off: drop the rest until ReadyForQuery
     name: str = ""  # Parse: the statement name it (re)defines
     prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
+    effect: Effect | None = None  # Execute: what its statement does to SQL-made names
 
 
 def next_stmt(head: Entry) -> Running:

@@ -13,17 +13,24 @@ processing with a `Decide` action; the I/O layer asks the hooks and calls
 refusal and goes on with the buffered frames. Everything else is relayed
 as its raw bytes.
 
-Server side: every forwarded client message that expects replies pushes an
-entry on `queue`, the replies the upstream owes us, in order (pgdog's
-expected-reply queue). A refusal is an entry (kind `!`) in the same queue,
-so its ErrorResponse reaches the client exactly where PostgreSQL would have
-put it, behind replies still owed for earlier pipelined messages. The
-refused message itself never goes upstream: in its place goes one sure to
-fail without side effects (a syntax error, or an Execute of a portal nobody
-has), and its ErrorResponse is swapped for the refusal. So the upstream
-fails the transaction exactly as it would for any error: an implicit
-transaction's earlier statements roll back, an explicit one is left
-aborted, and ReadyForQuery stays true to the upstream.
+Every run that can return rows is admitted by the hooks (`Hooks.execute`),
+whatever made it: a protocol Execute of a portal, of a cursor DECLAREd in
+SQL, or of a portal bound to a statement PREPAREd in SQL; EXECUTE and FETCH
+in a Query or a Parse. Names made in SQL are tracked in named.py; a Bind,
+Execute, Describe, EXECUTE or FETCH naming something the session never saw
+made is put to the hooks as `Unknown`, which refuse it under a policy.
+
+Server side (session_upstream.py): every forwarded client message that
+expects replies pushes an entry on `queue`, the replies the upstream owes
+us, in order (pgdog's expected-reply queue). A refusal is an entry (kind
+`!`) in the same queue, so its ErrorResponse reaches the client exactly
+where PostgreSQL would have put it, behind replies still owed for earlier
+pipelined messages. The refused message itself never goes upstream: in its
+place goes one sure to fail without side effects (a syntax error, or an
+Execute of a portal nobody has), and its ErrorResponse is swapped for the
+refusal. So the upstream fails the transaction exactly as it would for any
+error: an implicit transaction's earlier statements roll back, an explicit
+one is left aborted, and ReadyForQuery stays true to the upstream.
 
 The upstream stream is scanned by message header only. Runs of messages
 that need no attention (DataRow above all) are forwarded as one slice of
@@ -34,7 +41,8 @@ of that statement's output and sends a ResultLimit error in place of its
 completion; like any extended-protocol error, the rest of the batch up to
 Sync is discarded, and so is whatever the upstream still sends for it
 (the cancel's 57014, or replies if the cancel came too late). A portal's
-Executes share one count, so fetching in pages does not reset a cap.
+Executes and a cursor's FETCHes share one count, so fetching in pages does
+not reset a cap.
 """
 
 from __future__ import annotations
@@ -44,42 +52,22 @@ from collections import deque
 from dataclasses import replace
 
 from proxy import messages as m
-from proxy.actions import (
-    Action,
-    CancelUpstream,
-    Close,
-    Decide,
-    Finish,
-    Plan,
-    Running,
-    Throttle,
-    ToClient,
-    ToServer,
-)
-from proxy.errors import FeatureNotSupported, ProtocolViolation, ProxyError, ResultLimit
-from proxy.hooks import Admission
+from proxy.actions import Action, Close, Decide, Plan, Running, Throttle, ToServer
+from proxy.errors import ProtocolViolation, ProxyError
+from proxy.hooks import Admission, Effect
 from proxy.identity import SessionFacts
+from proxy.named import ExecuteCheck, Held, Names, QueryRuns, Run, admitted, in_query, unknown
 from proxy.policy.textmode import parser_hazard
-from proxy.replies import (
-    Entry,
-    ExecuteCheck,
-    FunctionCall,
-    for_portal,
-    next_stmt,
-    room,
-    statement_info,
-    undo_parse,
-)
-from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader, unpack_len
+from proxy.replies import Entry, FunctionCall, for_portal
+from proxy.session_upstream import UpstreamSide
+from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader
 
-D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
 # Sent upstream in place of a refused simple Query or FunctionCall: it fails at
 # raw parsing, before any lookup or execution, and names the reason in the server log.
 REFUSED_QUERY = "OVERSIGHT REFUSED THIS STATEMENT"
-ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
 
 
-class Session:
+class Session(UpstreamSide):
     def __init__(self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.facts = facts
         self.status = b"I"  # last transaction status the upstream reported
@@ -87,10 +75,11 @@ class Session:
         self.statements: dict[str, Plan] = {}
         self.portals: dict[str, Plan] = {}
         self.parameters: dict[str, str] = {}
+        self.names = Names()  # statements PREPAREd and cursors DECLAREd in SQL
         self._client = FrameReader(max_message)
         self._sbuf = b""  # a partial upstream message carried to the next read
         # The message awaiting a decision of the hooks.
-        self._waiting: m.Parse | FunctionCall | ExecuteCheck | str | None = None
+        self._waiting: m.Parse | FunctionCall | ExecuteCheck | Held | QueryRuns | str | None = None
         self.params: dict[str, tuple[str, ...]] = {}  # portal -> bound values, when wanted
         self._discard = False  # drop client messages until Sync (after an error)
         self._held = False  # cancel in flight: hold client messages back
@@ -127,21 +116,11 @@ class Session:
                 out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
                 self.queue.append(Entry(b"P", plan=plan, name=waiting.name, prev=prev))
         elif isinstance(waiting, ExecuteCheck):
-            plan = waiting.plan
-            if adm is not plan.admission:
-                plan = Plan(plan.sql, adm, extended=True, decide_s=plan.decide_s + decide_s)
-                if self.portals.get(waiting.portal) is waiting.plan:
-                    # The portal's later Executes (a suspended portal) continue this run.
-                    self.portals[waiting.portal] = plan
-            stmt = Running(plan, portal=waiting.portal)
-            if adm.error is not None:
-                self._refuse(stmt, adm.error, out, ready=False)
-                self._discard = True
-            else:
-                if adm.delay > 0:
-                    out.append(Throttle(adm.delay))
-                out.append(ToServer(waiting.raw))
-                self.queue.append(Entry(b"E", stmts=deque([stmt])))
+            self._run_admitted(waiting, adm, decide_s, out)
+        elif isinstance(waiting, Held):
+            self._held_admitted(waiting, adm, out)
+        elif isinstance(waiting, QueryRuns):
+            self._query_run_admitted(waiting, adm, decide_s, out)
         elif isinstance(waiting, FunctionCall):
             plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
             if adm.error is not None:
@@ -154,12 +133,7 @@ class Session:
             if adm.error is not None:
                 self._refuse(Running(plan), adm.error, out, ready=True)
             else:
-                if adm.delay > 0:
-                    out.append(Throttle(adm.delay))
-                n = max(1, len(adm.statements))
-                stmts = deque(Running(plan, index=i) for i in range(n))
-                out.append(ToServer(m.query(adm.sql if adm.sql is not None else waiting)))
-                self.queue.append(Entry(b"Q", stmts=stmts, plan=plan, count=n))
+                self._next_run(QueryRuns(plan, sorted(adm.effects)), out)
         out += self._pump()
         return out
 
@@ -219,30 +193,27 @@ class Session:
             out.append(Decide(self._waiting.sql, extended=True))
         elif t == b"B":
             portal, stmt = m.parse_bind_names(body)
-            plan = self.statements.get(stmt)
-            if plan is not None:
-                self.portals[portal] = for_portal(plan)
-                if plan.admission.per_execute:
-                    self.params[portal] = m.parse_bind_params(body)
+            plan = self.statements.get(stmt) or self.names.statement(stmt)
+            if plan is None:
+                self._ask_unknown(Held(t, raw, portal, stmt), out)
+                return
+            self.portals[portal] = for_portal(plan)
+            if plan.admission.per_execute:
+                self.params[portal] = m.parse_bind_params(body)
             out.append(ToServer(raw))
             self.queue.append(Entry(b"B"))
         elif t == b"E":
-            portal, _ = m.parse_execute(body)
-            plan = self.portals.get(portal) or Plan(f"<portal {portal!r}>", Admission(), True)
-            if plan.admission.per_execute:
-                # Values bound to $n are what lookup and paging detectors need.
-                params = self.params.get(portal, ())
-                self._waiting = ExecuteCheck(portal, plan, params, raw)
-                out.append(Decide(plan.sql, extended=True, params=params, token=plan.admission))
-                return
-            out.append(ToServer(raw))
-            self.queue.append(Entry(b"E", stmts=deque([Running(plan, portal=portal)])))
+            self._execute(m.parse_execute(body)[0], raw, out)
         elif t in (b"D", b"C"):
             kind, name = m.parse_target(body)
-            if t == b"C":
-                (self.statements if kind == b"S" else self.portals).pop(name, None)
-                if kind != b"S":
-                    self.params.pop(name, None)
+            if t == b"C" and kind == b"S":
+                self.names.drop_statement(name, self.statements)
+            elif t == b"C":
+                self.names.drop_portal(name, self.portals)
+                self.params.pop(name, None)
+            elif not self._known(kind, name):
+                self._ask_unknown(Held(t, raw, "", name, cursor=kind != b"S"), out)
+                return
             out.append(ToServer(raw))
             self.queue.append(Entry(t))
         elif t == b"S":
@@ -265,98 +236,6 @@ class Session:
         out.append(Close(error))
         return out
 
-    # ------------------------------------------------------------ server side
-
-    def server_data(self, data: bytes) -> list[Action]:
-        # Scan the immutable chunk itself; only a partial message at its end is
-        # kept. A chunk that ends on a message boundary and needs no attention
-        # is forwarded as the very same bytes object, with no copy.
-        buf = self._sbuf + data if self._sbuf else data
-        self._sbuf = b""
-        out: list[Action] = []
-        n = len(buf)
-        pos = start = 0  # buf[start:pos] is a run of messages to forward as is
-        rows = nbytes = 0  # counted for `stmt` in this run, written back at control points
-        head = self.queue[0] if self.queue else None
-        stmt = head.stmts[0] if head and head.stmts else None
-        room_rows, room_bytes = room(stmt)
-        cutting = self._dropping(head)
-        while n - pos >= 5:
-            t = buf[pos]
-            end = pos + 1 + unpack_len(buf, pos + 1)[0]
-            if end > n:
-                break
-            if t in (D, d):
-                if cutting:  # drop the rest of output being cut off
-                    if start < pos:
-                        out.append(ToClient(buf[start:pos]))
-                    start = end
-                else:
-                    if stmt is None:
-                        if head is None or head.kind != b"Q":
-                            pos = end
-                            continue
-                        stmt = next_stmt(head)
-                        room_rows, room_bytes = room(stmt)
-                    rows += 1
-                    nbytes += end - pos
-                    if rows > room_rows or nbytes > room_bytes:
-                        rows -= 1
-                        nbytes -= end - pos
-                        if start < pos:
-                            out.append(ToClient(buf[start:pos]))
-                        start = end
-                        cutting = True
-                        self._cutting = stmt
-                        self._held = True
-                        out.append(CancelUpstream())
-                pos = end
-                continue
-            if t in ASYNC:
-                if t == 83:  # ParameterStatus
-                    k, v = m.parse_parameter_status(buf[pos + 5 : end])
-                    hazard = self._on_parameter(k, v)
-                    if hazard is not None:
-                        # Statements are no longer read as the server reads them:
-                        # forward nothing more, end the session.
-                        if start < pos:
-                            out.append(ToClient(buf[start:pos]))
-                        return self._close(out, FeatureNotSupported(f"oversight: {hazard}"))
-                pos = end
-                continue
-            # A message that may end a statement or an entry: handle it alone.
-            if stmt is not None:
-                stmt.rows += rows
-                stmt.bytes += nbytes
-            rows = nbytes = 0
-            if start < pos:
-                out.append(ToClient(buf[start:pos]))
-            self._on_server(bytes((t,)), buf[pos + 5 : end], buf[pos:end], out)
-            pos = start = end
-            head = self.queue[0] if self.queue else None
-            stmt = head.stmts[0] if head and head.stmts else None
-            room_rows, room_bytes = room(stmt)
-            cutting = self._dropping(head)
-        if stmt is not None:
-            stmt.rows += rows
-            stmt.bytes += nbytes
-        if start < pos:
-            out.append(ToClient(buf[start:pos]))
-        if pos < n:
-            self._sbuf = buf[pos:]
-        return out
-
-    def _dropping(self, head: Entry | None) -> bool:
-        """Is upstream output now being thrown away (a cut-off statement or batch)?"""
-        if self._cutting is not None or self._drain:
-            return True
-        return head is not None and (head.aborted or head.kind == b"!")
-
-    def current(self) -> Running | None:
-        """The statement whose output is streaming now, if any."""
-        head = self.queue[0] if self.queue else None
-        return head.stmts[0] if head and head.stmts else None
-
     def _on_parameter(self, name: str, value: str) -> str | None:
         """Track a ParameterStatus; say why it ends the session, if it must."""
         self.parameters[name] = value
@@ -366,170 +245,137 @@ class Session:
         # other way (a function the rules allow), at the latest at the next Sync.
         return parser_hazard(name, value)
 
-    def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
-        fields = m.error_fields(body) if t == b"E" else {}
-        # V is never translated (S is, under lc_messages).
-        if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
-            self.upstream_fatal = True
-        q = self.queue
-        head = q[0] if q else None
-        if head is None:
-            out.append(ToClient(raw))  # e.g. a FATAL on admin shutdown
-            return
-        kind = head.kind
-        if self._drain:
-            if t != b"Z":
-                return  # the rest of a cut-off batch, or the cancel's 57014
-            self._drain = False
-        if kind == b"!":
-            self._on_refusal(head, t, body, raw, out)
-            return
-        if head.aborted and t != b"Z":
-            self._drop_statement_end(head, t, body, out)
-            return
-        if self._cutting is not None and head.stmts and head.stmts[0] is self._cutting:
-            if t in b"CIsE":
-                self._finish_cut(head, out)
-            return  # drop everything else of the statement being cut
-        if t in b"CE":
-            self._copy_in = False
-        if t == b"E":
-            error = f"{fields.get('C', '?????')}: {fields.get('M', '')}"
-            if kind == b"Q" and not head.stmts:
-                next_stmt(head)  # a statement past those the hooks counted failed
-            if head.stmts:
-                s = head.stmts.popleft()
-                s.error = error
-                out.append(Finish(s))
-            out.append(ToClient(raw))
-            if kind in b"QFS":
-                return  # the rest of a failed string is audited at its ReadyForQuery
-            failed = q.popleft()
-            self._skip_to_sync(out)
-            undo_parse(self.statements, failed)
-            return
-        if t == b"Z":
-            if kind in b"QSF":
-                self._ready(body, out)  # audits what never ran before the client hears
-            out.append(ToClient(raw))
-            if kind in b"QSF":
-                self.queue.popleft()
-            return
-        if t in b"GH" and kind in b"QE":
-            # COPY: the upstream ignores Sync and Flush while copying in, so a
-            # Sync the client sent right behind this Execute gets no reply.
-            self._copy_in = t == b"G"
-            while self._copy_in and len(q) > 1 and q[1].kind == b"S":
-                del q[1]
-        if (kind in b"QE" and t in b"CIs") or (kind == b"F" and t == b"V"):
-            if t == b"s":
-                head.stmts[0].tag = "suspended"
-            self._complete(head, body if t == b"C" else b"", out)
-            out.append(ToClient(raw))
-            if kind == b"E":
-                self.queue.popleft()
-            return
-        out.append(ToClient(raw))
-        if (
-            (kind == b"P" and t == b"1")
-            or (kind == b"B" and t == b"2")
-            or (kind == b"D" and t in b"Tn")
-            or (kind == b"C" and t == b"3")
-        ):
-            self.queue.popleft()
+    # ------------------------------------------------------------ named runs
 
-    def _on_refusal(
-        self, head: Entry, t: bytes, body: bytes, raw: bytes, out: list[Action]
+    def _known(self, kind: bytes, name: str) -> bool:
+        if kind == b"S":
+            return name in self.statements or self.names.statement(name) is not None
+        return name in self.portals or self.names.cursor(name) is not None
+
+    def _resolve(self, effect: Effect) -> Run:
+        """What an EXECUTE or FETCH runs: a statement or cursor by name, or an unknown."""
+        name = effect.name or ""
+        if effect.cursor:
+            cur = self.names.cursor(name)
+            if cur is not None:
+                return Run(cur.plan, name=name, cursor=cur)
+            portal = self.portals.get(name)  # FETCH reads protocol portals too
+            return Run(portal or unknown(name, cursor=True), name=name)
+        plan = self.statements.get(name) or self.names.statement(name)
+        return Run(plan or unknown(name, cursor=False), effect.params, name=name)
+
+    def _ask(self, run: Run, out: list[Action]) -> None:
+        out.append(Decide(run.target.sql, True, params=run.params, token=run.target.admission))
+
+    def _ask_unknown(self, held: Held, out: list[Action]) -> None:
+        self._waiting = held
+        self._ask(Run(unknown(held.name, cursor=held.cursor)), out)
+
+    def _execute(self, portal: str, raw: bytes, out: list[Action]) -> None:
+        """A protocol Execute: every run is admitted, except a portal's later pages."""
+        plan = self.portals.get(portal)
+        effect = plan.admission.effects.get(0) if plan is not None else None
+        if plan is None:
+            cur = self.names.cursor(portal)
+            run = Run(cur.plan, name=portal, cursor=cur) if cur else None
+            run = run or Run(unknown(portal, cursor=True), name=portal)
+        elif effect is not None and effect.op == "run":
+            run = self._resolve(effect)  # a Parse of EXECUTE or FETCH
+            run.params = (*run.params, *self.params.get(portal, ()))
+            effect = None
+        elif plan.admission.per_execute:
+            # Values bound to $n are what lookup and paging detectors need.
+            run = Run(plan, self.params.get(portal, ()), name=portal, store=True)
+        else:
+            out.append(ToServer(raw))
+            stmts = deque([Running(plan, portal=portal)])
+            self.queue.append(Entry(b"E", stmts=stmts, effect=effect))
+            return
+        self._waiting = ExecuteCheck(portal, run, raw, effect)
+        self._ask(run, out)
+
+    def _run_admitted(
+        self, waiting: ExecuteCheck, adm: Admission, decide_s: float, out: list[Action]
     ) -> None:
-        """Replies to a refused message's stand-in: its error becomes the refusal."""
-        if t in b"CEIs" and head.stmts:  # E; the others only if the stand-in somehow ran
-            out.extend(Finish(s) for s in head.stmts)
-            head.stmts.clear()
-            out.append(ToClient(head.synthetic))
-            if not head.ready:
-                self.queue.popleft()
-                self._skip_to_sync(out)
-        elif t == b"Z" and head.ready:
-            self.status = body[:1] or b"I"
-            out.append(ToClient(raw))
-            self.queue.popleft()
-
-    def _complete(self, head: Entry, tag: bytes, out: list[Action]) -> None:
-        if not head.stmts:
-            next_stmt(head)  # more results than the hooks counted (they need not split)
-        s = head.stmts.popleft()
-        s.tag = s.tag or tag.rstrip(b"\0").decode("ascii", "replace")
-        lim = s.plan.limits
-        if s.portal is not None and lim is not None:
-            # Later Executes of this portal continue this count (see _for_portal).
-            lim.used_rows += s.rows
-            lim.used_bytes += s.bytes
-        out.append(Finish(s))
-        sp = statement_info(s).get("search_path")
-        if isinstance(sp, list | tuple) and not s.error:
-            self.facts = replace(self.facts, search_path=tuple(sp))
-
-    def _ready(self, body: bytes, out: list[Action]) -> None:
-        self.status = body[:1] or b"I"
-        head = self.queue[0]
-        for s in head.stmts:  # statements of a query string that never ran
-            s.error = s.error or "not executed: an earlier statement in the string failed"
-            out.append(Finish(s))
-        head.stmts.clear()
-
-    def _skip_to_sync(self, out: list[Action]) -> None:
-        """After an error in an extended batch the upstream skips to Sync; so do we."""
-        q = self.queue
-        skipped: list[Entry] = []
-        while q and q[0].kind != b"S":
-            e = q.popleft()
-            skipped.append(e)
-            for s in e.stmts:
-                s.error = s.error or "not executed: an earlier message in the batch failed"
-                out.append(Finish(s))
-        for e in reversed(skipped):
-            undo_parse(self.statements, e)
-        if not q:
+        run, portal = waiting.run, waiting.portal
+        plan = self._admitted(run, adm, decide_s)
+        if run.store and adm.error is None and self.portals.get(portal) is run.target:
+            # The portal's later Executes (a suspended portal) continue this run.
+            self.portals[portal] = plan
+        counted = portal if run.store or run.cursor is not None else None
+        stmt = Running(plan, portal=counted)
+        if adm.error is not None:
+            self._refuse(stmt, adm.error, out, ready=False)
             self._discard = True
-
-    def _finish_cut(self, head: Entry, out: list[Action]) -> None:
-        s = head.stmts.popleft()
-        self._cutting = None
-        lim = s.plan.limits
-        assert lim is not None
-        s.cutoff = True
-        err = (
-            ResultLimit(lim.max_rows, lim.rule)
-            if lim.max_rows is not None and s.rows + lim.used_rows >= lim.max_rows
-            else ResultLimit(lim.max_bytes or 0, lim.rule, unit="bytes")
-        )
-        s.error = f"{err.sqlstate}: {err.message}"
-        out.append(Finish(s))
-        out.append(ToClient(m.error_response(err.fields())))
-        if head.kind == b"Q":
-            head.aborted = True
-            for rest in head.stmts:
-                rest.error = "not executed or discarded: an earlier statement was cut off"
             return
-        self.queue.popleft()
-        self._skip_to_sync(out)
-        # Whether the cancel hit (57014) or came too late, nothing more of this
-        # batch reaches the client: it has its error and waits for ReadyForQuery.
-        self._drain = True
+        if adm.delay > 0 and adm is not run.target.admission:  # not a cursor's later run
+            out.append(Throttle(adm.delay))
+        out.append(ToServer(waiting.raw))
+        if waiting.effect is not None:
+            self.names.sent(waiting.effect)
+        self.queue.append(Entry(b"E", stmts=deque([stmt]), effect=waiting.effect))
 
-    def _drop_statement_end(self, head: Entry, t: bytes, body: bytes, out: list[Action]) -> None:
-        if t in b"CIE" and len(t) == 1 and head.stmts:
-            out.append(Finish(head.stmts.popleft()))
+    def _admitted(self, run: Run, adm: Admission, decide_s: float) -> Plan:
+        """The plan a run goes on under; a cursor's later runs continue from it.
 
-    # ------------------------------------------------------------ ending
+        A refused run leaves the cursor as it was: its next FETCH is decided
+        afresh (a budget may have room again, the rules may change back).
+        """
+        target = run.target
+        if adm is target.admission:
+            return target
+        plan = Plan(target.sql, adm, extended=True, decide_s=target.decide_s + decide_s)
+        if run.cursor is not None and adm.error is None:
+            admitted(run.cursor, target, plan)
+        return plan
 
-    def interrupted(self, reason: str) -> list[Action]:
-        """The session is going away: audit every statement still owed a reply."""
-        out: list[Action] = []
-        for e in self.queue:
-            for s in e.stmts:
-                s.error = s.error or reason
-                out.append(Finish(s))
-        self.queue.clear()
-        self.closed = True
-        return out
+    def _held_admitted(self, held: Held, adm: Admission, out: list[Action]) -> None:
+        """A Bind or Describe naming what the session never saw made, as the hooks said."""
+        plan = Plan(unknown(held.name, cursor=held.cursor).sql, adm, extended=True)
+        if adm.error is not None:
+            self._refuse(Running(plan), adm.error, out, ready=False)
+            self._discard = True
+            return
+        if held.kind == b"B":
+            self.portals[held.portal] = plan
+        out.append(ToServer(held.raw))
+        self.queue.append(Entry(held.kind))
+
+    def _next_run(self, qr: QueryRuns, out: list[Action]) -> None:
+        """Ask about the Query's next EXECUTE or FETCH; once all are admitted, send it."""
+        effects = qr.plan.admission.effects
+        while qr.todo:
+            effect = effects[qr.todo[0]]
+            if effect.op == "run":
+                qr.run = self._resolve(effect)
+                self._waiting = qr
+                self._ask(qr.run, out)
+                return
+            self.names.sent(effect)  # a later statement of the string may name it
+            qr.todo.pop(0)
+        plan, adm = qr.plan, qr.plan.admission
+        delay = max(adm.delay, qr.delay)
+        if delay > 0:
+            out.append(Throttle(delay))
+        n = max(1, len(adm.statements))
+        stmts = deque(
+            Running(qr.admitted.get(i, plan), index=i, portal=qr.cursors.get(i)) for i in range(n)
+        )
+        out.append(ToServer(m.query(adm.sql if adm.sql is not None else plan.sql)))
+        self.queue.append(Entry(b"Q", stmts=stmts, plan=plan, count=n))
+
+    def _query_run_admitted(
+        self, qr: QueryRuns, adm: Admission, decide_s: float, out: list[Action]
+    ) -> None:
+        index, run = qr.todo.pop(0), qr.run
+        assert run is not None
+        plan = in_query(qr.plan, index, self._admitted(run, adm, decide_s))
+        if adm.error is not None:
+            self._refuse(Running(plan, index=index), adm.error, out, ready=True)
+            return
+        qr.admitted[index] = plan
+        if adm is not run.target.admission:  # a cursor's later FETCH is not delayed again
+            qr.delay = max(qr.delay, adm.delay)
+        if run.cursor is not None:
+            qr.cursors[index] = run.name
+        self._next_run(qr, out)

@@ -17,13 +17,12 @@ The guard takes the `extraction:` entries matching the session's identity and
 flushes running totals every FLUSH_INTERVAL seconds, so other instances see
 a long stream's rows while it is still going.
 
-A lone FETCH gets its cursor's earlier output as StreamLimits.used_rows /
-used_bytes (cursors.py), so a per-query cap holds across a FETCH loop.
-
 A token is per execution: a simple Query is admitted once, and each run of
-a prepared statement is admitted at its Execute (proxy/enforce.py), with its
-bound values among the literals the detectors see. Only a suspended portal
-runs on under one token; its later Executes add rows, not queries.
+a prepared statement or cursor (protocol Execute, EXECUTE, FETCH) is
+admitted on its own (proxy/enforce.py), with its bound values among the
+literals the detectors see. Only a suspended portal or an open cursor runs
+on under one token; its later Executes and FETCHes add rows, not queries,
+and the session counts them against the same caps.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from typing import Any, Literal
 
 from proxy.catalog import Catalog
 from proxy.errors import Blocked, ProxyError, VolumeLimit
-from proxy.guard.cursors import CursorCount, CursorTracker
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
@@ -86,7 +84,6 @@ class GuardToken:
     flushed_rows: int = 0
     flushed_bytes: int = 0
     last_flush: float = 0.0
-    cursor: CursorCount | None = None  # the cursor a FETCH reads, counted across FETCHes
     dry_caps: list[ExtractionSpec] = field(default_factory=list)
 
 
@@ -106,22 +103,6 @@ class Guard:
         self._rules = rules
         self._sizes = SizeEstimator(catalog)
         self._specs: dict[int, ExtractionSpec] = {}
-        self._cursors = CursorTracker()
-
-    def _observe_cursors(
-        self, facts: SessionFacts, statements: Sequence[StatementFacts]
-    ) -> CursorCount | None:
-        """Track DECLARE/CLOSE; for a lone FETCH, the count of the cursor it reads."""
-        session = facts.session_id or f"{facts.user}@{facts.client}"
-        found = None
-        for stmt in statements:
-            text = getattr(stmt, "redacted", None) or getattr(stmt, "sql", None) or ""
-            found = self._cursors.observe(session, stmt.kind, str(text))
-        return found if len(statements) == 1 else None
-
-    def session_closed(self, facts: SessionFacts) -> None:
-        """Optional: forget a finished session's cursors (they are also dropped LRU)."""
-        self._cursors.forget(facts.session_id or f"{facts.user}@{facts.client}")
 
     def update(self, rules: RuleSet, catalog: Catalog | None) -> None:
         """Swap in reloaded rules; budgets live in the store keyed by rule id, so they survive."""
@@ -168,7 +149,6 @@ class Guard:
         caps = Caps()
         budgets: list[_Budget] = []
         pacers: list[Pacer] = []
-        cursor = self._observe_cursors(facts, statements)
         dry_caps: list[ExtractionSpec] = []
         cap_specs: list[ExtractionSpec] = []
         for spec in specs:
@@ -177,7 +157,7 @@ class Guard:
             # A dry-run cap cuts nothing; `finished` logs what it would have cut.
             (dry_caps if spec.dry_run else cap_specs).append(spec)
         for spec in cap_specs:
-            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query, cursor)
+            caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query)
         # Enforcing budgets first: if one refuses, the others are not charged.
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
             if not spec.has_budget:
@@ -211,14 +191,13 @@ class Guard:
             adm.paced = True
             if adm.limits is None:
                 adm.limits = StreamLimits()
-        if budgets or pacers or dry_caps or (cursor is not None and adm.limits is not None):
+        if budgets or pacers or dry_caps:
             adm.token = GuardToken(
                 facts.user,
                 budgets,
                 pacers,
                 max(s.max_delay for s in specs),
                 last_flush=now,
-                cursor=cursor,
                 dry_caps=dry_caps,
             )
         throttled = adm.delay > 0 or bool(pacers)
@@ -303,9 +282,6 @@ class Guard:
         rows, nbytes = int(result.rows), int(result.bytes)
         await self._flush(token, rows, nbytes, self.clock())
         token.flushed_rows = token.flushed_bytes = 0  # a suspended portal's next Execute
-        if token.cursor is not None:
-            token.cursor.rows += rows
-            token.cursor.bytes += nbytes
         for spec in token.dry_caps:
             rows_cap, bytes_cap = spec.max_rows_per_query, spec.max_bytes_per_query
             if (rows_cap is not None and rows > rows_cap) or (

@@ -11,51 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.guard.cursors import CursorCount
 from proxy.guard.limits import ExtractionSpec
 from proxy.guard.store import Usage
 from proxy.hooks import StreamLimits
 
 
 class Caps:
-    """The tightest row and byte caps offered, each with the rule it came from.
-
-    A cap is (limit, used, rule): `used` is what earlier FETCHes from the same
-    cursor streamed, so what this statement may still send is limit - used.
-    """
+    """The tightest row and byte caps offered, each with the rule it came from."""
 
     def __init__(self) -> None:
-        self.rows: tuple[int, int, str] | None = None
-        self.bytes: tuple[int, int, str] | None = None
+        self.rows: tuple[int, str] | None = None
+        self.bytes: tuple[int, str] | None = None
 
-    def offer(
-        self,
-        rule: str,
-        rows: int | None,
-        nbytes: int | None,
-        used: CursorCount | None = None,
-    ) -> None:
-        used_rows, used_bytes = (used.rows, used.bytes) if used is not None else (0, 0)
-        if rows is not None and (
-            self.rows is None or rows - used_rows < self.rows[0] - self.rows[1]
-        ):
-            self.rows = (rows, used_rows, rule)
-        if nbytes is not None and (
-            self.bytes is None or nbytes - used_bytes < self.bytes[0] - self.bytes[1]
-        ):
-            self.bytes = (nbytes, used_bytes, rule)
+    def offer(self, rule: str, rows: int | None, nbytes: int | None) -> None:
+        if rows is not None and (self.rows is None or rows < self.rows[0]):
+            self.rows = (rows, rule)
+        if nbytes is not None and (self.bytes is None or nbytes < self.bytes[0]):
+            self.bytes = (nbytes, rule)
 
     def limits(self) -> StreamLimits | None:
         if self.rows is None and self.bytes is None:
             return None
         # StreamLimits names one rule: the row cap's (the one the 54000 message states).
-        rule = self.rows[2] if self.rows else self.bytes[2] if self.bytes else ""
+        rule = self.rows[1] if self.rows else self.bytes[1] if self.bytes else ""
         return StreamLimits(
             max_rows=self.rows[0] if self.rows else None,
             max_bytes=self.bytes[0] if self.bytes else None,
             rule=rule,
-            used_rows=self.rows[1] if self.rows else 0,
-            used_bytes=self.bytes[1] if self.bytes else 0,
         )
 
 

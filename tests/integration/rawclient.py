@@ -9,6 +9,7 @@ from typing import Any
 import scramp
 
 from proxy import messages as m
+from proxy.wire import frame
 
 
 class Raw:
@@ -62,6 +63,19 @@ class Raw:
 
     def close(self) -> None:
         self.w.close()
+
+
+def bind(portal: str = "", statement: str = "") -> bytes:
+    """Bind with no parameters and text results."""
+    body = m.cstr(portal) + m.cstr(statement) + struct.pack("!hhh", 0, 0, 0)
+    return frame(b"B", body)
+
+
+def describe(kind: bytes, name: str = "") -> bytes:
+    return frame(b"D", kind + m.cstr(name))
+
+
+SYNC = frame(b"S")
 
 
 def errors_in(frames: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:

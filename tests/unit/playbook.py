@@ -239,6 +239,7 @@ def render(actions: Iterable[Action]) -> list[str]:
 # ---------------------------------------------------------------- the playbook
 
 Policy = Callable[[str, bool], Admission]
+Runs = Callable[[Decide], Admission]
 
 
 def allow_all(sql: str, extended: bool) -> Admission:
@@ -246,12 +247,19 @@ def allow_all(sql: str, extended: bool) -> Admission:
 
 
 class Playbook:
-    """Drives one Session; Decide actions are answered by `policy` unless `auto=False`."""
+    """Drives one Session; Decide actions are answered by `policy` unless `auto=False`.
 
-    def __init__(self, policy: Policy = allow_all, *, status: bytes = b"I") -> None:
+    `runs`, when given, answers the Decides of runs (those carrying a token,
+    which the I/O layer puts to `Hooks.execute`); otherwise `policy` does.
+    """
+
+    def __init__(
+        self, policy: Policy = allow_all, *, status: bytes = b"I", runs: Runs | None = None
+    ) -> None:
         self.session = Session(SessionFacts(user="alice", database="db"))
         self.session.status = status
         self.policy = policy
+        self.runs = runs
         self.actions: list[Action] = []  # everything, for byte-level checks
 
     def _resolve(self, actions: list[Action], auto: bool) -> list[Action]:
@@ -261,7 +269,9 @@ class Playbook:
             a = todo.pop(0)
             out.append(a)
             if isinstance(a, Decide) and auto:
-                todo = self.session.decided(self.policy(a.sql, a.extended)) + todo
+                run = self.runs is not None and a.token is not None
+                adm = self.runs(a) if self.runs and run else self.policy(a.sql, a.extended)
+                todo = self.session.decided(adm) + todo
         self.actions += out
         return out
 

@@ -6,7 +6,8 @@ count each run, a throttle delays each run, caps and what is left of a
 blocking budget apply to each run, and detectors see its bound values. After
 a rules reload, a statement prepared before it is decided again at its next
 Execute: refused if the new rules refuse it, stale (0A000, so drivers
-prepare it again) if they would rewrite it differently.
+prepare it again) if they would rewrite it differently. Statements PREPAREd
+and cursors DECLAREd in SQL are admitted the same way at each of their runs.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from guard_helpers import ALICE, Clock, ruleset
 
 from proxy.catalog import Catalog, Relation
 from proxy.enforce import Enforcer
-from proxy.errors import Blocked, StalePlan, VolumeLimit
+from proxy.errors import Blocked, StaleCursor, StalePlan, UnknownName, VolumeLimit
 from proxy.guard import Guard, MemoryStore
 from proxy.guard.limits import DEFAULT_MAX_DELAY
 from proxy.guard.store import state_key
-from proxy.hooks import Admission, StatementResult
+from proxy.hooks import Admission, StatementResult, Unknown
+from proxy.identity import SessionFacts
 from proxy.rules import RuleSet, TableRule
 
 SQL = "SELECT name FROM people WHERE id = $1"
+CAROL = SessionFacts(user="carol", database="db")
 
 
 def enforcer(*entries: dict[str, Any]) -> tuple[Enforcer, MemoryStore, Clock]:
@@ -60,9 +63,7 @@ async def test_every_execution_counts_against_the_query_budget() -> None:
 
 
 async def test_every_execution_is_delayed_once_over_a_throttle_budget() -> None:
-    e, _, _ = enforcer(
-        {"id": "slow", "window": "1h", "max_queries": 2, "action": "throttle"}
-    )
+    e, _, _ = enforcer({"id": "slow", "window": "1h", "max_queries": 2, "action": "throttle"})
     parsed = await e.decide(SQL, ALICE, extended=True)
     delays = [(await run(e, parsed, 1, str(i))).delay for i in range(4)]
     assert delays[:2] == [0.0, 0.0]
@@ -172,3 +173,88 @@ async def test_a_reload_that_refuses_the_statement_refuses_its_next_execution() 
 async def test_a_reload_that_changes_nothing_for_it_lets_it_run() -> None:
     adm = await prepared_then_reloaded(masking("redact"), masking("redact"))
     assert adm.error is None and adm.action == "rewrite"
+
+
+# ---------------------------------------------------------------- names made in SQL
+
+
+async def test_prepare_and_declare_are_not_runs_but_carry_what_their_runs_start_from() -> None:
+    e, store, clock = enforcer({"id": "q", "window": "1h", "max_queries": 5, "action": "block"})
+    adm = await e.decide(
+        "PREPARE s(int) AS " + SQL + "; DECLARE c CURSOR FOR SELECT 1", ALICE, extended=False
+    )
+    prep, decl = adm.effects[0], adm.effects[1]
+    assert (prep.op, prep.name, decl.op, decl.name) == ("prepare", "s", "declare", "c")
+    assert prep.admission is not None and prep.admission.per_execute
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 0
+    run = await e.execute(ALICE, prep.admission, ("7",))  # EXECUTE s(7)
+    assert run.error is None and not run.per_execute
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 1
+
+
+async def test_execute_and_fetch_are_left_to_their_runs() -> None:
+    e, store, clock = enforcer({"id": "q", "window": "1h", "max_queries": 5, "action": "block"})
+    adm = await e.decide("SELECT 1; EXECUTE s(42); FETCH 10 FROM c", ALICE, extended=False)
+    assert adm.effects[1].op == "run" and adm.effects[1].params == ("42",)
+    assert adm.effects[2].cursor and adm.effects[2].name == "c"
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 1  # SELECT 1
+
+
+async def test_a_prepared_statements_runs_are_seen_as_what_it_prepares() -> None:
+    e, _, _ = enforcer(
+        {
+            "id": "lookups",
+            "window": "10m",
+            "detect": "enumeration",
+            "max_distinct": 2,
+            "action": "block",
+        }
+    )
+    adm = await e.decide("PREPARE s(int) AS " + SQL, ALICE, extended=False)
+    prep = adm.effects[0].admission
+    assert prep is not None
+    errors = [(await run(e, prep, 0, v)).error for v in ("1", "2")]
+    assert errors[0] is None and isinstance(errors[1], Blocked)  # a lookup by lookup
+
+
+async def test_a_cursors_later_runs_go_on_under_its_first() -> None:
+    e, store, clock = enforcer({"id": "q", "window": "1h", "max_queries": 5, "action": "block"})
+    adm = await e.decide("DECLARE c CURSOR FOR SELECT 1", ALICE, extended=False)
+    declared = adm.effects[0].admission
+    assert declared is not None
+    first = await e.execute(ALICE, declared, ())
+    assert await e.execute(ALICE, first, ()) is first  # a later FETCH: no new query
+    assert (await store.usage(state_key("q", "alice"), 3600, clock())).queries == 1
+
+
+async def test_unknown_names_are_refused_to_users_with_a_policy_only() -> None:
+    e, _, _ = enforcer({"id": "cap", "match": {"groups": ["analysts"]}, "max_rows_per_query": 5})
+    statement = Admission(token=Unknown(False, "nobody"))
+    refused = await e.execute(ALICE, statement, ())
+    assert isinstance(refused.error, UnknownName) and refused.error.sqlstate == "26000"
+    assert refused.error.message == 'oversight: prepared statement "nobody" is unknown to the proxy'
+    portal = await e.execute(ALICE, Admission(token=Unknown(True, "p")), ())
+    assert portal.error is not None and portal.error.sqlstate == "34000"
+    assert await e.execute(CAROL, statement, ()) is statement  # carol has no policy
+
+
+async def test_a_reload_that_changes_a_cursors_rewrite_makes_it_stale() -> None:
+    e = Enforcer(masking(None), PEOPLE, None)
+    adm = await e.decide("DECLARE c CURSOR FOR SELECT name, ssn FROM people", ALICE, extended=False)
+    declared = adm.effects[0].admission
+    assert declared is not None
+    e.reload(masking("redact"))
+    stale = await e.execute(ALICE, declared, ())
+    assert isinstance(stale.error, StaleCursor) and stale.error.sqlstate == "0A000"
+    assert stale.error.message == 'oversight: the rules changed since cursor "c" was declared'
+    e.reload(masking("deny"))
+    assert isinstance((await e.execute(ALICE, declared, ())).error, Blocked)
+
+
+async def test_a_reload_that_changes_a_sql_prepared_rewrite_makes_it_stale() -> None:
+    e = Enforcer(masking(None), PEOPLE, None)
+    adm = await e.decide("PREPARE s AS " + LOOKUP, ALICE, extended=False)
+    prepared = adm.effects[0].admission
+    assert prepared is not None
+    e.reload(masking("redact"))
+    assert isinstance((await e.execute(ALICE, prepared, ("1",))).error, StalePlan)
