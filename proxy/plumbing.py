@@ -27,8 +27,8 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from proxy.hooks import Effect
 from proxy.policy.kinds import head
-from proxy.policy.redact import LITERALS
 from proxy.policy.split import Piece, SplitError, split
+from proxy.redact import LITERALS
 
 # Statement kinds (policy/kinds.py) that may touch the session's names.
 KINDS = frozenset(
