@@ -35,6 +35,11 @@ class Relation:
     depends_on: tuple[str, ...] = ()
     # Inheritance/partition parents ("schema.name"), transitively.
     parents: tuple[str, ...] = ()
+    # Views: pg_get_viewdef read under an empty search_path (every name outside
+    # pg_catalog schema-qualified), and the reloptions that change what reading
+    # through it means (security_barrier, security_invoker, check_option=...).
+    definition: str = ""
+    options: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -51,6 +56,8 @@ class Catalog:
     # The database's default search_path as the catalog account saw it at load time.
     search_path: tuple[str, ...] = ("$user", "public")
     _by_name: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    # Names of plain views: a statement naming none of them needs no view expansion.
+    view_names: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -59,6 +66,7 @@ class Catalog:
         self._by_name = {}
         for rel in self.relations.values():
             self._by_name.setdefault(rel.name, []).append(rel.schema)
+        self.view_names = frozenset(r.name for r in self.relations.values() if r.kind == "view")
         if not self.version:
             self.version = hashlib.sha256(orjson.dumps(self.to_dict())).hexdigest()[:16]
 
@@ -82,6 +90,10 @@ class Catalog:
                 d["depends_on"] = list(r.depends_on)
             if r.parents:
                 d["parents"] = list(r.parents)
+            if r.definition:
+                d["definition"] = r.definition
+            if r.options:
+                d["options"] = list(r.options)
             rels.append(d)
         funcs = [f"{s}.{n}" for n, ss in sorted(self.functions.items()) for s in ss]
         return {
@@ -108,6 +120,8 @@ class Catalog:
                 reltuples=float(item.get("reltuples", -1)),
                 depends_on=tuple(_qual(x) for x in item.get("depends_on", [])),
                 parents=tuple(_qual(x) for x in item.get("parents", [])),
+                definition=str(item.get("definition") or ""),
+                options=tuple(str(o) for o in item.get("options", [])),
             )
             rels[rel.qualified] = rel
         funcs: dict[str, list[str]] = {}
@@ -159,6 +173,17 @@ WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')
 GROUP BY 1, 2, 3, 4
 """
 
+# Run under `SET search_path = ''`, so pg_get_viewdef qualifies every name
+# outside pg_catalog and the text means the same under any session's path.
+_VIEWDEFS_SQL = """
+SELECT n.nspname AS schema, c.relname AS name, pg_get_viewdef(c.oid) AS definition,
+       coalesce(c.reloptions, '{}') AS options
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'v'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_temp%'
+"""
+
 # Direct dependencies of views and materialized views on other relations (via their rewrite rule).
 _VIEW_DEPS_SQL = """
 SELECT DISTINCT vn.nspname AS vschema, v.relname AS vname, tn.nspname AS tschema, t.relname AS tname
@@ -203,11 +228,14 @@ def _closure(direct: dict[str, set[str]]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-async def load_catalog(dsn: str) -> Catalog:
-    """Read the schema snapshot from the upstream (needs no table privileges)."""
+async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
+    """Read the schema snapshot from the upstream (needs no table privileges).
+
+    `database` overrides the DSN's database (catalogs are per database).
+    """
     import asyncpg  # late: unit tests and `explain --schema` never need a driver
 
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, database=database) if database else await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(_RELATIONS_SQL)
         deps = await conn.fetch(_VIEW_DEPS_SQL)
@@ -215,6 +243,8 @@ async def load_catalog(dsn: str) -> Catalog:
         funcs = await conn.fetch(_FUNCTIONS_SQL)
         schemas = await conn.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
         path_text = await conn.fetchval("SELECT current_setting('search_path')")
+        await conn.execute("SET search_path = ''")
+        viewdefs = {f"{v['schema']}.{v['name']}": v for v in await conn.fetch(_VIEWDEFS_SQL)}
     finally:
         await conn.close()
     direct_deps: dict[str, set[str]] = {}
@@ -231,6 +261,7 @@ async def load_catalog(dsn: str) -> Catalog:
     rels: dict[str, Relation] = {}
     for r in rows:
         q = f"{r['schema']}.{r['name']}"
+        vd = viewdefs.get(q)
         rels[q] = Relation(
             schema=r["schema"],
             name=r["name"],
@@ -239,6 +270,8 @@ async def load_catalog(dsn: str) -> Catalog:
             reltuples=float(r["reltuples"]),
             depends_on=all_deps.get(q, ()),
             parents=all_parents.get(q, ()),
+            definition=str(vd["definition"] or "") if vd else "",
+            options=tuple(vd["options"]) if vd else (),
         )
     fmap: dict[str, list[str]] = {}
     for f in funcs:

@@ -22,7 +22,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import Blocked, NotUnderstood, ProxyError
-from proxy.policy import checks
+from proxy.policy import checks, views
 from proxy.policy.analyze import Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
@@ -75,6 +75,7 @@ class Verdict:
     redacted: str = ""
     fingerprint: str = ""
     literals: tuple[str, ...] = ()
+    unknown: list[str] = field(default_factory=list)  # relations the catalog does not know
 
     def block(self, rule: str, reason: str) -> None:
         if self.action != "block":
@@ -170,7 +171,7 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
         sub_tree = _parse(inner)
         if sub_tree is not None:
             checks.explain_analyze(sub, sub_tree, ctx)
-    for name in ("tables", "columns", "functions", "copy_out", "has_where", "has_limit"):
+    for name in ("tables", "columns", "functions", "copy_out", "has_where", "has_limit", "unknown"):
         setattr(v, name, getattr(sub, name))
     v.offset = sub.offset
     v.action, v.error, v.rules, v.reason = sub.action, sub.error, sub.rules, sub.reason
@@ -212,6 +213,9 @@ def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
 
 def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     """Analyze, check and (if allowed) rewrite one parsed statement in place."""
+    expansion = views.expand(tree, ctx)
+    for r in expansion.refused:
+        v.block(r.rule, f"{r.view} reads governed tables and cannot be expanded: {r.why}")
     found = collect(tree)
     occs = found.occs
     pinned: list[Occ] = []
@@ -219,6 +223,9 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         o.qualified, o.relation = ctx.resolve_table(o.schema, o.name)
         ungoverned = not o.schema and ctx.rule_for(o.qualified) is None
         system = o.qualified.startswith(("pg_catalog.", "information_schema."))
+        created = o.write and isinstance(tree, exp.Create)  # CREATE's target is new by design
+        if o.relation is None and not (system or created or o.qualified.startswith("pg_temp")):
+            v.unknown.append(o.qualified)
         if ungoverned and not system and ctx.governed_elsewhere(o.qualified, o.name):
             pinned.append(o)  # ambiguous: pin it to what we decided it reads or writes
     bind_colmaps(occs)
@@ -245,7 +252,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     if v.action == "block":
         return
 
-    changed = False
+    changed = bool(expansion.expanded)
     for o in pinned:
         o.node.set("db", exp.to_identifier(o.qualified.split(".", 1)[0], quoted=True))
         changed = True

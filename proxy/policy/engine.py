@@ -81,6 +81,9 @@ class StatementInfo:
     search_path: tuple[str, ...] | None
     action: str = "allow"  # this statement's own decision
     rewritten: str | None = None
+    # Relations (and functions) the catalog snapshot did not know: the enforcer
+    # refreshes the catalog and decides again before answering.
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ def _info(v: Verdict) -> StatementInfo:
         search_path=v.search_path,
         action=v.action,
         rewritten=v.sql if v.action == "rewrite" else None,
+        unknown=tuple(dict.fromkeys(v.unknown)),
     )
 
 
