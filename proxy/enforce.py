@@ -11,6 +11,15 @@ naming it): PREPARE and DECLARE themselves return no rows and are admitted
 by policy alone, and their runs are left out of the statement string's own
 admission. Rules and catalog swap atomically on reload; guard budgets live
 in its store and survive.
+
+Catalogs are per database (`CatalogSet`): a statement is decided against the
+snapshot of the session's own database, loaded on its first session. A user
+with any policy is refused while that snapshot cannot be loaded (users with
+none are let through, audited, since no rule of theirs depends on it). When
+a decision names relations the snapshot does not know, the database's
+catalog is refreshed (coalesced, rate-limited) and the statement decided
+again, so a view or partition created since the last load is governed at
+its first use.
 """
 
 from __future__ import annotations
@@ -21,7 +30,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.errors import Blocked, ProxyError, StaleCursor, StalePlan, UnknownName
+from proxy.catalogs import CatalogSet
+from proxy.errors import (
+    Blocked,
+    CatalogUnavailable,
+    ProxyError,
+    StaleCursor,
+    StalePlan,
+    UnknownName,
+)
 from proxy.guard import Guard
 from proxy.hooks import Admission, Effect, Hooks, StatementResult, Unknown
 from proxy.identity import SessionFacts
@@ -72,27 +89,76 @@ class Enforcer(Hooks):
         guard: Guard | None,
         *,
         hash_salt: str | None = None,
-        on_ddl: Callable[[], None] | None = None,
+        on_ddl: Callable[[str], None] | None = None,
+        catalogs: CatalogSet | None = None,
     ) -> None:
+        """`catalogs`: per-database snapshots; without it `catalog` serves every database."""
         self.rules = rules
         self.catalog = catalog
         self.guard = guard
         self.hash_salt = hash_salt
         self.engine = PolicyEngine(rules, catalog, hash_salt=hash_salt)
         self.on_ddl = on_ddl
+        self.catalogs = catalogs
+        self._engines: dict[str, PolicyEngine] = {}
+        self._blind = PolicyEngine(rules, Catalog(), hash_salt=hash_salt)  # no snapshot yet
 
     def reload(self, rules: RuleSet | None = None, catalog: Catalog | None = None) -> None:
         """Swap rules and/or catalog; the next statement sees the new set."""
         self.rules = rules or self.rules
         self.catalog = catalog or self.catalog
         self.engine = PolicyEngine(self.rules, self.catalog, hash_salt=self.hash_salt)
+        self._engines.clear()
+        self._blind = PolicyEngine(self.rules, Catalog(), hash_salt=self.hash_salt)
         if self.guard is not None:
             self.guard.update(self.rules, self.catalog)
 
+    def engine_for(self, database: str) -> PolicyEngine | None:
+        """The engine for the database's current snapshot; None if it never loaded."""
+        if self.catalogs is None:
+            return self.engine
+        cat = self.catalogs.get(database)
+        if cat is None:
+            return None
+        eng = self._engines.get(database)
+        if eng is None or eng.catalog is not cat or eng.rules is not self.rules:
+            eng = self._engines[database] = PolicyEngine(self.rules, cat, hash_salt=self.hash_salt)
+            if database == self.catalogs.default and cat is not self.catalog:
+                self.catalog, self.engine = cat, eng
+                if self.guard is not None:
+                    self.guard.update(self.rules, cat)
+        return eng
+
+    async def _decision(
+        self, sql: str, facts: SessionFacts, extended: bool, audit: dict[str, Any]
+    ) -> tuple[Decision, PolicyEngine]:
+        db = facts.database
+        engine = self.engine_for(db)
+        if engine is None and self.catalogs is not None:
+            await self.catalogs.ensure(db)
+            engine = self.engine_for(db)
+        if engine is None:
+            assert self.catalogs is not None
+            if self._has_policy(facts):
+                err = CatalogUnavailable(db, self.catalogs.failure(db) or "not loaded yet")
+                return Decision("block", sql, err, (), err.message, False, None, ()), self._blind
+            audit["catalog"] = "unavailable"
+            return self._blind.decide(sql, facts, extended=extended), self._blind
+        d = engine.decide(sql, facts, extended=extended)
+        unknown = [u for s in d.statements for u in s.unknown]
+        if unknown and self.catalogs is not None and self._has_policy(facts):
+            # Something created since the last load (a view, a partition): load again.
+            await self.catalogs.refresh(db, miss=True)
+            audit["catalog_refresh"] = sorted(set(unknown))
+            fresh = self.engine_for(db)
+            if fresh is not None and fresh is not engine:
+                engine, d = fresh, fresh.decide(sql, facts, extended=extended)
+        return d, engine
+
     async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
-        d = self.engine.decide(sql, facts, extended=extended)
         who = self.rules.principal(facts)
         audit: dict[str, Any] = {"groups": sorted(who.groups)}
+        d, engine = await self._decision(sql, facts, extended, audit)
         if d.dry_run:
             audit["dry_run"] = True
             audit["would"] = d.would
@@ -105,7 +171,7 @@ class Enforcer(Hooks):
                 reason=d.reason,
                 statements=statements,
                 audit=audit,
-                token=_Token(d, None, sql, self.engine),
+                token=_Token(d, None, sql, engine),
             )
         adm = Admission(
             action=d.action,
@@ -114,10 +180,10 @@ class Enforcer(Hooks):
             reason=d.reason,
             statements=statements,
             audit=audit,
-            token=_Token(d, None, sql, self.engine),
+            token=_Token(d, None, sql, engine),
         )
         for i, effect in effects(sql, d.statements).items():
-            adm.effects[i] = self._effect(effect, d, i, audit)
+            adm.effects[i] = self._effect(effect, d, i, audit, engine)
         if extended:
             # A prepared statement may run many times, under rules reloaded
             # since its Parse: each execution is checked again (`execute`).
@@ -130,7 +196,9 @@ class Enforcer(Hooks):
             return adm
         return await self._guard(adm, facts, infos)
 
-    def _effect(self, effect: Effect, d: Decision, index: int, audit: dict[str, Any]) -> Effect:
+    def _effect(
+        self, effect: Effect, d: Decision, index: int, audit: dict[str, Any], engine: PolicyEngine
+    ) -> Effect:
         """A PREPARE or DECLARE carries what each of its runs is first admitted as."""
         if effect.op not in ("prepare", "declare"):
             return effect
@@ -144,7 +212,7 @@ class Enforcer(Hooks):
             reason=d.reason,
             statements=[_info(info)],
             audit=dict(audit),
-            token=_Token(alone, None, text, self.engine),
+            token=_Token(alone, None, text, engine),
             per_execute=True,
         )
         return dataclasses.replace(effect, admission=sub)
@@ -179,7 +247,7 @@ class Enforcer(Hooks):
             return statement
         # Running PREPARE or DECLARE itself returns no rows: only the rules are asked.
         defines = any(e.op != "run" for e in statement.effects.values())
-        if token.engine is not self.engine:
+        if token.engine is not (self.engine_for(facts.database) or self._blind):
             fresh = await self.decide(token.sql, facts, extended=True)
             changed = _upstream_sql(fresh, token) != _upstream_sql(statement, token)
             if fresh.error is None and changed:
@@ -249,4 +317,4 @@ class Enforcer(Hooks):
             and self.on_ddl is not None
             and any(s.ddl for s in token.decision.statements)
         ):
-            self.on_ddl()
+            self.on_ddl(facts.database)

@@ -82,6 +82,24 @@ class UpstreamUnavailable(ProxyError):
         super().__init__(f"oversight: upstream unavailable: {reason}")
 
 
+class CatalogUnavailable(ProxyError):
+    """The schema snapshot of the session's database cannot be read (57P03).
+
+    Names cannot be resolved without it, so nothing a policy governs can be
+    decided; the session stays open and a later statement may succeed.
+    """
+
+    sqlstate = "57P03"
+
+    def __init__(self, database: str, reason: str):
+        super().__init__(
+            f"oversight: the catalog of database {database} cannot be read; "
+            "statements of users with a policy are refused until it loads",
+            detail=reason,
+        )
+        self.reason = reason
+
+
 class ProtocolViolation(ProxyError):
     """The client broke the wire protocol; the session is closed (08P01)."""
 

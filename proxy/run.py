@@ -3,14 +3,16 @@
 Loads rules and the upstream catalog, builds the enforcement hooks, starts
 the proxy and the admin HTTP listener, and keeps them current: rules reload
 on SIGHUP and on file change (an invalid set is refused, the old one kept),
-the catalog refreshes on a timer and after DDL seen through the proxy.
+the catalogs (one per database sessions use, see catalogs.py) refresh on a
+timer, after DDL seen through the proxy and when a statement names a
+relation they do not know. /readyz says ready only once the default
+database's catalog has loaded.
 SIGTERM/SIGINT stop accepting and let sessions finish up to the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 from proxy import metrics
 from proxy.admin import AdminServer
 from proxy.catalog import Catalog, load_catalog
+from proxy.catalogs import CatalogSet
 from proxy.enforce import Enforcer
 from proxy.guard import Guard, make_store
 from proxy.guard.cancel import CancelDirectory
@@ -60,8 +63,9 @@ class Service:
     def __init__(self, settings: Settings, rules: RuleSet) -> None:
         self.settings = settings
         self.rules = rules
-        self.catalog = Catalog()
-        self.catalog_ok = False
+        up = settings.upstream_target
+        self.catalogs = CatalogSet(lambda db: load_catalog(up.uri, database=db), up.database)
+        self._dirty: set[str] = set()  # databases DDL was seen in since the last refresh
         self.enforcer: Enforcer | None = None
         self.server: ProxyServer | None = None
         self._stop = asyncio.Event()
@@ -70,12 +74,12 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
-        await self._load_catalog()
+        catalog = await self.catalogs.ensure(self.catalogs.default) or Catalog()
         store = make_store(s.redis_url, fail_closed=s.redis_fail_closed)
-        guard = Guard(self.rules, store, self.catalog)
+        guard = Guard(self.rules, store, catalog)
         salt = s.hash_salt.get_secret_value() if s.hash_salt else None
         self.enforcer = Enforcer(
-            self.rules, self.catalog, guard, hash_salt=salt, on_ddl=self._refresh.set
+            self.rules, catalog, guard, hash_salt=salt, on_ddl=self._ddl, catalogs=self.catalogs
         )
         cancels = CancelDirectory(store) if s.redis_url else None
         self.server = ProxyServer(s, self.enforcer, cancels=cancels)
@@ -113,9 +117,13 @@ class Service:
             await self.server.stop()
         await self.admin.stop()
 
+    @property
+    def catalog_ok(self) -> bool:
+        return self.catalogs.get(self.catalogs.default) is not None
+
     async def ready(self) -> bool:
-        """Readiness: rules loaded and the upstream reachable right now."""
-        if self.enforcer is None:
+        """Readiness: rules and the default database's catalog loaded, the upstream reachable."""
+        if self.enforcer is None or not self.catalog_ok:
             return False
         up = self.settings.upstream_target
         try:
@@ -143,27 +151,29 @@ class Service:
         self._refresh.set()  # a reload refreshes the catalog too
         return True
 
-    async def _load_catalog(self) -> bool:
-        up = self.settings.upstream_target
-        try:
-            catalog = await asyncio.wait_for(load_catalog(up.uri), 30)
-        except Exception as e:
-            log.warning("cannot read the upstream catalog (%s); will retry", e)
-            return False
-        self.catalog, self.catalog_ok = catalog, True
-        if self.enforcer is not None:
-            self.enforcer.reload(catalog=catalog)
-        return True
+    def _ddl(self, database: str) -> None:
+        self._dirty.add(database)
+        self._refresh.set()
 
     async def _catalog_loop(self) -> None:
+        """Refresh every loaded database on the timer; DDL-touched ones right after it."""
         period = self.settings.catalog_refresh
         while True:
             wait = period if self.catalog_ok and period > 0 else 5.0
-            with contextlib.suppress(TimeoutError):
+            timed_out = False
+            try:
                 await asyncio.wait_for(self._refresh.wait(), wait)
+            except TimeoutError:
+                timed_out = True
             self._refresh.clear()
             await asyncio.sleep(0.2)  # let a burst of DDL settle
-            await self._load_catalog()
+            dirty, self._dirty = self._dirty, set()
+            if timed_out or not dirty:
+                await self.catalogs.refresh_all()  # the timer, or a rules reload
+            else:
+                await asyncio.gather(*(self.catalogs.refresh(db) for db in dirty))
+            if self.enforcer is not None:
+                self.enforcer.engine_for(self.catalogs.default)  # the guard's sizes follow
 
     async def _watch_rules(self) -> None:
         try:

@@ -180,7 +180,16 @@ def as_from_item(select: exp.Expr, source: exp.Table) -> exp.Subquery:
         alias = exp.TableAlias(this=_ident_from(source.this), columns=cols)
     else:
         alias = alias.copy()
-    return exp.Subquery(this=select, alias=alias)
+    sub = exp.Subquery(this=select, alias=alias)
+    carry_joins(source, sub)
+    return sub
+
+
+def carry_joins(source: exp.Table, into: exp.Subquery) -> None:
+    """`FROM (people p JOIN x ...)`: sqlglot hangs the joins on the table node itself."""
+    for arg in ("joins", "laterals", "pivots"):
+        if source.args.get(arg):
+            into.set(arg, source.args[arg])
 
 
 def _ident_from(node: exp.Expr) -> exp.Identifier:

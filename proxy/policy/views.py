@@ -48,6 +48,7 @@ from proxy.catalog import Relation
 from proxy.policy.analyze import Nodes, collect, fold
 from proxy.policy.checks import restrictive
 from proxy.policy.context import Context
+from proxy.policy.rewrite import carry_joins
 
 MAX_DEPTH = 16
 _PG = Postgres()
@@ -157,7 +158,9 @@ def _from_item(rel: Relation, source: exp.Table) -> exp.Subquery:
     given = list(alias.columns) if alias is not None else []
     # The view's own column names, renamed by the reference's column aliases if any.
     cols = [c.copy() for c in given] + [_ident(c) for c in rel.columns[len(given) :]]
-    return exp.Subquery(this=body, alias=exp.TableAlias(this=name.copy(), columns=cols))
+    sub = exp.Subquery(this=body, alias=exp.TableAlias(this=name.copy(), columns=cols))
+    carry_joins(source, sub)
+    return sub
 
 
 @lru_cache(maxsize=1024)

@@ -266,3 +266,12 @@ def test_unknown_names_are_reported(engine: PolicyEngine) -> None:
     assert [u.split(".")[1] for u in d.statements[0].unknown] == ["brand_new"]
     created = engine.decide("CREATE TABLE another_new (id int)", SessionFacts("bob", "db"))
     assert created.statements[0].unknown == ()
+
+
+def test_joins_inside_parentheses_are_kept(engine: PolicyEngine) -> None:
+    # sqlglot hangs `JOIN x` of `FROM (a JOIN x ...)` on the table node a itself.
+    for name in ("people", "people_view"):
+        sql = f"SELECT p.id FROM (public.{name} p JOIN public.orders o ON o.person_id = p.id)"
+        d = engine.decide(sql, ANN)
+        assert d.action == "rewrite", d.reason
+        assert "JOIN public.orders AS o ON o.person_id = p.id)" in d.sql, d.sql
