@@ -99,7 +99,10 @@ class Masker:
             return self.snippet(policy.sql)
         if policy in ("null", "deny"):
             # deny: the statement is blocked before this runs; NULL is the backstop.
-            return exp.Null()
+            # A NULL of the column's own type (a bare NULL would be text), so sum(),
+            # comparisons and UNIONs work as on a table holding NULLs; PostgreSQL
+            # folds it to a constant without reading the column.
+            return exp.Case(ifs=[exp.If(this=exp.false(), true=_col(col))])
         if policy == "redact":
             return exp.Literal.string("****")
         if policy == "partial":
