@@ -22,9 +22,12 @@ Decisions are cached by (text, extended, every fact a match depends on, rules
 version, catalog version); the cache is a plain dict LRU, safe under asyncio.
 
 Known limits (by design, documented for DBAs):
-- A view over a governed table is blocked unless a rule names the view itself
-  (expanding it would read the base tables with the user's privileges, not the
-  view owner's).
+- A view over governed tables is expanded to its definition (views.py), which
+  reads the base tables with the user's privileges, not the view owner's: the
+  user needs SELECT on them. Materialized views, and views that cannot be
+  expanded (unparsable definition, nesting past 16, cycles), are refused unless
+  a rule names them; a `deny` column the definition selects refuses every read
+  of the view; writes through such views are refused.
 - UPDATE/DELETE by users a rule lets write get the row filter ANDed to their
   WHERE, without the OFFSET 0 fence reads have; INSERT rows are not checked
   against the filter (there is no WITH CHECK), upserts on filtered tables block.
