@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from pgcluster import PgCluster
@@ -192,6 +193,13 @@ async def test_a_view_created_after_start_is_expanded_at_first_use(
     )
     rows = await _rows(dsn, f"SELECT DISTINCT region, ssn FROM {SCHEMA}.late_view")
     assert rows == [("north", "****")]  # neither refused nor read raw
+    for _ in range(100):  # the record is written after the reply
+        records = [orjson.loads(x) for x in served.audit_log.read_bytes().splitlines()]
+        refreshed = [r for r in records if r.get("catalog_refresh")]
+        if refreshed:
+            break
+        await asyncio.sleep(0.05)
+    assert refreshed[0]["catalog_refresh"] == [f"{SCHEMA}.late_view"]
 
 
 async def test_a_partition_created_after_start_is_governed_like_its_parent(
