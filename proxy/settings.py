@@ -121,7 +121,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Seconds sessions get to finish after SIGTERM."
     )
     catalog_refresh: float = Field(
-        300.0, ge=0, description="Seconds between catalog refreshes (also after DDL)."
+        300.0,
+        ge=0,
+        description="Seconds between catalog refreshes of every database sessions use (also "
+        "after DDL, and when a statement names a relation the catalog does not know).",
     )
     read_size: int = Field(256 * 1024, ge=4096, description="Socket read size in bytes.")
 
