@@ -149,7 +149,7 @@ def _from_item(rel: Relation, source: exp.Table) -> exp.Subquery:
     if source.args.get("sample") is not None:
         raise _Unexpandable("TABLESAMPLE applies to tables, not views")
     body = _definition(rel.definition).copy()
-    if "security_barrier=true" in rel.options or "security_barrier" in rel.options:
+    if _option(rel, "security_barrier"):
         inner = exp.Subquery(this=body, alias=exp.TableAlias(this=_ident("oversight_view")))
         body = exp.Select(expressions=[exp.Star()]).from_(inner)
         body.set("offset", exp.Offset(expression=exp.Literal.number(0)))
@@ -181,6 +181,15 @@ def _definition(text: str) -> exp.Query:
             # pg_get_viewdef under an empty search_path leaves only pg_catalog names bare.
             t.set("db", _ident("pg_catalog"))
     return tree
+
+
+def _option(rel: Relation, name: str) -> bool:
+    """A boolean reloption as PostgreSQL stores it (`security_barrier=true`, `=on`...)."""
+    for opt in rel.options:
+        key, _, value = opt.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().lower() in ("", "true", "on", "yes", "1", "t", "y")
+    return False
 
 
 def _ident(name: str) -> exp.Identifier:

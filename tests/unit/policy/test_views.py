@@ -275,3 +275,18 @@ def test_joins_inside_parentheses_are_kept(engine: PolicyEngine) -> None:
         d = engine.decide(sql, ANN)
         assert d.action == "rewrite", d.reason
         assert "JOIN public.orders AS o ON o.person_id = p.id)" in d.sql, d.sql
+
+
+@pytest.mark.parametrize(
+    ("option", "fenced"),
+    [
+        ("security_barrier=true", True),
+        ("security_barrier=on", True),
+        ("security_barrier=false", False),
+    ],
+)
+def test_security_barrier_option_spellings(option: str, fenced: bool) -> None:
+    rel = Catalog.from_dict(SCHEMA).relations["public.barrier_view"]
+    rel = views.Relation(**{**{f: getattr(rel, f) for f in rel.__slots__}, "options": (option,)})
+    sub = views._from_item(rel, views.exp.to_table("barrier_view"))
+    assert ("OFFSET 0" in sub.sql("postgres")) is fenced
