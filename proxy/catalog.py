@@ -56,7 +56,7 @@ class Catalog:
     # The database's default search_path as the catalog account saw it at load time.
     search_path: tuple[str, ...] = ("$user", "public")
     _by_name: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    # Names of plain views: a statement naming none of them needs no view expansion.
+    # Names of views and matviews: a statement naming none needs no view expansion.
     view_names: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,7 +66,9 @@ class Catalog:
         self._by_name = {}
         for rel in self.relations.values():
             self._by_name.setdefault(rel.name, []).append(rel.schema)
-        self.view_names = frozenset(r.name for r in self.relations.values() if r.kind == "view")
+        self.view_names = frozenset(
+            r.name for r in self.relations.values() if r.kind in ("view", "matview")
+        )
         if not self.version:
             self.version = hashlib.sha256(orjson.dumps(self.to_dict())).hexdigest()[:16]
 

@@ -252,7 +252,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     if v.action == "block":
         return
 
-    changed = bool(expansion.expanded)
+    changed = expansion.changed
     for o in pinned:
         o.node.set("db", exp.to_identifier(o.qualified.split(".", 1)[0], quoted=True))
         changed = True

@@ -17,6 +17,13 @@ pg_catalog's and are pinned there, so no session search_path or CTE of the
 user's can capture them. Views inside definitions are expanded in turn, up
 to MAX_DEPTH levels, and a view met inside its own expansion is a cycle.
 
+The proxy's idea of the session's search_path can lag the server's (say,
+after a rolled-back SET): a name the path does not resolve is still looked up
+in the catalog under the resolver's guess, and an unqualified name decided to
+mean some other relation while a same-named view or matview over governed
+tables exists is pinned to the schema decided on, so the server cannot read
+that view unexpanded.
+
 What expansion means, by view option:
 - security_barrier: the definition is wrapped with OFFSET 0, PostgreSQL's
   optimization fence, so the user's conditions still run after the view's.
@@ -65,6 +72,11 @@ class Refusal:
 class Expansion:
     expanded: list[str] = field(default_factory=list)  # views expanded, in order met
     refused: list[Refusal] = field(default_factory=list)
+    pinned: bool = False  # an unqualified name was pinned to the schema decided on
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.expanded) or self.pinned
 
 
 class _Unexpandable(Exception):
@@ -78,6 +90,32 @@ def governing_rule(rel: Relation, ctx: Context) -> str | None:
         if r is not None and restrictive(r):
             return r.id
     return None
+
+
+def _expandable(q: str, rel: Relation | None, ctx: Context) -> str | None:
+    """The governing rule id when `q` is a plain view to expand for this identity."""
+    if rel is None or rel.kind != "view" or ctx.rule_for(q) is not None:
+        return None
+    return governing_rule(rel, ctx)
+
+
+def _stored(q: str, rel: Relation | None, ctx: Context) -> str | None:
+    """The governing rule id when `q` is a materialized view over governed tables."""
+    if rel is None or rel.kind != "matview" or ctx.rule_for(q) is not None:
+        return None
+    return governing_rule(rel, ctx)
+
+
+def _expandable_elsewhere(q: str, name: str, ctx: Context) -> bool:
+    """Is there a view or matview over governed tables named `name` other than `q`?"""
+    for schema in ctx.catalog.schemas_with(name):
+        other = f"{schema}.{name}"
+        rel = ctx.catalog.relations.get(other)
+        if other == q or rel is None or rel.kind not in ("view", "matview"):
+            continue
+        if ctx.rule_for(other) is None and governing_rule(rel, ctx) is not None:
+            return True
+    return False
 
 
 def expand(tree: exp.Expr, ctx: Context) -> Expansion:
@@ -94,11 +132,22 @@ def expand(tree: exp.Expr, ctx: Context) -> Expansion:
             if o.write or id(o.node) in skipped:
                 continue
             q, rel = ctx.resolve_table(o.schema, o.name)
-            if rel is None or rel.kind != "view" or ctx.rule_for(q) is not None:
-                continue
-            rule = governing_rule(rel, ctx)
-            if rule is not None:
+            # A name not found on the path resolves to a guess: the catalog may still know it.
+            rel = rel or ctx.catalog.relations.get(q)
+            rule = _expandable(q, rel, ctx)
+            if rel is not None and rule is not None:
                 todo.append((o.node, q, rel, rule))
+                continue
+            skipped.add(id(o.node))
+            stored = _stored(q, rel, ctx)
+            if stored is not None:
+                out.refused.append(Refusal(q, stored, "a materialized view stores its rows"))
+                continue
+            if not o.schema and _expandable_elsewhere(q, o.name, ctx):
+                # The server might find that view where the proxy's idea of the
+                # search_path did not: pin the name to what was decided on.
+                o.node.set("db", _ident(q.split(".", 1)[0]))
+                out.pinned = True
         if not todo:
             return out
         for node, q, rel, rule in todo:

@@ -290,3 +290,29 @@ def test_security_barrier_option_spellings(option: str, fenced: bool) -> None:
     rel = views.Relation(**{**{f: getattr(rel, f) for f in rel.__slots__}, "options": (option,)})
     sub = views._from_item(rel, views.exp.to_table("barrier_view"))
     assert ("OFFSET 0" in sub.sql("postgres")) is fenced
+
+
+def test_a_name_off_the_path_that_the_catalog_knows_is_still_expanded(
+    engine: PolicyEngine,
+) -> None:
+    # The proxy's idea of the path may lag the server's (a rolled-back SET):
+    # the resolver's guess public.people_view is in the catalog, so it is expanded.
+    facts = SessionFacts(user="ann", database="db", search_path=("pg_catalog",))
+    d = engine.decide("SELECT ssn FROM people_view", facts)
+    assert d.action == "rewrite", d.reason
+    assert "'****'" in d.sql
+
+
+def test_a_name_resolved_elsewhere_is_pinned_away_from_a_governed_view(
+    engine: PolicyEngine,
+) -> None:
+    facts = SessionFacts(user="ann", database="db", search_path=("scratch",))
+    d = engine.decide("SELECT ssn FROM people_view", facts)
+    assert d.action == "rewrite", d.reason
+    assert d.sql == 'SELECT ssn FROM "scratch".people_view'
+
+
+def test_a_materialized_view_off_the_path_is_refused(engine: PolicyEngine) -> None:
+    facts = SessionFacts(user="ann", database="db", search_path=("pg_catalog",))
+    d = engine.decide("SELECT id FROM people_mat", facts)
+    assert d.action == "block" and "materialized" in d.reason
