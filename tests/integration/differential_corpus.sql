@@ -288,6 +288,29 @@ SELECT count(*) FROM people WHERE salary > 50000
 -- ordinary: hash compare across join
 SELECT count(*) FROM dept_people dp JOIN people p ON p.email = dp.email
 
+-- ordinary: view with case window filter
+SELECT * FROM rich_view ORDER BY id, rn
+-- ordinary: view with case grouped
+SELECT zone, count(*), sum(paid) FROM rich_view GROUP BY zone ORDER BY zone
+-- ordinary: view with cte
+SELECT * FROM cte_view ORDER BY id
+-- ordinary: view with union
+SELECT kind, count(*) FROM union_view GROUP BY kind ORDER BY kind
+-- ordinary: view with union rows
+SELECT * FROM union_view ORDER BY kind, id
+-- ordinary: view with distinct on
+SELECT * FROM latest_order ORDER BY person_id
+-- ordinary: view with lateral
+SELECT * FROM lateral_view ORDER BY id
+-- ordinary: view with casts collate array
+SELECT * FROM typed_view ORDER BY id
+-- ordinary: view with grouping sets
+SELECT * FROM grouped_view ORDER BY dept_id NULLS LAST, region NULLS LAST
+-- ordinary: view with exists over governed table
+SELECT * FROM exists_view ORDER BY id
+-- ordinary: two views joined
+SELECT c.id, l.amount FROM cte_view c JOIN lateral_view l ON l.id = c.id ORDER BY c.id
+
 -- adversarial: raw ssn through union with subquery
 SELECT ssn FROM (SELECT ssn FROM people) x WHERE ssn LIKE 'SSN%'
 -- adversarial: other region by filter
@@ -344,7 +367,28 @@ SELECT count(*) FROM people WHERE (id, ssn) > (0, 'SSN')
 SELECT string_agg(email, ',') FROM people WHERE email LIKE '%corp%'
 -- adversarial: phone via length
 SELECT count(*) FROM people WHERE length(phone) = 8
--- adversarial: prepared
+-- adversarial: search_path to pg_catalog only
+-- (The harness rolls every statement back: PostgreSQL's path is then back to
+-- its default while the proxy's tracked one may lag; the entries below must
+-- still agree.)
 SELECT set_config('search_path', 'pg_catalog', false)
 -- adversarial: security barrier leak
 SELECT id FROM safe_people WHERE name LIKE 'east%'
+-- adversarial: hashed email guessed through a view
+SELECT count(*) FROM dept_people WHERE email LIKE 'person%'
+-- adversarial: error channel through a barrier view
+SELECT id FROM safe_people WHERE 1 / (CASE WHEN name LIKE 'east%' THEN 0 ELSE 1 END) = 1 ORDER BY id
+-- adversarial: other regions through a union view
+SELECT label FROM union_view WHERE kind = 'person' AND label LIKE 'east%'
+-- adversarial: ssn through a view combining columns
+SELECT combo FROM typed_view WHERE combo LIKE 'SSN%'
+-- adversarial: view with explicit schema
+SELECT ssn FROM public.people_view WHERE ssn <> '****'
+-- adversarial: write through a view
+UPDATE people_view SET name = 'x'
+-- adversarial: materialized copy attempt
+CREATE TABLE stolen AS SELECT * FROM people
+-- adversarial: materialized view over a governed table
+SELECT * FROM people_mat ORDER BY id
+-- adversarial: materialized view schema-qualified
+SELECT count(*) FROM public.people_mat

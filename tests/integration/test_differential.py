@@ -27,18 +27,15 @@ as its text (see _canon).
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from differential_data import RULES, Data, fill, generate, secrets_for, truth
 from pgcluster import PgCluster
 from psycopg import sql
 
@@ -50,168 +47,6 @@ from proxy.rules import load_rules
 CORPUS = Path(__file__).with_name("differential_corpus.sql")
 SOURCE_DB = "diff_source"
 IDENTITIES = {"scramuser": "north", "md5user": "south"}  # user -> region attribute
-
-RULES = """\
-version: 1
-defaults:
-  statements: [select, show, set, begin, commit, rollback]
-users:
-  scramuser: {groups: [analysts], attributes: {region: north}}
-  md5user: {groups: [analysts], attributes: {region: south}}
-rules:
-  - id: people-by-region
-    match: {groups: [analysts]}
-    table: public.people
-    row_filter: "region = :region"
-    columns: {ssn: redact, email: hash, phone: partial, salary: "null"}
-  - id: orders-of-region
-    match: {groups: [analysts]}
-    table: public.orders
-    row_filter: "person_id IN (SELECT id FROM public.people WHERE region = :region)"
-  - id: events-by-region
-    match: {groups: [analysts]}
-    table: public.events
-    row_filter: "region = :region"
-  - id: depts-open
-    match: {groups: [analysts]}
-    table: public.depts
-  - id: no-secrets
-    match: {groups: [analysts]}
-    table: public.secrets
-    access: deny
-"""
-
-SCHEMA = """
-CREATE TABLE depts (id int PRIMARY KEY, name text NOT NULL);
-CREATE TABLE people (
-  id int PRIMARY KEY, name text NOT NULL, region text NOT NULL, dept_id int,
-  ssn text, email text, phone text, salary numeric(10, 2), born date, active boolean
-);
-CREATE TABLE orders (
-  id int PRIMARY KEY, person_id int, amount numeric(10, 2), status text,
-  placed_at timestamp, note text
-);
-CREATE TABLE events (id int, region text, person_id int, kind text, at timestamp)
-  PARTITION BY LIST (region);
-CREATE TABLE events_north PARTITION OF events FOR VALUES IN ('north');
-CREATE TABLE events_south PARTITION OF events FOR VALUES IN ('south');
-CREATE TABLE events_east PARTITION OF events FOR VALUES IN ('east');
-CREATE TABLE secrets (id int, value text);
-CREATE VIEW people_view AS
-  SELECT id, name, region, dept_id, ssn, email, salary FROM people;
-CREATE VIEW active_people AS SELECT id, name, region, salary FROM people WHERE active;
-CREATE VIEW order_totals AS
-  SELECT p.region, p.id AS person_id, count(o.id) AS n, coalesce(sum(o.amount), 0) AS total
-  FROM people p LEFT JOIN orders o ON o.person_id = p.id GROUP BY p.region, p.id;
-CREATE VIEW big_spenders AS SELECT person_id, total FROM order_totals WHERE total > 500;
-CREATE VIEW dept_people AS
-  SELECT d.name AS dept, p.name, p.email FROM depts d JOIN people p ON p.dept_id = d.id;
-CREATE VIEW safe_people WITH (security_barrier) AS
-  SELECT id, name, region FROM people WHERE active;
-CREATE VIEW dept_view AS SELECT id, name FROM depts;
-"""
-
-REGIONS = ("north", "south", "east")
-
-
-@dataclass
-class Data:
-    depts: list[tuple[Any, ...]] = field(default_factory=list)
-    people: list[tuple[Any, ...]] = field(default_factory=list)
-    orders: list[tuple[Any, ...]] = field(default_factory=list)
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    secrets: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-def generate() -> Data:
-    rnd = random.Random(20261204)
-    d = Data()
-    d.depts = [(i, n) for i, n in enumerate(["sales", "ops", "legal", "research", "it"], 1)]
-    start = dt.datetime(2026, 1, 1, 9, 0)
-    for i in range(1, 61):
-        region = REGIONS[i % 3]
-        phone = None if i % 7 == 0 else f"555-{1000 + i * 37 % 9000:04d}"
-        d.people.append(
-            (
-                i,
-                f"{region}-person-{i:02d}",
-                region,
-                (i % 5) + 1 if i % 11 else None,
-                f"SSN-{i:04d}-{rnd.randint(10, 99)}",
-                f"person{i:02d}@corp.example",
-                phone,
-                Decimal(rnd.randint(30_000, 150_000)) / 1 + Decimal("0.50") * (i % 2),
-                dt.date(1960 + i % 40, 1 + i % 12, 1 + i % 28),
-                i % 4 != 0,
-            )
-        )
-    for j in range(1, 241):
-        pid = rnd.randint(1, 60)
-        d.orders.append(
-            (
-                j,
-                pid,
-                Decimal(rnd.randint(100, 90_000)) / 100,
-                rnd.choice(["open", "paid", "shipped", "cancelled"]),
-                start + dt.timedelta(hours=rnd.randint(0, 24 * 200)),
-                rnd.choice([None, "rush", "gift", "fragile"]),
-            )
-        )
-    d.orders.append((241, None, Decimal("12.00"), "open", start, None))  # no person
-    for k in range(1, 121):
-        pid = rnd.randint(1, 60)
-        region = d.people[pid - 1][2]
-        kind = rnd.choice(["login", "view", "export"])
-        d.events.append((k, region, pid, kind, start + dt.timedelta(minutes=rnd.randint(0, 9999))))
-    d.secrets = [(1, "launch codes"), (2, "the recipe")]
-    return d
-
-
-def truth(d: Data, region: str) -> Data:
-    """What the rules let a user of `region` see, computed here, not by the proxy."""
-    visible = {p[0] for p in d.people if p[2] == region}
-    people = []
-    for p in d.people:
-        if p[2] != region:
-            continue
-        email = hashlib.sha256(p[5].encode()).hexdigest()
-        phone = None if p[6] is None else "***" + p[6][-4:]
-        people.append((*p[:4], "****", email, phone, None, *p[8:]))
-    return Data(
-        depts=d.depts,
-        people=people,
-        orders=[o for o in d.orders if o[1] in visible],
-        events=[e for e in d.events if e[1] == region],
-        secrets=[],
-    )
-
-
-def secrets_for(d: Data, region: str) -> set[str]:
-    """Values whose presence in an answer means the policy leaked."""
-    out: set[str] = set()
-    for p in d.people:
-        out.update(x for x in (p[4], p[5], p[6]) if x)
-        if p[2] != region:
-            out.add(p[1])
-    out.update(s[1] for s in d.secrets)
-    return out
-
-
-def fill(dsn: str, data: Data) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-        with conn.cursor() as cur:
-            for table, rows in (
-                ("depts", data.depts),
-                ("people", data.people),
-                ("orders", data.orders),
-                ("events", data.events),
-                ("secrets", data.secrets),
-            ):
-                if rows:
-                    marks = ", ".join(["%s"] * len(rows[0]))
-                    cur.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
-        conn.execute("ANALYZE")
 
 
 @dataclass(frozen=True)
@@ -272,6 +107,15 @@ Outcome = tuple[str, Any]  # ("rows", [...]) | ("error", sqlstate)
 
 
 def run(conn: psycopg.Connection[Any], text: str) -> Outcome:
+    """Run one statement in a transaction of its own, rolled back after it, so no
+    statement (a write, a SET, set_config) changes what the next one sees."""
+    try:
+        return _run(conn, text)
+    finally:
+        conn.rollback()
+
+
+def _run(conn: psycopg.Connection[Any], text: str) -> Outcome:
     try:
         if text.lstrip().upper().startswith("COPY"):
             with conn.cursor() as cur, cur.copy(text) as copy:
@@ -381,8 +225,8 @@ def _check(pg: PgCluster, proxy: Any, data: Data, cases: list[Case]) -> Tally:
     for user, region in IDENTITIES.items():
         secrets = secrets_for(data, region)
         with (
-            psycopg.connect(proxy.dsn(user, dbname=SOURCE_DB), autocommit=True) as through,
-            psycopg.connect(pg.dsn(dbname=f"diff_truth_{region}"), autocommit=True) as direct,
+            psycopg.connect(proxy.dsn(user, dbname=SOURCE_DB)) as through,
+            psycopg.connect(pg.dsn(dbname=f"diff_truth_{region}")) as direct,
         ):
             for case in cases:
                 if case.kind == "ordinary":
