@@ -38,6 +38,9 @@ Known limits (by design, documented for DBAs):
   COPY (INSERT/UPDATE/DELETE ... RETURNING) TO, which are not understood. COPY t
   TO reads t's columns like SELECT; COPY FROM rows, like INSERT rows, are not
   checked against the row filter.
+- The catalog snapshot is refreshed when a statement names something it does
+  not know (enforce.py), but a known name whose meaning changed outside the
+  proxy (CREATE OR REPLACE VIEW, ATTACH PARTITION) is seen at the next refresh.
 - Names resolve against the catalog snapshot and the session's tracked
   search_path; where that could be wrong (an ungoverned name that is governed in
   another schema) the reference is pinned to the schema decided on.
