@@ -109,6 +109,13 @@ class CatalogSet:
         names = dict.fromkeys([self.default, *self._entries])
         await asyncio.gather(*(self.refresh(db) for db in names))
 
+    async def close(self) -> None:
+        """Cancel loads under way (at shutdown)."""
+        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _load(self, database: str, entry: _Entry) -> Catalog | None:
         try:
             wait = entry.started + self.min_interval - self.clock()

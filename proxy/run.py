@@ -113,6 +113,7 @@ class Service:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.catalogs.close()
         if self.server is not None:
             await self.server.stop()
         await self.admin.stop()

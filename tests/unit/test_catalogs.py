@@ -122,3 +122,15 @@ async def test_refresh_all_covers_the_default_and_every_database_seen() -> None:
     await cs.ensure("other")
     await cs.refresh_all()
     assert sorted(loader.calls) == ["main", "other", "other"]
+
+
+async def test_close_cancels_a_load_under_way() -> None:
+    loader = Loader()
+    loader.gate.clear()
+    cs = CatalogSet(loader, "main", min_interval=0)
+    waiter = asyncio.create_task(cs.ensure("main"))
+    await loader.entered.wait()
+    await cs.close()
+    (result,) = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(result, asyncio.CancelledError)
+    assert cs.get("main") is None
