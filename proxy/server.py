@@ -265,6 +265,8 @@ class ProxyServer:
 
     @staticmethod
     def _refuse(writer: asyncio.StreamWriter, error: ProxyError) -> None:
+        if writer.is_closing():
+            return  # the client is gone; uvloop would raise on the write
         if error.severity == "ERROR":
             error.severity = "FATAL"
         writer.write(m.error_response(error.fields()))

@@ -119,7 +119,38 @@ async def connect_upstream(
     With `verifiers` (proxy auth mode) Oversight checks the client itself and
     logs in upstream as the service account of the upstream URI; otherwise
     the upstream's authentication exchange is relayed.
+
+    A client that hangs up mid-way surfaces as ConnectionResetError (uvloop
+    raises RuntimeError on a write to a closed transport), and the upstream
+    leg, once opened, is closed on every way out but success, the startup
+    timeout's cancellation included, so no idle backend is left behind.
     """
+    try:
+        return await _connect_upstream(
+            up,
+            client_reader,
+            client_writer,
+            msg,
+            client_tls,
+            max_message=max_message,
+            verifiers=verifiers,
+        )
+    except RuntimeError as e:
+        if client_writer.is_closing():
+            raise ConnectionResetError("the client went away during startup") from e
+        raise
+
+
+async def _connect_upstream(
+    up: Upstream,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    msg: m.StartupMessage,
+    client_tls: bool,
+    *,
+    max_message: int,
+    verifiers: dict[str, str] | None,
+) -> Handshake:
     params = {k: v for k, v in msg.params.items() if not k.startswith("_pq_.")}
     unsupported = [k for k in msg.params if k.startswith("_pq_.")]
     if msg.minor > 0 or unsupported:
@@ -136,9 +167,35 @@ async def connect_upstream(
         params["database"] = params.get("database") or user
         params["user"] = up.user
     reader, writer, up_tls = await connect(up)
-    hs = Handshake(msg, client_tls, reader, writer, up_tls)
+    try:
+        return await _upstream_login(
+            Handshake(msg, client_tls, reader, writer, up_tls),
+            up,
+            client_reader,
+            client_writer,
+            params,
+            max_message=max_message,
+            proxy_auth=verifiers is not None,
+        )
+    except BaseException:
+        writer.close()
+        raise
+
+
+async def _upstream_login(
+    hs: Handshake,
+    up: Upstream,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    params: dict[str, str],
+    *,
+    max_message: int,
+    proxy_auth: bool,
+) -> Handshake:
+    """Log in upstream, relay what the client must see, read up to ReadyForQuery."""
+    reader, writer = hs.reader, hs.writer
     writer.write(m.startup_message(params))
-    if verifiers is not None:
+    if proxy_auth:
         await _login_as_service(hs, up, max_message)
         client_writer.write(m.auth_request(m.AUTH_OK))
     else:
@@ -158,7 +215,6 @@ async def connect_upstream(
             hs.parameters[k] = v
             hazard = parser_hazard(k, v)
             if hazard is not None:  # from PGOPTIONS, or the role's or database's settings
-                writer.close()
                 raise FeatureNotSupported(f"oversight: {hazard}")
         elif f.type == b"Z":
             hs.status = f.body[:1]
