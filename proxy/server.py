@@ -25,6 +25,7 @@ from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyCo
 from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.identity import SessionFacts
+from proxy.idsrc.setup import identity_resolver
 from proxy.listener import ALPN, Listener
 from proxy.recorder import Recorder
 from proxy.scram import load_users
@@ -85,6 +86,7 @@ class ProxyServer:
         self.verifiers: dict[str, str] | None = None
         if settings.auth == "proxy" and settings.users_file:
             self.verifiers = load_users(settings.users_file)
+        self.identities = identity_resolver(settings) if settings.upstream else None
 
     @property
     def port(self) -> int:
@@ -192,6 +194,7 @@ class ProxyServer:
                     client_tls,
                     max_message=s.max_message_size,
                     verifiers=self.verifiers,
+                    identities=self.identities,
                 ),
                 s.startup_timeout,
             )
@@ -208,6 +211,7 @@ class ProxyServer:
             return
         if hs.search_path is not None:
             facts = replace(facts, search_path=hs.search_path)
+        facts = replace(facts, groups=hs.identity.groups, attributes=hs.identity.attributes)
         session = Session(facts, max_message=s.max_message_size)
         session.status = hs.status
         session.parameters.update(hs.parameters)

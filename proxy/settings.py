@@ -127,6 +127,23 @@ class Settings(BaseSettings):
         "after DDL, and when a statement names a relation the catalog does not know).",
     )
     read_size: int = Field(256 * 1024, ge=4096, description="Socket read size in bytes.")
+    groups_from_roles: bool = Field(
+        False,
+        description="Every upstream role the user is a member of (recursively) becomes a group, "
+        "read with Oversight's own account (docs/identity.md).",
+    )
+    identity_cache: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a user's groups and attributes from roles, LDAP or OIDC are cached; "
+        "a revoke takes effect within this (0: ask at every login).",
+    )
+    identity_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds an identity source (roles, LDAP, the JWKS URL) has to answer; "
+        "past it the login is refused (28000).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -32,6 +32,8 @@ from proxy.errors import (
     ProxyError,
     UpstreamUnavailable,
 )
+from proxy.identity import Identity
+from proxy.idsrc import IdentityResolver, IdentityUnavailable
 from proxy.policy.textmode import parser_hazard
 from proxy.scram import authenticate_client
 from proxy.settings import Upstream
@@ -54,6 +56,7 @@ class Handshake:
     status: bytes = b"I"
     parameters: dict[str, str] = field(default_factory=dict)
     search_path: tuple[str, ...] | None = None
+    identity: Identity = field(default_factory=Identity)
 
 
 class AuthFailure(Exception):
@@ -113,6 +116,7 @@ async def connect_upstream(
     *,
     max_message: int,
     verifiers: dict[str, str] | None = None,
+    identities: IdentityResolver | None = None,
 ) -> Handshake:
     """Open the upstream leg and authenticate until ReadyForQuery.
 
@@ -124,6 +128,11 @@ async def connect_upstream(
     raises RuntimeError on a write to a closed transport), and the upstream
     leg, once opened, is closed on every way out but success, the startup
     timeout's cancellation included, so no idle backend is left behind.
+
+    With `identities`, the user's groups and attributes from the identity
+    sources are resolved once the user has authenticated and before
+    ReadyForQuery; a source that cannot answer refuses the login (28000,
+    raised as AuthFailure so it is audited as one).
     """
     try:
         return await _connect_upstream(
@@ -134,6 +143,7 @@ async def connect_upstream(
             client_tls,
             max_message=max_message,
             verifiers=verifiers,
+            identities=identities,
         )
     except RuntimeError as e:
         if client_writer.is_closing():
@@ -150,6 +160,7 @@ async def _connect_upstream(
     *,
     max_message: int,
     verifiers: dict[str, str] | None,
+    identities: IdentityResolver | None,
 ) -> Handshake:
     params = {k: v for k, v in msg.params.items() if not k.startswith("_pq_.")}
     unsupported = [k for k in msg.params if k.startswith("_pq_.")]
@@ -176,6 +187,7 @@ async def _connect_upstream(
             params,
             max_message=max_message,
             proxy_auth=verifiers is not None,
+            identities=identities,
         )
     except BaseException:
         writer.close()
@@ -191,6 +203,7 @@ async def _upstream_login(
     *,
     max_message: int,
     proxy_auth: bool,
+    identities: IdentityResolver | None,
 ) -> Handshake:
     """Log in upstream, relay what the client must see, read up to ReadyForQuery."""
     reader, writer = hs.reader, hs.writer
@@ -200,6 +213,12 @@ async def _upstream_login(
         client_writer.write(m.auth_request(m.AUTH_OK))
     else:
         await _relay_auth(hs, client_reader, client_writer, max_message)
+    if identities is not None:
+        try:
+            hs.identity = await identities.resolve(hs.startup.params["user"])
+        except IdentityUnavailable as e:
+            client_writer.write(m.error_response(e.fields()))
+            raise AuthFailure(e.fields()) from e
     # After AuthenticationOk: parameters, the backend key, then ReadyForQuery.
     while True:
         f = await read_frame(reader, max_message)

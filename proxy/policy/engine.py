@@ -173,6 +173,8 @@ class PolicyEngine:
             sql,
             extended,
             facts.user,
+            facts.groups,  # from the identity sources: a revoke must not hit an old decision
+            facts.attributes,
             facts.application,
             facts.client_ip,
             facts.search_path,

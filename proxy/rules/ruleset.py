@@ -53,11 +53,16 @@ class RuleSet:
         return {"user"} | {a for u in self.users.values() for a in u.attributes}
 
     def principal(self, facts: SessionFacts) -> Principal:
+        """The user's groups and attributes: the rule files' `users:` merged with the
+        session's identity sources (docs/identity.md). Groups are the union; an
+        attribute the rule files set wins over a source's, since the rule author
+        wrote it for this user on purpose."""
         entry = self.users.get(facts.user)
+        attrs = dict(facts.attributes)
         if entry is None:
-            return Principal(facts.user)
-        attrs = {k: _attr_text(v) for k, v in entry.attributes.items()}
-        return Principal(facts.user, frozenset(entry.groups), attrs)
+            return Principal(facts.user, facts.groups, attrs)
+        attrs.update({k: _attr_text(v) for k, v in entry.attributes.items()})
+        return Principal(facts.user, frozenset(entry.groups) | facts.groups, attrs)
 
     def matching_extraction(self, facts: SessionFacts) -> list[ExtractionRule]:
         who = self.principal(facts)

@@ -1,0 +1,18 @@
+"""Building the configured identity sources from the settings."""
+
+from __future__ import annotations
+
+from proxy.idsrc.resolver import IdentityResolver, Source
+from proxy.idsrc.roles import SOURCE as ROLES
+from proxy.idsrc.roles import RoleSource
+from proxy.settings import Settings
+
+
+def identity_resolver(settings: Settings) -> IdentityResolver | None:
+    """The resolver for the sources the settings turn on; None when there are none."""
+    sources: list[Source] = []
+    if settings.groups_from_roles:
+        sources.append(Source(ROLES, RoleSource(settings.upstream_target.uri).lookup))
+    if not sources:
+        return None
+    return IdentityResolver(sources, ttl=settings.identity_cache, timeout=settings.identity_timeout)
