@@ -27,8 +27,8 @@ from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.identity import SessionFacts
 from proxy.idsrc.setup import identity_resolver
 from proxy.listener import ALPN, Listener
+from proxy.login import proxy_login
 from proxy.recorder import Recorder
-from proxy.scram import load_users
 from proxy.session import Session
 from proxy.settings import Settings
 from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
@@ -83,9 +83,7 @@ class ProxyServer:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._clients = 0
-        self.verifiers: dict[str, str] | None = None
-        if settings.auth == "proxy" and settings.users_file:
-            self.verifiers = load_users(settings.users_file)
+        self.login = proxy_login(settings)
         self.identities = identity_resolver(settings) if settings.upstream else None
 
     @property
@@ -193,7 +191,7 @@ class ProxyServer:
                     packet,
                     client_tls,
                     max_message=s.max_message_size,
-                    verifiers=self.verifiers,
+                    login=self.login,
                     identities=self.identities,
                 ),
                 s.startup_timeout,

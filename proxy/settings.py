@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     auth: Literal["passthrough", "proxy"] = Field(
         "passthrough",
         description="`passthrough`: the upstream checks the client's credentials. `proxy`: "
-        "Oversight checks SCRAM verifiers from `users_file` and connects as the upstream "
-        "URI's user.",
+        "Oversight checks SCRAM verifiers from `users_file` (or OIDC tokens) and connects as "
+        "the upstream URI's user.",
     )
     users_file: str | None = Field(
         None, description="SCRAM verifiers for `proxy` auth, written by `oversight passwd`."
@@ -135,13 +135,40 @@ class Settings(BaseSettings):
     identity_cache: float = Field(
         60.0,
         ge=0,
-        description="Seconds a user's groups and attributes from roles, LDAP or OIDC are cached; "
+        description="Seconds a user's groups and attributes from upstream roles are cached; "
         "a revoke takes effect within this (0: ask at every login).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="`proxy` auth: accept OIDC tokens (JWT as the password, over TLS) from this "
+        "issuer (`iss`).",
+    )
+    oidc_audience: str | None = Field(None, description="The audience (`aud`) tokens must name.")
+    oidc_jwks: str | None = Field(
+        None,
+        description="The issuer's key set: a JWKS file path or an https URL (fetched again on an "
+        "unknown key id).",
+    )
+    oidc_jwks_min_refresh: float = Field(
+        30.0, ge=0, description="Least seconds between two reads of the key set."
+    )
+    oidc_user_claim: str = Field(
+        "sub", description="Token claim that must equal the user logging in."
+    )
+    oidc_groups_claim: str = Field("groups", description="Token claim whose names become groups.")
+    login_max_failures: int = Field(
+        10,
+        ge=0,
+        description="`proxy` auth: failed logins allowed per client address and per user within "
+        "`login_failure_window`; then refused (28000) until the window passes (0: no limit).",
+    )
+    login_failure_window: float = Field(
+        60.0, gt=0, description="Seconds over which failed logins are counted."
     )
     identity_timeout: float = Field(
         5.0,
         gt=0,
-        description="Seconds an identity source (roles, LDAP, the JWKS URL) has to answer; "
+        description="Seconds an identity source (upstream roles, the OIDC key set) has to answer; "
         "past it the login is refused (28000).",
     )
 
@@ -185,9 +212,19 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{name}: cannot read {path}")
-        if self.auth == "proxy" and not self.users_file:
+        oidc = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks]
+        if any(oidc) and not all(oidc):
+            raise ValueError("oidc_issuer, oidc_audience and oidc_jwks must be set together")
+        if any(oidc) and self.auth != "proxy":
+            raise ValueError("OIDC tokens need auth = proxy (Oversight checks the token)")
+        if self.oidc_jwks and self.oidc_jwks.startswith("http://"):
+            raise ValueError("oidc_jwks: an http:// key set could be swapped in transit; use https")
+        if any(oidc) and not self.tls_cert:
+            raise ValueError("OIDC tokens need tls_cert and tls_key: tokens travel only over TLS")
+        if self.auth == "proxy" and not self.users_file and not any(oidc):
             raise ValueError(
-                "auth = proxy needs users_file (SCRAM verifiers from `oversight passwd`)"
+                "auth = proxy needs users_file (SCRAM verifiers from `oversight passwd`) "
+                "or OIDC (oidc_issuer, oidc_audience, oidc_jwks)"
             )
         return self
 

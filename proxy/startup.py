@@ -34,8 +34,8 @@ from proxy.errors import (
 )
 from proxy.identity import Identity
 from proxy.idsrc import IdentityResolver, IdentityUnavailable
+from proxy.login import ProxyLogin, TooManyFailures
 from proxy.policy.textmode import parser_hazard
-from proxy.scram import authenticate_client
 from proxy.settings import Upstream
 from proxy.streams import read_frame, read_startup_packet
 from proxy.upstream import connect
@@ -115,12 +115,12 @@ async def connect_upstream(
     client_tls: bool,
     *,
     max_message: int,
-    verifiers: dict[str, str] | None = None,
+    login: ProxyLogin | None = None,
     identities: IdentityResolver | None = None,
 ) -> Handshake:
     """Open the upstream leg and authenticate until ReadyForQuery.
 
-    With `verifiers` (proxy auth mode) Oversight checks the client itself and
+    With `login` (proxy auth mode) Oversight checks the client itself and
     logs in upstream as the service account of the upstream URI; otherwise
     the upstream's authentication exchange is relayed.
 
@@ -142,7 +142,7 @@ async def connect_upstream(
             msg,
             client_tls,
             max_message=max_message,
-            verifiers=verifiers,
+            login=login,
             identities=identities,
         )
     except RuntimeError as e:
@@ -159,7 +159,7 @@ async def _connect_upstream(
     client_tls: bool,
     *,
     max_message: int,
-    verifiers: dict[str, str] | None,
+    login: ProxyLogin | None,
     identities: IdentityResolver | None,
 ) -> Handshake:
     params = {k: v for k, v in msg.params.items() if not k.startswith("_pq_.")}
@@ -168,13 +168,21 @@ async def _connect_upstream(
         # We speak 3.0 both ways: say so once, before anything else.
         client_writer.write(m.negotiate_protocol_version(0, unsupported))
     user = params["user"]
-    if verifiers is not None:
-        if not await authenticate_client(
-            client_reader, client_writer, user, verifiers, max_message
-        ):
-            fields = AuthFailed(f'password authentication failed for user "{user}"').fields()
-            client_writer.write(m.error_response(fields))
-            raise AuthFailure(fields)
+    identity = Identity()
+    if login is not None:
+        peer = client_writer.get_extra_info("peername") or ("", 0)
+        try:
+            identity = await login.authenticate(
+                client_reader,
+                client_writer,
+                user,
+                client_ip=str(peer[0]),
+                client_tls=client_tls,
+                max_message=max_message,
+            )
+        except (AuthFailed, TooManyFailures, IdentityUnavailable) as e:
+            client_writer.write(m.error_response(e.fields()))
+            raise AuthFailure(e.fields()) from e
         params["database"] = params.get("database") or user
         params["user"] = up.user
     reader, writer, up_tls = await connect(up)
@@ -186,7 +194,8 @@ async def _connect_upstream(
             client_writer,
             params,
             max_message=max_message,
-            proxy_auth=verifiers is not None,
+            proxy_auth=login is not None,
+            identity=identity,
             identities=identities,
         )
     except BaseException:
@@ -203,6 +212,7 @@ async def _upstream_login(
     *,
     max_message: int,
     proxy_auth: bool,
+    identity: Identity,
     identities: IdentityResolver | None,
 ) -> Handshake:
     """Log in upstream, relay what the client must see, read up to ReadyForQuery."""
@@ -213,9 +223,10 @@ async def _upstream_login(
         client_writer.write(m.auth_request(m.AUTH_OK))
     else:
         await _relay_auth(hs, client_reader, client_writer, max_message)
+    hs.identity = identity  # from a token, in proxy auth mode
     if identities is not None:
         try:
-            hs.identity = await identities.resolve(hs.startup.params["user"])
+            hs.identity = identity.merged(await identities.resolve(hs.startup.params["user"]))
         except IdentityUnavailable as e:
             client_writer.write(m.error_response(e.fields()))
             raise AuthFailure(e.fields()) from e
