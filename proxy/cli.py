@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--client-ip", default="127.0.0.1")
     e.add_argument("sql")
 
+    i = sub.add_parser(
+        "identity",
+        help="the groups and attributes a user's sessions get, and which source gave each",
+        parents=[config],
+    )
+    i.add_argument("user")
+    i.add_argument("--rules", default=None, help="default: the rules setting")
+
     t = sub.add_parser("tail", help="follow the audit log, one line per record", parents=[config])
     t.add_argument("file", nargs="?", default=None, help="default: the audit_log setting")
     t.add_argument("--blocked", action="store_true", help="only refused and cut-off statements")
@@ -179,6 +187,14 @@ def _explain(args: argparse.Namespace) -> int:
     upstream = args.upstream
     if not args.schema and not upstream:
         upstream = settings.upstream
+    from proxy.commands.identity import resolve
+    from proxy.idsrc import IdentityUnavailable
+
+    try:  # the groups a session of this user would get from roles too
+        identity = resolve(settings, args.user)
+    except IdentityUnavailable as e:
+        print(f"oversight: {e.message}", file=sys.stderr)
+        return 1
     return cmd_explain(
         args.user,
         args.sql,
@@ -187,7 +203,21 @@ def _explain(args: argparse.Namespace) -> int:
         upstream,
         application=args.application,
         client_ip=args.client_ip,
+        identity=identity,
     )
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from proxy.commands.identity import cmd_identity
+    from proxy.rules import RulesError, load_rules
+
+    settings = _settings(args)
+    try:
+        rules = load_rules(args.rules or settings.rules)
+    except RulesError as e:
+        print("oversight: " + "\n  ".join(e.problems), file=sys.stderr)
+        return 1
+    return cmd_identity(settings, rules, args.user)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -237,6 +267,7 @@ COMMANDS = {
     "check": _check,
     "test": _test,
     "explain": _explain,
+    "identity": _identity,
     "tail": _tail,
     "audit": _audit,
     "passwd": _passwd,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from proxy.catalog import Catalog, load_catalog
-from proxy.identity import SessionFacts
+from proxy.identity import Identity, SessionFacts
 from proxy.policy.catalogcheck import attribute_problems, catalog_problems
 from proxy.policy.engine import Decision, PolicyEngine
 from proxy.rules import RulesError, RuleSet, load_rules
@@ -99,12 +99,25 @@ def cmd_explain(
     upstream: str | None,
     application: str = "",
     client_ip: str = "127.0.0.1",
+    identity: Identity | None = None,
 ) -> int:
     rs = _load(rules)
     if rs is None:
         return 1
     engine = _engine(rs, schema, upstream)
-    facts = SessionFacts(user, "", application=application, client_ip=client_ip)
+    ident = identity or Identity()
+    facts = SessionFacts(
+        user,
+        "",
+        application=application,
+        client_ip=client_ip,
+        groups=ident.groups,
+        attributes=ident.attributes,
+    )
+    if ident.groups or ident.attributes:
+        from proxy.commands.identity import describe
+
+        print("\n".join(describe(rs, user, ident)))
     d = engine.decide(sql, facts)
     _show(d)
     return 0

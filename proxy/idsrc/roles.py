@@ -35,16 +35,22 @@ class RoleSource:
     costs less than holding one idle on the upstream forever.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, password: str = "") -> None:
         self.dsn = dsn
+        self._password = password
 
     async def lookup(self, user: str) -> Identity:
         import asyncpg  # late: only a proxy with this source configured needs the driver
 
-        conn = await asyncpg.connect(self.dsn)
         try:
-            rows = await conn.fetch(MEMBERSHIP_SQL, user)
-        finally:
-            await conn.close()
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                rows = await conn.fetch(MEMBERSHIP_SQL, user)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            # The message goes to the log: make sure the account's password never does.
+            text = str(e).replace(self._password, "***") if self._password else str(e)
+            raise ConnectionError(f"{type(e).__name__}: {text}") from None
         groups = frozenset(str(r[0]) for r in rows)
         return from_source(SOURCE, groups, {})

@@ -12,7 +12,8 @@ def identity_resolver(settings: Settings) -> IdentityResolver | None:
     """The resolver for the sources the settings turn on; None when there are none."""
     sources: list[Source] = []
     if settings.groups_from_roles:
-        sources.append(Source(ROLES, RoleSource(settings.upstream_target.uri).lookup))
+        up = settings.upstream_target
+        sources.append(Source(ROLES, RoleSource(up.uri, up.password).lookup))
     if not sources:
         return None
     return IdentityResolver(sources, ttl=settings.identity_cache, timeout=settings.identity_timeout)

@@ -129,7 +129,11 @@ async def test_cached_groups_last_the_cache_lifetime(
 
 
 async def test_lookup_failure_refuses_the_login_and_audits_it(
-    pg: PgCluster, roles: None, proxy_factory: Any, tmp_path: Path
+    pg: PgCluster,
+    roles: None,
+    proxy_factory: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Oversight's own account cannot log in, so it cannot read dave's roles: no session."""
     bad = pg.dsn(password="not-the-password")
@@ -140,4 +144,6 @@ async def test_lookup_failure_refuses_the_login_and_audits_it(
     failures = _records(proxy, "auth_failure")
     assert [(r["user"], r["error"][:6]) for r in failures] == [(DAVE, "28000:")]
     assert "not-the-password" not in proxy.audit_log.read_text()
+    assert "identity source roles failed" in caplog.text  # the operator is told why
+    assert "not-the-password" not in caplog.text
     assert _records(proxy, "statement") == []
