@@ -43,6 +43,8 @@ class DemoUser:
     password: str
     who: str
     examples: tuple[tuple[str, str], ...]  # (what it shows, SQL)
+    # Groups granted as PostgreSQL roles (groups_from_roles) instead of in `users:`.
+    roles: tuple[str, ...] = ()
 
 
 USERS = (
@@ -100,6 +102,27 @@ USERS = (
                 "SELECT count(*) FROM internal.audit_notes;",
             ),
         ),
+    ),
+    DemoUser(
+        "dave",
+        "dave-demo",
+        "supervisor by a PostgreSQL role: GRANT supervisors TO dave (no `users:` entry)",
+        (
+            (
+                "groups from the upstream: the supervisors' rule applies, all regions",
+                "SELECT region, count(*) FROM people GROUP BY region ORDER BY region;",
+            ),
+            (
+                "mask: the supervisors' partial SSN; REVOKE supervisors FROM dave and the "
+                "next login is refused the register",
+                "SELECT full_name, ssn FROM people ORDER BY id LIMIT 3;",
+            ),
+            (
+                "block: the internal schema is closed to everyone through Oversight",
+                "SELECT count(*) FROM internal.audit_notes;",
+            ),
+        ),
+        roles=("supervisors",),
     ),
 )
 
@@ -278,6 +301,12 @@ class Demo:
             verb = "ALTER" if exists else "CREATE"
             quoted = password.replace("'", "''")
             await conn.execute(f"{verb} ROLE {name} LOGIN PASSWORD '{quoted}'")
+        for u in USERS:
+            for role in u.roles:  # what a DBA does; Oversight reads it (groups_from_roles)
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+                if not exists:
+                    await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+                await conn.execute(f"GRANT {role} TO {u.name}")
         users = ", ".join(u.name for u in USERS)
         await conn.execute(f"GRANT USAGE ON SCHEMA public, internal TO {users}")
         await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, internal TO {users}")
@@ -289,7 +318,7 @@ class Demo:
         here = Path("rules")
         if here.is_dir():
             with contextlib.suppress(RulesError, OSError):
-                if {u.name for u in USERS} <= set(load_rules(here).users):
+                if {u.name for u in USERS if not u.roles} <= set(load_rules(here).users):
                     return here.resolve()
         target = self.workdir / "rules"
         target.mkdir(exist_ok=True)
@@ -321,6 +350,7 @@ class Demo:
                 "admin_listen": _admin_listen(),
                 "admin_token": self.admin_token,
                 "shutdown_grace": 2.0,
+                "groups_from_roles": True,  # dave's group is a GRANT, not a `users:` entry
             }
         )
         self.service = Service(settings, rules)

@@ -175,9 +175,9 @@ def _refused(dsn: str, sql: str) -> psycopg.Error:
     return err.value
 
 
-def test_banner_shows_three_users_with_three_examples(demo: tuple[object, Banner]) -> None:
+def test_banner_shows_four_users_with_three_examples(demo: tuple[object, Banner]) -> None:
     _, banner = demo
-    assert set(banner.users) == {"alice", "bob", "carol"}
+    assert set(banner.users) == {"alice", "bob", "carol", "dave"}
     shown = " ".join(w for u in banner.users.values() for w, _ in u.examples)
     for behaviour in ("row filter", "mask", "block", "cut-off"):
         assert behaviour in shown
@@ -234,6 +234,21 @@ def test_carol_sees_all_regions_partial_ssn_internal_blocked(demo: tuple[object,
         assert re.fullmatch(r"\+1-555-\d{3}-\d{4}", phone)  # not masked for supervisors
     assert "block" in w3
     err = _refused(carol.dsn, internal)
+    assert err.sqlstate == "42501" and "internal-schema" in str(err)
+
+
+def test_dave_is_a_supervisor_by_a_postgresql_role(demo: tuple[object, Banner]) -> None:
+    """dave has no `users:` entry: the demo's `GRANT supervisors TO dave` is his group."""
+    dave = demo[1].users["dave"]
+    (w1, counts), (w2, masked), (w3, internal) = dave.examples
+    assert "block" in w3
+    assert "groups from the upstream" in w1
+    rows = _run(dave.dsn, counts)
+    assert [r[0] for r in rows] == ["east", "north", "south", "west"]
+    assert "mask" in w2
+    for _name, ssn in _run(dave.dsn, masked):
+        assert re.fullmatch(r"\*\*\*\d{4}", ssn)
+    err = _refused(dave.dsn, internal)
     assert err.sqlstate == "42501" and "internal-schema" in str(err)
 
 
