@@ -232,14 +232,18 @@ def free_slots(shape: Shape, sentinels: Sentinels) -> frozenset[int]:
         return frozenset()
     for piece in pieces:
         h = head(piece)
-        if h.kind not in _PARSED or not h.parse or h.inner is not None:
-            continue
+        if not h.parse:
+            continue  # a utility statement (or EXPLAIN...): its values all stay in the key
+        # Any other statement must parse here as it will in the engine: a parse error's
+        # message gives a column in the whole text, which moves with any value before it.
+        if h.kind not in _PARSED:
+            return frozenset()
         try:
             trees = _PG.parser().parse(list(piece.tokens), piece.source)
         except (ParseError, TokenError):
-            continue
-        if len(trees) != 1 or trees[0] is None:
-            continue
+            return frozenset()
+        if len(trees) != 1 or trees[0] is None or isinstance(trees[0], exp.Command):
+            return frozenset()
         for lit in _literals(trees[0]):
             i = values.get(str(lit.this))
             if i is None:
