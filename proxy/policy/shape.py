@@ -46,10 +46,11 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
 from proxy.policy.kinds import head
-from proxy.policy.redact import LITERALS
 from proxy.policy.split import Piece, SplitError, split
+from proxy.redact import redact
 
 STRING, NUMBER = "'", "9"  # slot classes; a dollar-quoted slot's class is its `$tag$`
+_SLOT_TYPES = frozenset({TokenType.STRING, TokenType.HEREDOC_STRING, TokenType.NUMBER})
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
 _PG = Postgres()
 # Statement kinds whose literals may be free: the engine parses them and reads
@@ -150,18 +151,16 @@ def shape_of(sql: str, pieces: list[Piece]) -> Shape | None:
     for p in pieces:
         if p.parse_text != p.text or p.source is not sql:
             return None
-        texts: list[str] = []
+        # Each statement's literals exactly as the engine lists them (the detectors' input).
+        literals.append(redact(p.text, p.tokens, p.base)[2])
         prev: Token | None = None
         for t in p.tokens:
             kind = t.token_type
-            if kind in LITERALS and not (
-                # the 1 of $1 is a parameter number (as redact.py reads it)
-                kind == TokenType.NUMBER
-                and prev is not None
-                and prev.token_type == TokenType.PARAMETER
-                and prev.end + 1 == t.start
+            if (
+                kind in _SLOT_TYPES
+                and t.start >= seg  # not a token the tokenizer made up inside another
+                and not (kind == TokenType.NUMBER and _parameter(prev, t))
             ):
-                texts.append(t.text)
                 src = sql[t.start : t.end + 1]
                 cls = _slot_class(kind, src, t, sql)
                 if cls is not None:
@@ -170,9 +169,13 @@ def shape_of(sql: str, pieces: list[Piece]) -> Shape | None:
                     sources.append(src)
                     seg = t.end + 1
             prev = t
-        literals.append(tuple(texts))
     key.append(sql[seg:])
     return Shape(tuple(key), tuple(sources), tuple(literals))
+
+
+def _parameter(prev: Token | None, t: Token) -> bool:
+    """The 1 of $1 is a parameter number, not a value (as redact() reads it)."""
+    return prev is not None and prev.token_type == TokenType.PARAMETER and prev.end + 1 == t.start
 
 
 def _slot_class(kind: TokenType, src: str, t: Token, sql: str) -> str | None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 from sqlglot.tokenizer_core import TokenType
 
-from proxy.policy.redact import LITERALS
 from proxy.policy.split import SplitError, split
+from proxy.redact import LITERALS
 
 # Contents that look like what the engine reads values for: names of settings,
 # functions and tables, keywords, SQL, quotes, comment and dollar-quote marks.
@@ -144,6 +144,8 @@ def slots(sql: str) -> list[Slot]:
             continue  # U&-decoded piece: token offsets refer to another text
         prev = None
         for t in p.tokens:
+            if out and t.start < out[-1].end:
+                continue  # a token the tokenizer made up inside another
             placeholder = (
                 prev is not None
                 and prev.token_type == TokenType.PARAMETER
