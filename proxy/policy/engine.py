@@ -143,7 +143,7 @@ class PolicyEngine:
         self.masker = Masker(hash_salt)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
-        self._shapes = NormCache(cache_size)
+        self._shapes: NormCache[Decision] = NormCache(cache_size)
         self._user_functions = lower_functions(catalog)
         self._hours = rules.uses_hours
         self._dry = (

@@ -34,21 +34,36 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Generic, Protocol, TypeVar
 
+from proxy.errors import ProxyError
 from proxy.policy.shape import Sentinels, Shape, free_slots, shape_of
 from proxy.policy.split import Piece, SplitError, split
 
-if TYPE_CHECKING:
-    from proxy.errors import ProxyError
-    from proxy.policy.engine import Decision
-
 log = logging.getLogger("oversight.policy")
 
+
+class _Info(Protocol):
+    """What the cache reads of engine.StatementInfo (engine.py imports this module)."""
+
+    @property
+    def rewritten(self) -> str | None: ...
+
+
+class _Decision(Protocol):
+    """What the cache reads of engine.Decision; both are frozen dataclasses."""
+
+    @property
+    def sql(self) -> str: ...
+    @property
+    def error(self) -> ProxyError | None: ...
+    @property
+    def statements(self) -> tuple[_Info, ...]: ...
+
+
+Decision = TypeVar("Decision", bound=_Decision)
+T = TypeVar("T")
 Parts = tuple[str | int, ...]  # text, with an int where slot i's value goes
-# (text, the text split or None) -> (decision, fit to cache)
-Run = Callable[[str, "list[Piece] | None"], "tuple[Decision, bool]"]
-D = TypeVar("D")
 K = TypeVar("K")
 V = TypeVar("V")
 MAX_TEXT = 256 * 1024  # longer texts are rare and costly to cut up: exact-text cache only
@@ -64,7 +79,7 @@ class _State:
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
+class Template(Generic[Decision]):
     decision: Decision  # decided with sentinels in the free slots
     sql: Parts
     rewritten: tuple[Parts | None, ...]  # per statement
@@ -84,7 +99,7 @@ class Template:
         return _with(self.decision, sql=_join(self.sql, values), statements=infos)
 
 
-def _with(obj: D, **changes: object) -> D:
+def _with(obj: T, **changes: object) -> T:
     """dataclasses.replace without its per-call checks (a third of a cache hit's time).
     Every field is copied, so fields added to Decision or StatementInfo carry over."""
     names = _FIELDS.get(type(obj))
@@ -98,19 +113,25 @@ def _with(obj: D, **changes: object) -> D:
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-class NormCache:
+class NormCache(Generic[Decision]):
     def __init__(self, size: int) -> None:
         self.size = size
         self._shapes: OrderedDict[tuple[object, ...], _State] = OrderedDict()
         # (shape key, bound values) -> template, or None after one sight
-        self._templates: OrderedDict[tuple[object, ...], Template | None] = OrderedDict()
+        self._templates: OrderedDict[tuple[object, ...], Template[Decision] | None]
+        self._templates = OrderedDict()
         self._sentinels = Sentinels(
             "o" + secrets.token_hex(8), str(secrets.randbelow(9 * 10**17) + 10**17)
         )
         self.hits = 0
         self.probes = 0
 
-    def decide(self, sql: str, scope: tuple[object, ...], run: Run) -> tuple[Decision, bool]:
+    def decide(
+        self,
+        sql: str,
+        scope: tuple[object, ...],
+        run: Callable[[str, list[Piece] | None], tuple[Decision, bool]],
+    ) -> tuple[Decision, bool]:
         """The decision for `sql` under `scope` (the facts part of the engine's cache key),
         and whether the engine may keep it in its exact-text cache."""
         if len(sql) > MAX_TEXT:
@@ -157,7 +178,7 @@ class NormCache:
         shape: Shape,
         state: _State,
         tkey: tuple[object, ...],
-        run: Run,
+        run: Callable[[str, list[Piece] | None], tuple[Decision, bool]],
     ) -> tuple[Decision, bool]:
         self.probes += 1
         decision, ok = run(sql, pieces)
@@ -175,7 +196,9 @@ class NormCache:
             _put(self._templates, tkey, template, self.size)
         return decision, ok
 
-    def _template(self, d: Decision, shape: Shape, free: frozenset[int]) -> Template | None:
+    def _template(
+        self, d: Decision, shape: Shape, free: frozenset[int]
+    ) -> Template[Decision] | None:
         """The sample decision with each free sentinel located, or None when a sentinel
         shows anywhere but as itself (printed differently, or in a reason)."""
         if d.statements and len(d.statements) != len(shape.literals):
@@ -212,7 +235,7 @@ def same(a: Decision, b: Decision) -> bool:
     """Equal in every field; errors compare by class and content, not identity."""
     if _error(a.error) != _error(b.error):
         return False
-    return dataclasses.replace(a, error=None) == dataclasses.replace(b, error=None)
+    return _with(a, error=None) == _with(b, error=None)
 
 
 def _error(e: ProxyError | None) -> object:
