@@ -20,6 +20,9 @@ reported in `would` with the rule ids, while `action` says what is enforced.
 
 Decisions are cached by (text, extended, every fact a match depends on, rules
 version, catalog version); the cache is a plain dict LRU, safe under asyncio.
+Behind it, a second cache shares one decision between texts that differ only
+in literal values the decision provably ignores (normcache.py, shape.py), so
+the simple protocol's `WHERE id = 42`, `WHERE id = 43`... are parsed once.
 
 Known limits (by design, documented for DBAs):
 - A view over governed tables is expanded to its definition (views.py), which
@@ -59,8 +62,9 @@ from proxy.errors import NotUnderstood, ProxyError
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
 from proxy.policy.decide import Verdict, decide
+from proxy.policy.normcache import NormCache
 from proxy.policy.rewrite import Masker
-from proxy.policy.split import SplitError, split
+from proxy.policy.split import Piece, SplitError, split
 from proxy.rules import RuleSet
 
 Action = Literal["allow", "rewrite", "block"]
@@ -139,6 +143,7 @@ class PolicyEngine:
         self.masker = Masker(hash_salt)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
+        self._shapes: NormCache[Decision] = NormCache(cache_size)
         self._user_functions = lower_functions(catalog)
         self._hours = rules.uses_hours
         self._dry = (
@@ -153,16 +158,28 @@ class PolicyEngine:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
+        # Same text with other literal values: the shape cache (normcache.py), keyed
+        # on the same facts as this one (everything in the key after the text).
+        decision, keep = self._shapes.decide(
+            sql, key[1:], lambda text, pieces: self._fresh(text, facts, extended, pieces)
+        )
+        if keep:
+            self._cache[key] = decision
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return decision
+
+    def _fresh(
+        self, sql: str, facts: SessionFacts, extended: bool, pieces: list[Piece] | None = None
+    ) -> tuple[Decision, bool]:
+        """A decision taken from scratch, and whether it may be cached. `pieces`: the
+        text already split (by the shape cache), so that it is not split twice."""
         try:
-            decision = self._decide(sql, facts, extended)
+            return self._decide(sql, facts, extended, pieces), True
         except Exception as e:  # a bug or a sqlglot surprise must fail closed, not crash
             log.exception("policy engine failed on a statement; blocking it")
             err = NotUnderstood(f"internal policy error ({type(e).__name__})")
-            return Decision("block", sql, err, (), err.reason, False, None, ())
-        self._cache[key] = decision
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return decision
+            return Decision("block", sql, err, (), err.reason, False, None, ()), False
 
     def _key(self, sql: str, facts: SessionFacts, extended: bool) -> tuple[object, ...]:
         when = None
@@ -192,9 +209,11 @@ class PolicyEngine:
             user_functions=self._user_functions,
         )
 
-    def _decide(self, sql: str, facts: SessionFacts, extended: bool) -> Decision:
+    def _decide(
+        self, sql: str, facts: SessionFacts, extended: bool, pieces: list[Piece] | None = None
+    ) -> Decision:
         ctx = self._context(facts, enforce_only=True)
-        actual = self._run(sql, ctx, extended)
+        actual = self._run(sql, ctx, extended, pieces)
         if not self._dry:
             return actual
         full = self._context(facts, enforce_only=False)
@@ -217,13 +236,15 @@ class PolicyEngine:
             would.statements,
         )
 
-    def _run(self, sql: str, ctx: Context, extended: bool) -> Decision:
+    def _run(
+        self, sql: str, ctx: Context, extended: bool, pieces: list[Piece] | None = None
+    ) -> Decision:
         if len(sql) > MAX_SQL:
             # Deciding is linear but runs on the event loop; a megabytes-long text is
             # treated like any statement the engine cannot afford to understand.
             return self._unsplittable(sql, ctx, f"statement text over {MAX_SQL} characters")
         try:
-            pieces = split(sql)
+            pieces = split(sql) if pieces is None else pieces
         except SplitError as e:
             return self._unsplittable(sql, ctx, str(e))
         if extended and len(pieces) > 1:

@@ -14,6 +14,7 @@ identifiers, because sqlglot cannot parse them.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 from sqlglot.dialects.postgres import Postgres
@@ -57,9 +58,20 @@ class Piece:
         return offset - self.base
 
 
+class _Tokenizers(threading.local):
+    """One tokenizer per thread, reused: building one costs as much as tokenizing a
+    short statement, and `tokenize` resets its state (a fresh token list each call)."""
+
+    def __init__(self) -> None:
+        self.tokenizer = _DIALECT.tokenizer()
+
+
+_TOKENIZERS = _Tokenizers()
+
+
 def tokenize(text: str) -> list[Token]:
     try:
-        return list(_DIALECT.tokenize(text))
+        return list(_TOKENIZERS.tokenizer.tokenize(text))
     except Exception as e:  # sqlglot raises TokenError, and ValueError on odd input
         raise SplitError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
@@ -67,7 +79,7 @@ def tokenize(text: str) -> list[Token]:
 def split(sql: str) -> list[Piece]:
     """Non-empty statements in order; raises SplitError when the text does not tokenize."""
     tokens = tokenize(sql)
-    for t in tokens:
+    for t in tokens if "$" in sql else ():
         # PostgreSQL reads `x$$` or `a$1` as one identifier; sqlglot starts a dollar quote or a
         # parameter there. Refuse the text rather than split it differently from the server.
         if sql[t.start] == "$" and t.start > 0 and _ident_char(sql[t.start - 1]):
@@ -100,6 +112,8 @@ def split(sql: str) -> list[Piece]:
 def oid_arrays(text: str, tokens: list[Token], base: int) -> str:
     """`x::oid[]` -> `x::_oid`: sqlglot cannot parse arrays of the reg*/oid types, and
     `_oid` is PostgreSQL's own name for `oid[]` (asyncpg's introspection sends these)."""
+    if "[" not in text:
+        return text  # the common case, without a pass over the tokens
     out: list[str] = []
     pos = 0
     for i, t in enumerate(tokens):
@@ -129,6 +143,8 @@ def _ident_char(ch: str) -> bool:
 
 def decode_unicode_identifiers(text: str, tokens: list[Token], base: int) -> str:
     """Replace `U&"d\\0061ta" [UESCAPE '!']` by `"data"` (PostgreSQL's Unicode escapes)."""
+    if "&" not in text:
+        return text  # the common case, without a pass over the tokens
     out: list[str] = []
     pos = 0
     i = 0
