@@ -31,7 +31,15 @@ from benchmarks import report, services, workloads
 from benchmarks.services import Target
 from benchmarks.workloads import BULK_CASES, PgbenchCase, SampleFailed
 
-TARGETS = ("direct", "pgbouncer", "oversight", "oversight-noaudit", "oversight+policy")
+TARGETS = (
+    "direct",
+    "pgbouncer",
+    "oversight",
+    "oversight-noaudit",
+    "oversight+governed",
+    "oversight+policy",
+)
+DEFAULT_TARGETS = TARGETS[:5]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 Samples = dict[str, dict[str, list[dict[str, Any]]]]
@@ -47,9 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3-second pgbench samples")
     p.add_argument("--repeat", type=int, default=3, help="samples per case and target")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
-    p.add_argument("--clients", type=_csv, default=["1", "16"], help="e.g. 1,16")
+    p.add_argument("--clients", type=_csv, default=["1", "8"], help="e.g. 1,8")
     p.add_argument("--modes", type=_csv, default=["simple", "extended", "prepared"])
-    p.add_argument("--targets", type=_csv, default=list(TARGETS), help=",".join(TARGETS))
+    p.add_argument("--targets", type=_csv, default=list(DEFAULT_TARGETS), help=",".join(TARGETS))
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--no-bulk", action="store_true")
     p.add_argument("--output", type=Path, default=RESULTS)
@@ -89,6 +97,11 @@ def start_targets(
             services.start_oversight(stack, direct, "oversight-noaudit", None, audit=False).target
         ),
         "oversight+policy": lambda: _policy_target(stack, direct, notes),
+        "oversight+governed": lambda: (
+            services.start_oversight(
+                stack, direct, "oversight+governed", services.GOVERNED_RULES, audit=True
+            ).target
+        ),
     }
     for name in wanted:
         if name == "direct":
@@ -136,6 +149,15 @@ def sample_loop(
                     result, text = {"error": str(e)}, f"FAILED: {e}"
                 samples.setdefault(key, {}).setdefault(t.name, []).append(result)
                 print(f"  [{label} {r}/{repeat}] {key:<30} {t.name:<18} {text}", flush=True)
+
+
+def show_pgbench(r: dict[str, float]) -> str:
+    text = f"{r['tps']:10.1f} tps {r['latency_ms']:8.3f} ms"
+    if "p50_ms" in r:
+        text += f" p50 {r['p50_ms']:.3f} ms"
+    if "cpu_us_per_txn" in r:
+        text += f" cpu {r['cpu_us_per_txn']:6.1f} us/txn"
+    return text
 
 
 def warm_up(targets: list[Target]) -> None:
@@ -212,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                     targets,
                     args.repeat,
                     lambda t, c: workloads.pgbench(t, c, args.seconds),
-                    lambda r: f"{r['tps']:10.1f} tps {r['latency_ms']:8.3f} ms",
+                    show_pgbench,
                     pg_samples,
                 )
             if not args.no_bulk:
@@ -237,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
                 by_target[name] = report.bulk_samples_to_mbps(runs)
         result["pgbench"] = report.summarize(pg_samples, "tps")
         result["bulk"] = report.summarize(bulk_samples, "mb_per_s")
+        result["targets_vs_goals"] = report.goals(result["pgbench"], result["bulk"])
         # An interrupted run must not replace the last complete one.
         out = args.output if result["complete"] else args.output.with_suffix(".partial.json")
         written = out if (pg_samples or bulk_samples) else None
@@ -275,6 +298,8 @@ def print_summary(result: dict[str, Any], written: Path | None) -> None:
                 latency=False,
             )
         )
+    if result.get("targets_vs_goals"):
+        print(report.goals_table(result["targets_vs_goals"]))
     for note in result["notes"]:
         print(f"note: {note}")
     if not result["complete"]:

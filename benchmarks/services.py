@@ -45,6 +45,21 @@ defaults:
   statements: [all]
 """
 
+# Governed: every bench statement on pgbench_accounts gets a row filter and a mask.
+GOVERNED_RULES = (
+    RELAY_RULES
+    + """
+rules:
+  - id: bench-accounts
+    description: A row filter and a column mask on every read of pgbench_accounts.
+    table: public.pgbench_accounts
+    row_filter: "bid > 0"
+    columns:
+      abalance: "null"
+      filler: redact
+"""
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -56,6 +71,7 @@ class Target:
     password: str
     note: str = ""
     log: Path | None = None  # the server's own log, quoted when its samples fail
+    pid: int | None = None  # the server process, for its CPU time per transaction
 
     def dsn(self) -> str:
         return (
@@ -211,7 +227,9 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
         )
     # SIGINT is PgBouncer's "safe shutdown" (waits for clients); SIGTERM ends it now.
     stack.callback(stop_process, proc, signal.SIGTERM)
-    target = Target("pgbouncer", "127.0.0.1", port, upstream.password, "session pool", log)
+    target = Target(
+        "pgbouncer", "127.0.0.1", port, upstream.password, "session pool", log, proc.pid
+    )
     wait_connectable(target, proc, log, 20)
     return target
 
@@ -241,16 +259,17 @@ def start_oversight(
     stack: contextlib.ExitStack,
     upstream: Target,
     name: str,
-    rules: Path | None,
+    rules: Path | str | None,
     audit: bool,
     startup_timeout: float = 60.0,
 ) -> OversightProcess:
     """`oversight serve` on a free loopback port; `rules=None` means the plain-relay rule file."""
     tmp = Path(tempfile.mkdtemp(prefix=f"oversight-bench-{name.replace('+', '-')}-"))
     stack.callback(shutil.rmtree, tmp, True)
-    if rules is None:
+    if rules is None or isinstance(rules, str):
+        text = RELAY_RULES if rules is None else rules
         rules = tmp / "rules.yaml"
-        rules.write_text(RELAY_RULES)
+        rules.write_text(text)
     audit_log = tmp / "audit.jsonl" if audit else None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
@@ -285,7 +304,7 @@ def start_oversight(
             raise RuntimeError(f"oversight serve ({name}) {why} before listening:\n{tail}")
         time.sleep(0.1)
     note = f"rules {rules.name}, audit {'on' if audit else 'off'}"
-    target = Target(name, "127.0.0.1", port, upstream.password, note, log)
+    target = Target(name, "127.0.0.1", port, upstream.password, note, log, proc.pid)
     wait_connectable(target, proc, log, 20)
     return OversightProcess(target, proc, audit_log, log)
 
