@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from proxy import metrics
 from proxy.actions import Running
-from proxy.audit import AuditLog, format_ts, redact_sql
+from proxy.audit import AuditLog, redact_sql
 from proxy.errors import AuditUnavailable
 from proxy.hooks import Hooks, StatementResult
 from proxy.identity import SessionFacts
@@ -72,7 +71,7 @@ class Recorder:
             rewritten = _redacted(rewritten) if rewritten else rewritten
         duration = stmt.duration
         record: dict[str, Any] = {
-            "ts": format_ts(datetime.now(UTC) - timedelta(seconds=duration)),
+            "ts": self.audit.now(ago=duration),  # when the statement started
             "event": "statement",
             **self.base(facts, adm.audit.get("groups")),
             "sql": sql,
