@@ -20,7 +20,7 @@ from typing import TypeVar
 from proxy import messages as m
 from proxy import metrics
 from proxy.audit import AuditConfig, AuditLog
-from proxy.connection import Connection
+from proxy.connection import Connection, Context
 from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyConnections
 from proxy.guard.cancel import CancelDirectory, CancelTarget
 from proxy.hooks import ALLOW_ALL, Hooks
@@ -73,6 +73,7 @@ class ProxyServer:
         self.hooks = hooks or ALLOW_ALL
         self.audit = audit or AuditLog(audit_config(settings))
         self.recorder = Recorder(self.audit, self.hooks, redact=settings.audit_redact)
+        self.context = Context(self.hooks, self.recorder, self.audit, self.upstream)
         self.tls = server_tls_context(settings)
         self.connections: dict[tuple[int, bytes], Connection] = {}
         # Shared with other instances (Redis) so a cancel landing elsewhere still works.
@@ -211,7 +212,7 @@ class ProxyServer:
         session = Session(facts, max_message=s.max_message_size)
         session.status = hs.status
         session.parameters.update(hs.parameters)
-        conn = Connection(self, reader, writer, hs, session)
+        conn = Connection(self.context, reader, writer, hs, session)
         key = (hs.backend_pid, hs.proxy_key)
         self.connections[key] = conn
         if self.cancels is not None:
