@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from proxy.statement import StatementRecord
+
 GENESIS = "0" * 64
 
 # Readability order of a line; fields not listed follow sorted, then prev, hash.
@@ -128,7 +130,9 @@ def ordered(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def seal(record: Mapping[str, Any], prev: str, key: bytes | None) -> tuple[bytes, str]:
+def seal(
+    record: Mapping[str, Any] | StatementRecord, prev: str, key: bytes | None
+) -> tuple[bytes, str]:
     """Chain one record after `prev`: returns (line with trailing newline, its hash).
 
     The hash covers exactly what a verifier rebuilds from the parsed line:
@@ -138,11 +142,14 @@ def seal(record: Mapping[str, Any], prev: str, key: bytes | None) -> tuple[bytes
     (tests/unit/test_audit_chain.py checks odd types), without parsing it.
     Values orjson cannot write (lone surrogates, huge ints) are scrubbed first.
     """
-    body = dict(record)
-    body.pop("hash", None)
+    if isinstance(record, StatementRecord):
+        body = record.audit_fields()  # already in display order
+    else:
+        body = ordered(record)
+        body.pop("hash", None)
     body["prev"] = prev
     try:
-        head = orjson.dumps(ordered(body), default=_default)
+        head = orjson.dumps(body, default=_default)
         canon = orjson.dumps(body, default=_default, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
         body = _scrub(body)

@@ -38,6 +38,7 @@ from proxy.audit.record import GENESIS, format_ts, seal, wall_ts
 from proxy.audit.sink import FileSink, Reseal
 from proxy.audit.worker import Worker
 from proxy.errors import AuditUnavailable
+from proxy.statement import StatementRecord
 
 log = logging.getLogger("oversight.audit")
 
@@ -45,7 +46,8 @@ log = logging.getLogger("oversight.audit")
 _MAX_BATCH = 256
 _DROP_LOG_EVERY = 10.0  # seconds between "records lost" errors while failing open
 
-Pending = tuple[dict[str, Any], "asyncio.Future[None]"]
+Record = dict[str, Any] | StatementRecord
+Pending = tuple[Record, "asyncio.Future[None]"]
 _ON_THREAD = "(on the worker thread)"  # not an error: the batch is settled there
 
 
@@ -145,7 +147,7 @@ class AuditLog:
         if self._error is not None:
             raise AuditUnavailable(self._error)
 
-    async def write(self, record: dict[str, Any]) -> None:
+    async def write(self, record: Record) -> None:
         """Append one record; returns once its line has been handed to the OS."""
         if not self.enabled:
             return
@@ -154,9 +156,13 @@ class AuditLog:
                 self.dropped += 1
                 return
             raise AuditUnavailable("audit log is closed" if self._closing else "not started")
-        rec = dict(record)
-        if "ts" not in rec:
-            rec["ts"] = self.now()
+        rec: Record
+        if isinstance(record, StatementRecord):
+            rec = record  # built for this write alone, with its ts
+        else:
+            rec = dict(record)
+            if "ts" not in rec:
+                rec["ts"] = self.now()
         loop = self._loop
         assert loop is not None
         fut: asyncio.Future[None] = loop.create_future()
@@ -207,7 +213,7 @@ class AuditLog:
             if error is not _ON_THREAD:
                 self._settle(batch, error)
 
-    def _flush_here(self, batch: list[Pending], records: list[dict[str, Any]]) -> str | None:
+    def _flush_here(self, batch: list[Pending], records: list[Record]) -> str | None:
         """Seal and append on the loop; hands the batch to the thread when it may block."""
         for _ in range(3):
             data, head = self._seal(records)
@@ -224,7 +230,7 @@ class AuditLog:
             return error
         return "audit chain head keeps changing while writing"
 
-    async def _flush_on_thread(self, batch: list[Pending], records: list[dict[str, Any]]) -> None:
+    async def _flush_on_thread(self, batch: list[Pending], records: list[Record]) -> None:
         error: str | None = "audit chain head keeps changing while writing"
         try:
             for _ in range(3):
@@ -247,7 +253,7 @@ class AuditLog:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_turn)
 
-    def _seal(self, records: list[dict[str, Any]]) -> tuple[bytes, str]:
+    def _seal(self, records: list[Record]) -> tuple[bytes, str]:
         prev = self._prev
         lines: list[bytes] = []
         for rec in records:
