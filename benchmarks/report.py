@@ -103,7 +103,9 @@ GOALS: tuple[tuple[str, str, str, str, str | None, str, float], ...] = (
 )
 
 
-def goals(pgbench: dict[str, Any], bulk: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(
+    pgbench: dict[str, Any], bulk: dict[str, Any], idle: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Each goal with the figure this run measured and whether it is met."""
     out = []
     for what, case, target, measure, ref, cmp, bound in GOALS:
@@ -117,7 +119,31 @@ def goals(pgbench: dict[str, Any], bulk: dict[str, Any]) -> list[dict[str, Any]]
             value = value / base if base else None
         met = None if value is None else (value >= bound if cmp == ">=" else value <= bound)
         out.append({"goal": what, "value": value, "target": f"{cmp} {bound}", "met": met})
+    if idle is not None:
+        n = idle.get("sessions")
+        rss = idle.get("oversight-idle", {}).get("rss_mib_with_sessions")
+        met = None if rss is None else rss < 150
+        out.append(
+            {
+                "goal": f"RSS with {n} idle sessions, MiB",
+                "value": rss,
+                "target": "< 150",
+                "met": met,
+            }
+        )
     return out
+
+
+def idle_table(idle: dict[str, Any]) -> str:
+    lines = [f"RSS with {idle['sessions']} idle sessions (MiB)"]
+    for name, row in idle.items():
+        if isinstance(row, dict):
+            lines.append(
+                f"  {name:<16} before {_fmt(row['rss_mib_before'], '7.1f')}"
+                f"  with sessions {_fmt(row['rss_mib_with_sessions'], '7.1f')}"
+                f"  per session {_fmt(row['kib_per_session'], '6.1f')} KiB"
+            )
+    return "\n".join(lines)
 
 
 def goals_table(rows: list[dict[str, Any]]) -> str:
@@ -266,6 +292,8 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_fmt(rows.get(t, {}).get(key), spec) for t in targets]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         lines.append("")
+    if result.get("idle"):
+        lines += ["```", idle_table(result["idle"]), "```", ""]
     if result.get("targets_vs_goals"):
         lines += ["Goals of issue 14 in this run:", "", "| goal | measured | goal | |"]
         lines.append("|---|---:|---:|---|")

@@ -24,10 +24,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import report, services, workloads
+from benchmarks import idle, report, services, workloads
 from benchmarks.services import Target
 from benchmarks.workloads import BULK_CASES, PgbenchCase, SampleFailed
 
@@ -60,6 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", type=_csv, default=list(DEFAULT_TARGETS), help=",".join(TARGETS))
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--no-bulk", action="store_true")
+    p.add_argument(
+        "--idle-sessions", type=int, default=1000, help="idle sessions for the RSS figure (0: skip)"
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument(
         "--markdown", type=Path, metavar="JSON", help="print a result as Markdown, run nothing"
@@ -247,6 +252,12 @@ def run(args: argparse.Namespace) -> int:
                     lambda r: f"{r['bytes'] / r['seconds'] / 1e6:8.1f} MB/s {r['seconds']:6.2f} s",
                     bulk_samples,
                 )
+            if args.idle_sessions > 0:
+                print(f"opening {args.idle_sessions} idle sessions ...", flush=True)
+                try:
+                    result["idle"] = idle.idle_sessions(direct, args.idle_sessions)
+                except (RuntimeError, OSError, psycopg.Error) as e:
+                    notes.append(f"idle sessions not measured: {e}")
             result["complete"] = True
             # Read before the ExitStack removes the servers' temp dirs.
             notes.extend(failure_logs(targets, pg_samples, bulk_samples))
@@ -259,7 +270,9 @@ def run(args: argparse.Namespace) -> int:
                 by_target[name] = report.bulk_samples_to_mbps(runs)
         result["pgbench"] = report.summarize(pg_samples, "tps")
         result["bulk"] = report.summarize(bulk_samples, "mb_per_s")
-        result["targets_vs_goals"] = report.goals(result["pgbench"], result["bulk"])
+        result["targets_vs_goals"] = report.goals(
+            result["pgbench"], result["bulk"], result.get("idle")
+        )
         # An interrupted run must not replace the last complete one.
         out = args.output if result["complete"] else args.output.with_suffix(".partial.json")
         written = out if (pg_samples or bulk_samples) else None
@@ -298,6 +311,8 @@ def print_summary(result: dict[str, Any], written: Path | None) -> None:
                 latency=False,
             )
         )
+    if result.get("idle"):
+        print(report.idle_table(result["idle"]))
     if result.get("targets_vs_goals"):
         print(report.goals_table(result["targets_vs_goals"]))
     for note in result["notes"]:

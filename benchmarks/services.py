@@ -181,8 +181,8 @@ listen_port = {listen}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {dir}/userlist.txt
-pool_mode = session
-max_client_conn = 200
+pool_mode = {pool_mode}
+max_client_conn = {max_client_conn}
 default_pool_size = 40
 server_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
@@ -193,8 +193,15 @@ pidfile = {dir}/pgbouncer.pid
 """
 
 
-def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
-    """PgBouncer in session mode in front of `upstream`, SCRAM for clients and server."""
+def start_pgbouncer(
+    stack: contextlib.ExitStack,
+    upstream: Target,
+    *,
+    name: str = "pgbouncer",
+    pool_mode: str = "session",
+    max_client_conn: int = 200,
+) -> Target:
+    """PgBouncer in front of `upstream` (session pool by default), SCRAM for clients and server."""
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(exe).exists():
         raise RuntimeError("pgbouncer is not installed: apt-get install -y pgbouncer")
@@ -205,7 +212,13 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
     ini = tmp / "pgbouncer.ini"
     ini.write_text(
         PGBOUNCER_INI.format(
-            db=BENCH_DB, host=upstream.host, port=upstream.port, listen=port, dir=tmp
+            db=BENCH_DB,
+            host=upstream.host,
+            port=upstream.port,
+            listen=port,
+            dir=tmp,
+            pool_mode=pool_mode,
+            max_client_conn=max_client_conn,
         )
     )
     # A plain-text password lets PgBouncer do SCRAM both with the client and with PostgreSQL.
@@ -227,9 +240,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
         )
     # SIGINT is PgBouncer's "safe shutdown" (waits for clients); SIGTERM ends it now.
     stack.callback(stop_process, proc, signal.SIGTERM)
-    target = Target(
-        "pgbouncer", "127.0.0.1", port, upstream.password, "session pool", log, proc.pid
-    )
+    target = Target(name, "127.0.0.1", port, upstream.password, f"{pool_mode} pool", log, proc.pid)
     wait_connectable(target, proc, log, 20)
     return target
 
