@@ -19,15 +19,14 @@ from typing import TypeVar
 
 from proxy import messages as m
 from proxy import metrics
-from proxy.audit import AuditConfig, AuditLog
+from proxy.audit import AuditLog
 from proxy.connection import Connection, Context
 from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyConnections
 from proxy.guard.cancel import CancelDirectory, CancelTarget
-from proxy.hooks import ALLOW_ALL, Hooks
+from proxy.hooks import Hooks
 from proxy.identity import SessionFacts
 from proxy.listener import ALPN, Listener
 from proxy.recorder import Recorder
-from proxy.scram import load_users
 from proxy.session import Session
 from proxy.settings import Settings
 from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
@@ -47,32 +46,24 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def audit_config(settings: Settings) -> AuditConfig:
-    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
-    return AuditConfig(
-        path=settings.audit_log,
-        key=key,
-        rotate_bytes=settings.audit_rotate_bytes,
-        fsync_interval=settings.audit_fsync_interval,
-        stdout=settings.audit_stdout,
-        fail_open=settings.audit_fail_open,
-    )
-
-
 class ProxyServer:
+    """Built by `proxy.run.build_server`, the one place the process is composed."""
+
     def __init__(
         self,
         settings: Settings,
-        hooks: Hooks | None = None,
+        hooks: Hooks,
         *,
-        audit: AuditLog | None = None,
+        audit: AuditLog,
+        recorder: Recorder,
+        verifiers: dict[str, str] | None = None,
         cancels: CancelDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = settings.upstream_target
-        self.hooks = hooks or ALLOW_ALL
-        self.audit = audit or AuditLog(audit_config(settings))
-        self.recorder = Recorder(self.audit, self.hooks, redact=settings.audit_redact)
+        self.hooks = hooks
+        self.audit = audit
+        self.recorder = recorder
         self.context = Context(self.hooks, self.recorder, self.audit, self.upstream)
         self.tls = server_tls_context(settings)
         self.connections: dict[tuple[int, bytes], Connection] = {}
@@ -83,9 +74,7 @@ class ProxyServer:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._clients = 0
-        self.verifiers: dict[str, str] | None = None
-        if settings.auth == "proxy" and settings.users_file:
-            self.verifiers = load_users(settings.users_file)
+        self.verifiers = verifiers  # proxy auth mode: user -> SCRAM verifier
 
     @property
     def port(self) -> int:
