@@ -7,9 +7,13 @@ from pathlib import Path
 
 import orjson
 
-from proxy.audit import verify_files
+from proxy.actions import Plan, Running
+from proxy.audit import AuditConfig, AuditLog, verify_files
 from proxy.audit.record import GENESIS, seal
+from proxy.hooks import ALLOW_ALL, Admission
+from proxy.identity import SessionFacts
 from proxy.metrics import Metrics
+from proxy.recorder import Recorder, Tally
 from proxy.statement import CORE, StatementRecord
 
 
@@ -92,3 +96,21 @@ def test_dashboard_feeds_shape_the_record_when_read() -> None:
     assert len(feed["sql"]) == 2001 and feed["sql"].endswith("…")
     assert m.summary()["statements"] == {"rewrite": 1, "block": 1}
     assert m.rows_by_user(hours=1)["users"]["alice"][-1] == 6
+
+
+async def test_hook_fields_cannot_forge_the_record(tmp_path: Path) -> None:
+    """What the hooks put in Admission.audit lands after the core fields, never over them."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditConfig(path=str(path)))
+    await log.start()
+    forged = {"decision": "allow", "user": "mallory", "rows": 0, "hash": "x", "note": "kept"}
+    adm = Admission(action="rewrite", rules=("r1",), audit={"groups": ["g"], **forged})
+    stmt = Running(Plan("SELECT 1", adm, extended=False), rows=7, bytes=70)
+    facts = SessionFacts(user="alice", database="db", session_id="s-1")
+    await Recorder(log, ALLOW_ALL).statement(facts, stmt, Tally())
+    await log.close()
+    (line,) = path.read_bytes().splitlines()
+    parsed = orjson.loads(line)
+    assert (parsed["decision"], parsed["user"], parsed["rows"]) == ("rewrite", "alice", 7)
+    assert parsed["groups"] == ["g"] and parsed["note"] == "kept"
+    assert verify_files([str(path)], None).ok
