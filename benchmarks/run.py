@@ -63,6 +63,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--no-bulk", action="store_true")
     p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure `oversight-baseline`: the proxy package of another checkout "
+        "(e.g. a `git worktree` of an older commit), same settings as `oversight`",
+    )
+    p.add_argument(
         "--idle-sessions", type=int, default=1000, help="idle sessions for the RSS figure (0: skip)"
     )
     p.add_argument("--output", type=Path, default=RESULTS)
@@ -89,7 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def start_targets(
-    stack: contextlib.ExitStack, direct: Target, wanted: list[str], notes: list[str]
+    stack: contextlib.ExitStack,
+    direct: Target,
+    wanted: list[str],
+    notes: list[str],
+    baseline: str | None = None,
 ) -> list[Target]:
     """Start what `wanted` names; a target that fails to start is reported, not fatal."""
     targets = [direct]
@@ -102,6 +112,11 @@ def start_targets(
             services.start_oversight(stack, direct, "oversight-noaudit", None, audit=False).target
         ),
         "oversight+policy": lambda: _policy_target(stack, direct, notes),
+        "oversight-baseline": lambda: (
+            services.start_oversight(
+                stack, direct, "oversight-baseline", None, audit=True, pythonpath=baseline
+            ).target
+        ),
         "oversight+governed": lambda: (
             services.start_oversight(
                 stack, direct, "oversight+governed", services.GOVERNED_RULES, audit=True
@@ -228,7 +243,12 @@ def run(args: argparse.Namespace) -> int:
             result["versions"] = report.versions(direct.dsn())
             print(f"loading pgbench -s {args.scale} and {services.BULK_ROWS} bulk rows ...")
             services.load_data(direct, args.scale)
-            targets = start_targets(stack, direct, args.targets, notes)
+            wanted = list(args.targets)
+            if args.baseline:
+                at = wanted.index("oversight") + 1 if "oversight" in wanted else len(wanted)
+                wanted.insert(at, "oversight-baseline")
+                notes.append(f"oversight-baseline: the proxy package of {args.baseline}")
+            targets = start_targets(stack, direct, wanted, notes, args.baseline)
             result["targets"] = {t.name: {"port": t.port, "note": t.note} for t in targets}
             warm_up(targets)
             if not args.no_pgbench:

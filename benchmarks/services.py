@@ -273,6 +273,7 @@ def start_oversight(
     rules: Path | str | None,
     audit: bool,
     startup_timeout: float = 60.0,
+    pythonpath: str | None = None,
 ) -> OversightProcess:
     """`oversight serve` on a free loopback port; `rules=None` means the plain-relay rule file."""
     tmp = Path(tempfile.mkdtemp(prefix=f"oversight-bench-{name.replace('+', '-')}-"))
@@ -295,6 +296,8 @@ def start_oversight(
         OVERSIGHT_ADMIN_LISTEN="",
         OVERSIGHT_SHUTDOWN_GRACE="2",
     )
+    if pythonpath is not None:  # another checkout's proxy package, for a before/after run
+        env["PYTHONPATH"] = pythonpath
     log = tmp / "oversight.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
