@@ -1,12 +1,14 @@
-"""The audit file as the writer thread sees it: open and recover, append, rotate, fsync.
+"""The audit file: open and recover, append, rotate, fsync.
 
 Opening, rotating and fsyncing block on disk, so only the AuditLog's worker
 thread does them; a plain append (`writable_now` says when) is one write(2)
 to the page cache, which the AuditLog makes on the event loop. The two never
-overlap: the loop waits for the thread's call to finish before writing again. Opening recovers where the chain stands: a torn
-last line (a crash mid-write) is cut and kept aside in `<name>.torn-<time>.jsonl`,
-and the head is the hash of the last complete line, or of the newest rotated
-file's when the live file is empty. A batch is appended with one write(2)
+overlap: the loop waits for the thread's call to finish before writing again.
+
+Opening recovers where the chain stands: a torn last line (a crash
+mid-write) is cut and kept aside in `<name>.torn-<time>.jsonl`, and the
+head is the hash of the last complete line, or of the newest rotated file's
+when the live file is empty. A batch is appended with one write(2)
 (O_APPEND) and truncated back if it fails part way, so no line is ever torn
 or glued to the next.
 """
