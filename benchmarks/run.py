@@ -1,7 +1,7 @@
 """Benchmark harness: direct PostgreSQL vs PgBouncer vs Oversight, in one run on loopback.
 
 Issue 2 asks how much the proxy costs: pgbench select-only (simple, extended,
-prepared; 1 and 16 clients) and a 1M-row bulk read, each quoted as a ratio
+prepared; 1 and 8 clients) and a 1M-row bulk read, each quoted as a ratio
 to direct. Measuring every target in the same run, interleaved sample by
 sample, is what makes the ratios mean something on a small shared machine.
 

@@ -269,7 +269,8 @@ class Connection:
             elif isinstance(a, ToServer):
                 to_server.append(a.data)
             elif isinstance(a, Finish):
-                self._write(to_client, to_server)
+                # The reply's bytes wait too, and go out in one write with its
+                # completion: writing the rows first would wake the client twice.
                 await self.ctx.recorder.statement(self.session.facts, a.stmt, self.tally)
             elif isinstance(a, Decide):
                 todo.extendleft(reversed(await self._decide(a)))
