@@ -50,6 +50,7 @@ log = logging.getLogger("oversight.session")
 
 _BACKLOG_HIGH = 1 << 20  # bytes read but not yet fed to the session before reading pauses
 _SYNC = (ToClient, ToServer, Close)
+_WRITE_HIGH = 1 << 20  # a peer's unsent bytes before reading the other leg pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,8 @@ class Connection:
         self._done: asyncio.Future[None] | None = None
         self._cancels: set[asyncio.Task[None]] = set()
         keepalive(writer)
+        for t in (self._client_t, self._server_t):
+            t.set_write_buffer_limits(high=_WRITE_HIGH)
 
     async def run(self) -> None:
         """Relay until the session ends; returns once it is recorded and both legs are closed."""
