@@ -29,10 +29,10 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]], metric: str
         for target, runs in by_target.items():
             values = [r[metric] for r in runs if metric in r]
             row: dict[str, Any] = {"samples": runs, f"median_{metric}": median(values)}
-            if runs and "latency_ms" in runs[0]:
-                row["median_latency_ms"] = median(
-                    [r["latency_ms"] for r in runs if "latency_ms" in r]
-                )
+            for extra in ("latency_ms", "p50_ms", "cpu_us_per_txn"):
+                got = [r[extra] for r in runs if extra in r]
+                if got:
+                    row[f"median_{extra}"] = median(got)
             rows[target] = row
         base = rows.get("direct", {}).get(f"median_{metric}")
         for row in rows.values():
@@ -40,6 +40,118 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]], metric: str
             row["ratio_to_direct"] = round(m / base, 3) if base and m is not None else None
         out[case] = rows
     return out
+
+
+# Issue 14's goals: (what, case, target, measure, reference, comparison, bound).
+GOALS: tuple[tuple[str, str, str, str, str | None, str, float], ...] = (
+    (
+        "prepared tps vs PgBouncer",
+        "pgbench -S -M prepared -c 8",
+        "oversight",
+        "tps",
+        "pgbouncer",
+        ">=",
+        0.8,
+    ),
+    (
+        "extended tps vs PgBouncer",
+        "pgbench -S -M extended -c 8",
+        "oversight",
+        "tps",
+        "pgbouncer",
+        ">=",
+        0.8,
+    ),
+    (
+        "simple tps vs PgBouncer",
+        "pgbench -S -M simple -c 8",
+        "oversight",
+        "tps",
+        "pgbouncer",
+        ">=",
+        0.6,
+    ),
+    (
+        "proxy CPU/txn prepared, us",
+        "pgbench -S -M prepared -c 8",
+        "oversight",
+        "cpu_us_per_txn",
+        None,
+        "<=",
+        40,
+    ),
+    (
+        "proxy CPU/txn simple, us",
+        "pgbench -S -M simple -c 8",
+        "oversight",
+        "cpu_us_per_txn",
+        None,
+        "<=",
+        60,
+    ),
+    (
+        "added p50 latency prepared 1 client, us",
+        "pgbench -S -M prepared -c 1",
+        "oversight",
+        "p50_ms",
+        "direct-",
+        "<=",
+        60,
+    ),
+    ("COPY out MB/s vs direct", "copy binary", "oversight", "mb_per_s", "direct", ">=", 0.9),
+    ("SELECT out MB/s vs direct", "select text", "oversight", "mb_per_s", "direct", ">=", 0.9),
+)
+
+
+def goals(
+    pgbench: dict[str, Any], bulk: dict[str, Any], idle: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Each goal with the figure this run measured and whether it is met."""
+    out = []
+    for what, case, target, measure, ref, cmp, bound in GOALS:
+        rows = (pgbench.get(case) or bulk.get(case)) or {}
+        value = rows.get(target, {}).get(f"median_{measure}")
+        if value is not None and ref == "direct-":  # added latency in microseconds
+            base = rows.get("direct", {}).get(f"median_{measure}")
+            value = (value - base) * 1000 if base is not None else None
+        elif value is not None and ref is not None:
+            base = rows.get(ref, {}).get(f"median_{measure}")
+            value = value / base if base else None
+        met = None if value is None else (value >= bound if cmp == ">=" else value <= bound)
+        out.append({"goal": what, "value": value, "target": f"{cmp} {bound}", "met": met})
+    if idle is not None:
+        n = idle.get("sessions")
+        rss = idle.get("oversight-idle", {}).get("rss_mib_with_sessions")
+        met = None if rss is None else rss < 150
+        out.append(
+            {
+                "goal": f"RSS with {n} idle sessions, MiB",
+                "value": rss,
+                "target": "< 150",
+                "met": met,
+            }
+        )
+    return out
+
+
+def idle_table(idle: dict[str, Any]) -> str:
+    lines = [f"RSS with {idle['sessions']} idle sessions (MiB)"]
+    for name, row in idle.items():
+        if isinstance(row, dict):
+            lines.append(
+                f"  {name:<16} before {_fmt(row['rss_mib_before'], '7.1f')}"
+                f"  with sessions {_fmt(row['rss_mib_with_sessions'], '7.1f')}"
+                f"  per session {_fmt(row['kib_per_session'], '6.1f')} KiB"
+            )
+    return "\n".join(lines)
+
+
+def goals_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["issue 14 goals (this run)"]
+    for r in rows:
+        mark = {True: "met", False: "MISSED", None: "not measured"}[r["met"]]
+        lines.append(f"  {r['goal']:<42} {_fmt(r['value'], '9.2f')} {r['target']:>8}  {mark}")
+    return "\n".join(lines)
 
 
 def bulk_samples_to_mbps(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -55,7 +167,8 @@ def _fmt(v: float | None, spec: str) -> str:
 def table(title: str, summary: dict[str, Any], metric: str, unit: str, latency: bool) -> str:
     lines = [title]
     head = f"  {'case':<30} {'target':<22} {unit:>11} {'x direct':>9}"
-    lines.append(head + (f" {'lat ms':>8}" if latency else "") + "  failed")
+    more = f" {'lat ms':>8} {'p50 ms':>8} {'cpu us':>7}" if latency else ""
+    lines.append(head + more + "  failed")
     for case, rows in summary.items():
         for target, row in rows.items():
             failed = sum(1 for s in row["samples"] if "error" in s)
@@ -63,6 +176,8 @@ def table(title: str, summary: dict[str, Any], metric: str, unit: str, latency: 
             line += f" {_fmt(row['ratio_to_direct'], '9.3f')}"
             if latency:
                 line += f" {_fmt(row.get('median_latency_ms'), '8.3f')}"
+                line += f" {_fmt(row.get('median_p50_ms'), '8.3f')}"
+                line += f" {_fmt(row.get('median_cpu_us_per_txn'), '7.1f')}"
             lines.append(line + f"  {failed or ''}")
     return "\n".join(lines)
 
@@ -159,6 +274,32 @@ def markdown(result: dict[str, Any]) -> str:
         for case, rows in result["pgbench"].items():
             cells = [_fmt(rows.get(t, {}).get("median_latency_ms"), ".3f") for t in targets]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for title, key, spec in (
+        ("pgbench median of per-transaction latency (1 client), ms", "median_p50_ms", ".3f"),
+        ("server CPU per transaction (utime+stime from /proc), us", "median_cpu_us_per_txn", ".1f"),
+    ):
+        cases = {
+            c: r
+            for c, r in (result.get("pgbench") or {}).items()
+            if any(key in row for row in r.values())
+        }
+        if not cases:
+            continue
+        lines += [f"{title}:", "", "| case | " + " | ".join(targets) + " |"]
+        lines.append("|---|" + "---:|" * len(targets))
+        for case, rows in cases.items():
+            cells = [_fmt(rows.get(t, {}).get(key), spec) for t in targets]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("idle"):
+        lines += ["```", idle_table(result["idle"]), "```", ""]
+    if result.get("targets_vs_goals"):
+        lines += ["Goals of issue 14 in this run:", "", "| goal | measured | goal | |"]
+        lines.append("|---|---:|---:|---|")
+        for r in result["targets_vs_goals"]:
+            mark = {True: "met", False: "missed", None: "not measured"}[r["met"]]
+            lines.append(f"| {r['goal']} | {_fmt(r['value'], '.2f')} | {r['target']} | {mark} |")
         lines.append("")
     failures = sorted(
         {

@@ -1,7 +1,7 @@
 """Benchmark harness: direct PostgreSQL vs PgBouncer vs Oversight, in one run on loopback.
 
 Issue 2 asks how much the proxy costs: pgbench select-only (simple, extended,
-prepared; 1 and 16 clients) and a 1M-row bulk read, each quoted as a ratio
+prepared; 1 and 8 clients) and a 1M-row bulk read, each quoted as a ratio
 to direct. Measuring every target in the same run, interleaved sample by
 sample, is what makes the ratios mean something on a small shared machine.
 
@@ -24,14 +24,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import report, services, workloads
+from benchmarks import idle, report, services, workloads
 from benchmarks.services import Target
 from benchmarks.workloads import BULK_CASES, PgbenchCase, SampleFailed
 
-TARGETS = ("direct", "pgbouncer", "oversight", "oversight-noaudit", "oversight+policy")
+TARGETS = (
+    "direct",
+    "pgbouncer",
+    "oversight",
+    "oversight-noaudit",
+    "oversight+governed",
+    "oversight+policy",
+)
+DEFAULT_TARGETS = TARGETS[:5]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 Samples = dict[str, dict[str, list[dict[str, Any]]]]
@@ -47,11 +57,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3-second pgbench samples")
     p.add_argument("--repeat", type=int, default=3, help="samples per case and target")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
-    p.add_argument("--clients", type=_csv, default=["1", "16"], help="e.g. 1,16")
+    p.add_argument("--clients", type=_csv, default=["1", "8"], help="e.g. 1,8")
     p.add_argument("--modes", type=_csv, default=["simple", "extended", "prepared"])
-    p.add_argument("--targets", type=_csv, default=list(TARGETS), help=",".join(TARGETS))
+    p.add_argument("--targets", type=_csv, default=list(DEFAULT_TARGETS), help=",".join(TARGETS))
     p.add_argument("--no-pgbench", action="store_true")
     p.add_argument("--no-bulk", action="store_true")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure `oversight-baseline`: the proxy package of another checkout "
+        "(e.g. a `git worktree` of an older commit), same settings as `oversight`",
+    )
+    p.add_argument(
+        "--idle-sessions", type=int, default=1000, help="idle sessions for the RSS figure (0: skip)"
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument(
         "--markdown", type=Path, metavar="JSON", help="print a result as Markdown, run nothing"
@@ -76,7 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def start_targets(
-    stack: contextlib.ExitStack, direct: Target, wanted: list[str], notes: list[str]
+    stack: contextlib.ExitStack,
+    direct: Target,
+    wanted: list[str],
+    notes: list[str],
+    baseline: str | None = None,
 ) -> list[Target]:
     """Start what `wanted` names; a target that fails to start is reported, not fatal."""
     targets = [direct]
@@ -89,6 +112,16 @@ def start_targets(
             services.start_oversight(stack, direct, "oversight-noaudit", None, audit=False).target
         ),
         "oversight+policy": lambda: _policy_target(stack, direct, notes),
+        "oversight-baseline": lambda: (
+            services.start_oversight(
+                stack, direct, "oversight-baseline", None, audit=True, pythonpath=baseline
+            ).target
+        ),
+        "oversight+governed": lambda: (
+            services.start_oversight(
+                stack, direct, "oversight+governed", services.GOVERNED_RULES, audit=True
+            ).target
+        ),
     }
     for name in wanted:
         if name == "direct":
@@ -136,6 +169,15 @@ def sample_loop(
                     result, text = {"error": str(e)}, f"FAILED: {e}"
                 samples.setdefault(key, {}).setdefault(t.name, []).append(result)
                 print(f"  [{label} {r}/{repeat}] {key:<30} {t.name:<18} {text}", flush=True)
+
+
+def show_pgbench(r: dict[str, float]) -> str:
+    text = f"{r['tps']:10.1f} tps {r['latency_ms']:8.3f} ms"
+    if "p50_ms" in r:
+        text += f" p50 {r['p50_ms']:.3f} ms"
+    if "cpu_us_per_txn" in r:
+        text += f" cpu {r['cpu_us_per_txn']:6.1f} us/txn"
+    return text
 
 
 def warm_up(targets: list[Target]) -> None:
@@ -201,7 +243,12 @@ def run(args: argparse.Namespace) -> int:
             result["versions"] = report.versions(direct.dsn())
             print(f"loading pgbench -s {args.scale} and {services.BULK_ROWS} bulk rows ...")
             services.load_data(direct, args.scale)
-            targets = start_targets(stack, direct, args.targets, notes)
+            wanted = list(args.targets)
+            if args.baseline:
+                at = wanted.index("oversight") + 1 if "oversight" in wanted else len(wanted)
+                wanted.insert(at, "oversight-baseline")
+                notes.append(f"oversight-baseline: the proxy package of {args.baseline}")
+            targets = start_targets(stack, direct, wanted, notes, args.baseline)
             result["targets"] = {t.name: {"port": t.port, "note": t.note} for t in targets}
             warm_up(targets)
             if not args.no_pgbench:
@@ -212,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
                     targets,
                     args.repeat,
                     lambda t, c: workloads.pgbench(t, c, args.seconds),
-                    lambda r: f"{r['tps']:10.1f} tps {r['latency_ms']:8.3f} ms",
+                    show_pgbench,
                     pg_samples,
                 )
             if not args.no_bulk:
@@ -225,6 +272,12 @@ def run(args: argparse.Namespace) -> int:
                     lambda r: f"{r['bytes'] / r['seconds'] / 1e6:8.1f} MB/s {r['seconds']:6.2f} s",
                     bulk_samples,
                 )
+            if args.idle_sessions > 0:
+                print(f"opening {args.idle_sessions} idle sessions ...", flush=True)
+                try:
+                    result["idle"] = idle.idle_sessions(direct, args.idle_sessions)
+                except (RuntimeError, OSError, psycopg.Error) as e:
+                    notes.append(f"idle sessions not measured: {e}")
             result["complete"] = True
             # Read before the ExitStack removes the servers' temp dirs.
             notes.extend(failure_logs(targets, pg_samples, bulk_samples))
@@ -237,6 +290,9 @@ def run(args: argparse.Namespace) -> int:
                 by_target[name] = report.bulk_samples_to_mbps(runs)
         result["pgbench"] = report.summarize(pg_samples, "tps")
         result["bulk"] = report.summarize(bulk_samples, "mb_per_s")
+        result["targets_vs_goals"] = report.goals(
+            result["pgbench"], result["bulk"], result.get("idle")
+        )
         # An interrupted run must not replace the last complete one.
         out = args.output if result["complete"] else args.output.with_suffix(".partial.json")
         written = out if (pg_samples or bulk_samples) else None
@@ -275,6 +331,10 @@ def print_summary(result: dict[str, Any], written: Path | None) -> None:
                 latency=False,
             )
         )
+    if result.get("idle"):
+        print(report.idle_table(result["idle"]))
+    if result.get("targets_vs_goals"):
+        print(report.goals_table(result["targets_vs_goals"]))
     for note in result["notes"]:
         print(f"note: {note}")
     if not result["complete"]:

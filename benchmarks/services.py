@@ -45,6 +45,21 @@ defaults:
   statements: [all]
 """
 
+# Governed: every bench statement on pgbench_accounts gets a row filter and a mask.
+GOVERNED_RULES = (
+    RELAY_RULES
+    + """
+rules:
+  - id: bench-accounts
+    description: A row filter and a column mask on every read of pgbench_accounts.
+    table: public.pgbench_accounts
+    row_filter: "bid > 0"
+    columns:
+      abalance: "null"
+      filler: redact
+"""
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -56,6 +71,7 @@ class Target:
     password: str
     note: str = ""
     log: Path | None = None  # the server's own log, quoted when its samples fail
+    pid: int | None = None  # the server process, for its CPU time per transaction
 
     def dsn(self) -> str:
         return (
@@ -165,8 +181,8 @@ listen_port = {listen}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {dir}/userlist.txt
-pool_mode = session
-max_client_conn = 200
+pool_mode = {pool_mode}
+max_client_conn = {max_client_conn}
 default_pool_size = 40
 server_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
@@ -177,8 +193,15 @@ pidfile = {dir}/pgbouncer.pid
 """
 
 
-def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
-    """PgBouncer in session mode in front of `upstream`, SCRAM for clients and server."""
+def start_pgbouncer(
+    stack: contextlib.ExitStack,
+    upstream: Target,
+    *,
+    name: str = "pgbouncer",
+    pool_mode: str = "session",
+    max_client_conn: int = 200,
+) -> Target:
+    """PgBouncer in front of `upstream` (session pool by default), SCRAM for clients and server."""
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(exe).exists():
         raise RuntimeError("pgbouncer is not installed: apt-get install -y pgbouncer")
@@ -189,7 +212,13 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
     ini = tmp / "pgbouncer.ini"
     ini.write_text(
         PGBOUNCER_INI.format(
-            db=BENCH_DB, host=upstream.host, port=upstream.port, listen=port, dir=tmp
+            db=BENCH_DB,
+            host=upstream.host,
+            port=upstream.port,
+            listen=port,
+            dir=tmp,
+            pool_mode=pool_mode,
+            max_client_conn=max_client_conn,
         )
     )
     # A plain-text password lets PgBouncer do SCRAM both with the client and with PostgreSQL.
@@ -211,7 +240,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, upstream: Target) -> Target:
         )
     # SIGINT is PgBouncer's "safe shutdown" (waits for clients); SIGTERM ends it now.
     stack.callback(stop_process, proc, signal.SIGTERM)
-    target = Target("pgbouncer", "127.0.0.1", port, upstream.password, "session pool", log)
+    target = Target(name, "127.0.0.1", port, upstream.password, f"{pool_mode} pool", log, proc.pid)
     wait_connectable(target, proc, log, 20)
     return target
 
@@ -241,16 +270,18 @@ def start_oversight(
     stack: contextlib.ExitStack,
     upstream: Target,
     name: str,
-    rules: Path | None,
+    rules: Path | str | None,
     audit: bool,
     startup_timeout: float = 60.0,
+    pythonpath: str | None = None,
 ) -> OversightProcess:
     """`oversight serve` on a free loopback port; `rules=None` means the plain-relay rule file."""
     tmp = Path(tempfile.mkdtemp(prefix=f"oversight-bench-{name.replace('+', '-')}-"))
     stack.callback(shutil.rmtree, tmp, True)
-    if rules is None:
+    if rules is None or isinstance(rules, str):
+        text = RELAY_RULES if rules is None else rules
         rules = tmp / "rules.yaml"
-        rules.write_text(RELAY_RULES)
+        rules.write_text(text)
     audit_log = tmp / "audit.jsonl" if audit else None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
@@ -265,6 +296,8 @@ def start_oversight(
         OVERSIGHT_ADMIN_LISTEN="",
         OVERSIGHT_SHUTDOWN_GRACE="2",
     )
+    if pythonpath is not None:  # another checkout's proxy package, for a before/after run
+        env["PYTHONPATH"] = pythonpath
     log = tmp / "oversight.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -285,7 +318,7 @@ def start_oversight(
             raise RuntimeError(f"oversight serve ({name}) {why} before listening:\n{tail}")
         time.sleep(0.1)
     note = f"rules {rules.name}, audit {'on' if audit else 'off'}"
-    target = Target(name, "127.0.0.1", port, upstream.password, note, log)
+    target = Target(name, "127.0.0.1", port, upstream.password, note, log, proc.pid)
     wait_connectable(target, proc, log, 20)
     return OversightProcess(target, proc, audit_log, log)
 

@@ -7,10 +7,14 @@ and go on with the other targets.
 
 from __future__ import annotations
 
+import os
 import re
+import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import pq
@@ -37,30 +41,77 @@ class PgbenchCase:
         return 1 if self.clients == 1 else 2
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc/<pid>/stat (None once it is gone).
+
+    CPU time, unlike tps, hardly depends on what else the shared machine
+    runs, which makes it the steadier measure of a proxy's cost.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _p50_ms(logdir: Path) -> float | None:
+    """Median latency from pgbench -l per-transaction logs (3rd column, microseconds)."""
+    lat = []
+    for log in logdir.glob("pgbench_log*"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+    return statistics.median(lat) / 1000 if lat else None
+
+
 _TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M)
 _LAT = re.compile(r"^latency average = ([\d.]+) ms", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def pgbench(target: Target, case: PgbenchCase, seconds: int) -> dict[str, float]:
-    """One timed select-only run; tps excludes connection time, latency is the average."""
-    cmd = ["pgbench", "-n", "-S", "-M", case.mode, "-c", str(case.clients)]
-    cmd += ["-j", str(case.threads), "-T", str(seconds)]
-    cmd += ["-h", target.host, "-p", str(target.port), "-U", BENCH_ROLE, BENCH_DB]
-    try:
-        proc = subprocess.run(
-            cmd, env=target.env(), capture_output=True, text=True, timeout=seconds + 60
-        )
-    except subprocess.TimeoutExpired:
-        raise SampleFailed(f"pgbench did not finish within {seconds + 60}s") from None
+    """One timed select-only run: tps (without connection time), average and median latency,
+    and the server process's CPU time per transaction when its pid is known.
+
+    At 1 client the median comes from pgbench's per-transaction log; the
+    average alone hides the proxy's added latency behind a few slow outliers.
+    """
+    with tempfile.TemporaryDirectory(prefix="oversight-bench-log-") as logdir:
+        cmd = ["pgbench", "-n", "-S", "-M", case.mode, "-c", str(case.clients)]
+        cmd += ["-j", str(case.threads), "-T", str(seconds)]
+        if case.clients == 1:
+            cmd += ["-l", f"--log-prefix={logdir}/pgbench_log"]
+        cmd += ["-h", target.host, "-p", str(target.port), "-U", BENCH_ROLE, BENCH_DB]
+        cpu0 = cpu_seconds(target.pid) if target.pid else None
+        try:
+            proc = subprocess.run(
+                cmd, env=target.env(), capture_output=True, text=True, timeout=seconds + 60
+            )
+        except subprocess.TimeoutExpired:
+            raise SampleFailed(f"pgbench did not finish within {seconds + 60}s") from None
+        cpu1 = cpu_seconds(target.pid) if target.pid else None
+        p50 = _p50_ms(Path(logdir)) if case.clients == 1 else None
     tps, lat = _TPS.search(proc.stdout), _LAT.search(proc.stdout)
-    failed = _FAILED.search(proc.stdout)
+    failed, txns = _FAILED.search(proc.stdout), _TXNS.search(proc.stdout)
     if proc.returncode or tps is None or lat is None:
         why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
         raise SampleFailed(f"pgbench exit {proc.returncode}: {' | '.join(why)}")
     if failed and int(failed.group(1)):
         raise SampleFailed(f"pgbench: {failed.group(1)} failed transactions")
-    return {"tps": float(tps.group(1)), "latency_ms": float(lat.group(1))}
+    out = {"tps": float(tps.group(1)), "latency_ms": float(lat.group(1))}
+    if p50 is not None:
+        out["p50_ms"] = p50
+    if cpu0 is not None and cpu1 is not None and txns and int(txns.group(1)):
+        # Includes the connection setup of the sample's clients: small next to 10 s of work.
+        out["cpu_us_per_txn"] = (cpu1 - cpu0) / int(txns.group(1)) * 1e6
+    return out
 
 
 BULK_CASES = ("copy binary", "select text")

@@ -26,6 +26,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from proxy.statement import StatementRecord
+from proxy.statement_metrics import StatementMetrics
+
 # The *_created series double the output and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -58,6 +61,41 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
 
 
+# A recent event: sequence number, clock() when pushed, and the event.
+_Entry = tuple[int, float, "dict[str, Any] | StatementRecord"]
+
+
+def _feed_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's fields of an audit record, the SQL cut to SQL_CHARS."""
+    event = {k: record[k] for k in EVENT_FIELDS if k in record}
+    sql = event.get("sql")
+    if isinstance(sql, str) and len(sql) > SQL_CHARS:
+        event["sql"] = sql[:SQL_CHARS] + "…"
+    return event
+
+
+def _shape(
+    kind: str, seq: int, when: float, event: dict[str, Any] | StatementRecord
+) -> dict[str, Any]:
+    if isinstance(event, StatementRecord):
+        if kind == "blocked":
+            out = _feed_fields(event.audit_fields())
+        else:
+            out = {
+                "user": event.user,
+                "decision": event.decision,
+                "rules": list(event.rules),
+                "rows": event.rows,
+                "bytes": event.bytes,
+                "duration_ms": event.duration_ms,
+            }
+    else:
+        out = dict(event)
+    out["seq"] = seq
+    out.setdefault("ts", when)
+    return out
+
+
 class Metrics:
     """All metrics and dashboard state of one process (tests make their own)."""
 
@@ -70,31 +108,9 @@ class Metrics:
             "oversight_sessions_active", "Client sessions open now", registry=r
         )
         self.sessions = Counter("oversight_sessions", "Client sessions opened", registry=r)
-        self.statements = Counter(
-            "oversight_statements", "Statements by decision", ["decision"], registry=r
-        )
-        self.blocks = Counter(
-            "oversight_blocks", "Statements refused or cut off, by rule", ["rule"], registry=r
-        )
-        self.rule_hits = Counter(
-            "oversight_rule_hits", "Statements each rule applied to", ["rule"], registry=r
-        )
-        self.rows = Counter("oversight_rows", "Result rows streamed, by user", ["user"], registry=r)
-        self.bytes = Counter(
-            "oversight_bytes", "Result bytes streamed, by user", ["user"], registry=r
-        )
-        self.decision_seconds = Histogram(
-            "oversight_decision_seconds",
-            "Time to decide on a statement (parse, policy, rewrite)",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.statement_seconds = Histogram(
-            "oversight_statement_seconds",
-            "Statement duration as the client saw it",
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
+        # Updated once per statement: plain numbers, read when /metrics is scraped.
+        self.statements = StatementMetrics(LATENCY_BUCKETS, DURATION_BUCKETS)
+        r.register(self.statements)
         self.upstream_seconds = Histogram(
             "oversight_upstream_latency_seconds",
             "Upstream round trip (connect, health check)",
@@ -105,7 +121,7 @@ class Metrics:
             "oversight_rule_reloads", "Rule set reloads, by result", ["result"], registry=r
         )
         self._seq = itertools.count(1)
-        self._events: dict[str, deque[dict[str, Any]]] = {}
+        self._events: dict[str, deque[_Entry]] = {}
         # user -> bucket start (epoch s) -> rows; OrderedDict for least-recent eviction.
         self._rows: OrderedDict[str, dict[int, int]] = OrderedDict()
         self._tally: TallyCounter[str] = TallyCounter()
@@ -132,20 +148,12 @@ class Metrics:
         duration_s: float,
         decision_s: float,
     ) -> None:
-        self.statements.labels(decision).inc()
+        self.statements.add(user, decision, rules, rows, nbytes, duration_s, decision_s)
         for rule in rules:
-            self.rule_hits.labels(rule).inc()
-            if decision in ("block", "cutoff"):
-                self.blocks.labels(rule).inc()
             if rule in self._tally or len(self._tally) < MAX_RULES:
                 self._tally[rule] += 1
         if rows:
-            self.rows.labels(user).inc(rows)
             self._add_rows(user, rows)
-        if nbytes:
-            self.bytes.labels(user).inc(nbytes)
-        self.statement_seconds.observe(max(0.0, duration_s))
-        self.decision_seconds.observe(max(0.0, decision_s))
         self._push(
             "statement",
             {
@@ -158,13 +166,24 @@ class Metrics:
             },
         )
 
+    def statement(self, rec: StatementRecord, duration_s: float, decision_s: float) -> None:
+        """A finished statement: counters, the rows chart, the recent feeds."""
+        self.statements.add(
+            rec.user, rec.decision, rec.rules, rec.rows, rec.bytes, duration_s, decision_s
+        )
+        for rule in rec.rules:
+            if rule in self._tally or len(self._tally) < MAX_RULES:
+                self._tally[rule] += 1
+        if rec.rows:
+            self._add_rows(rec.user, rec.rows)
+        # The ring keeps the record itself; `recent` shapes it when the dashboard asks.
+        self._push("statement", rec)
+        if rec.decision in ("block", "cutoff"):
+            self._push("blocked", rec)
+
     def blocked(self, record: dict[str, Any]) -> None:
         """An audit record of a refused, cut-off or throttled statement, for the live feed."""
-        event = {k: record[k] for k in EVENT_FIELDS if k in record}
-        sql = event.get("sql")
-        if isinstance(sql, str) and len(sql) > SQL_CHARS:
-            event["sql"] = sql[:SQL_CHARS] + "…"
-        self._push("blocked", event)
+        self._push("blocked", _feed_fields(record))
 
     def upstream_latency(self, seconds: float) -> None:
         self.upstream_seconds.observe(max(0.0, seconds))
@@ -172,10 +191,11 @@ class Metrics:
     def rules_reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "failed").inc()
 
-    def _push(self, kind: str, event: dict[str, Any]) -> None:
-        event["seq"] = next(self._seq)
-        event.setdefault("ts", self.clock())
-        self._events.setdefault(kind, deque(maxlen=RING_SIZE)).append(event)
+    def _push(self, kind: str, event: dict[str, Any] | StatementRecord) -> None:
+        ring = self._events.get(kind)
+        if ring is None:
+            ring = self._events[kind] = deque(maxlen=RING_SIZE)
+        ring.append((next(self._seq), self.clock(), event))
 
     def _add_rows(self, user: str, rows: int) -> None:
         now = self.clock()
@@ -202,8 +222,8 @@ class Metrics:
     def recent(self, kind: str, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Events of `kind` ("blocked" or "statement") newer than seq `after`, oldest first."""
         ring = self._events.get(kind, ())
-        newer = [e for e in ring if e["seq"] > after]
-        return [dict(e) for e in newer[-limit:]]
+        newer = [e for e in ring if e[0] > after][-limit:]
+        return [_shape(kind, seq, when, event) for seq, when, event in newer]
 
     def rows_by_user(self, hours: float = 6.0, max_points: int = 90) -> dict[str, Any]:
         """Rows read per user over the last `hours`, zero-filled, in at most `max_points` steps.
@@ -235,12 +255,7 @@ class Metrics:
         return self._tally.most_common(n)
 
     def summary(self) -> dict[str, Any]:
-        by_decision = {
-            s.labels["decision"]: int(s.value)
-            for metric in self.statements.collect()
-            for s in metric.samples
-            if s.name.endswith("_total")
-        }
+        by_decision = dict(self.statements.by_decision)
         return {
             "uptime_s": round(self.clock() - self.started, 1),
             "sessions_active": self._active,
@@ -286,3 +301,7 @@ def rules_reloaded(ok: bool) -> None:
 
 def recent(kind: str, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
     return METRICS.recent(kind, after, limit)
+
+
+def statement(rec: StatementRecord, duration_s: float, decision_s: float) -> None:
+    METRICS.statement(rec, duration_s, decision_s)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from proxy import metrics
 from proxy.actions import Running
-from proxy.audit import AuditLog, format_ts, redact_sql
+from proxy.audit import AuditLog, redact_sql
 from proxy.errors import AuditUnavailable
 from proxy.hooks import Hooks, StatementResult
 from proxy.identity import SessionFacts
+from proxy.statement import StatementRecord
 
 log = logging.getLogger("oversight.audit")
 
@@ -25,6 +25,11 @@ log = logging.getLogger("oversight.audit")
 @lru_cache(maxsize=4096)
 def _redacted(sql: str) -> str:
     return redact_sql(sql)
+
+
+# What the policy engine's per-statement info holds besides `detail` material.
+_INFO_KEYS = frozenset({"sql", "redacted", "fingerprint", "kind", "tables", "columns"})
+_NO_INFO: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -59,57 +64,55 @@ class Recorder:
                 await self.hooks.finished(facts, adm.token, result)
             except Exception:  # a broken hook must not lose the audit record
                 log.exception("statement hook failed")
-        info = dict(adm.statements[stmt.index]) if stmt.index < len(adm.statements) else {}
+        info = adm.statements[stmt.index] if stmt.index < len(adm.statements) else _NO_INFO
         decision = "block" if stmt.blocked else "cutoff" if stmt.cutoff else adm.action
         if stmt.paused > 0 and decision in ("allow", "rewrite"):
             decision = "throttle"
-        rules, reason = list(adm.rules), adm.reason
-        sql = str(info.pop("sql", stmt.plan.sql))
-        redacted = info.pop("redacted", None)
+        sql = str(info.get("sql", stmt.plan.sql))
+        redacted = info.get("redacted")
         rewritten = adm.sql if adm.sql is not None and adm.sql != stmt.plan.sql else None
         if self.redact:
             sql = str(redacted) if redacted is not None else _redacted(sql)
             rewritten = _redacted(rewritten) if rewritten else rewritten
         duration = stmt.duration
-        record: dict[str, Any] = {
-            "ts": format_ts(datetime.now(UTC) - timedelta(seconds=duration)),
-            "event": "statement",
-            **self.base(facts, adm.audit.get("groups")),
-            "sql": sql,
-            "fingerprint": info.pop("fingerprint", None),
-            "kind": info.pop("kind", None),
-            "tables": info.pop("tables", []),
-            "columns": info.pop("columns", []),
-            "decision": decision,
-            "rules": rules,
-            "reason": reason or (stmt.blocked.message if stmt.blocked else ""),
-            "rewritten": rewritten,
-            "rows": stmt.rows,
-            "bytes": stmt.bytes,
-            "duration_ms": round(duration * 1000, 3),
-            "error": stmt.error,
-        }
-        extra = {k: v for k, v in adm.audit.items() if k != "groups"}
-        if extra:
-            record.update(extra)
-        if info:
-            record["detail"] = info
+        extra = {k: v for k, v in adm.audit.items() if k != "groups"} if adm.audit else {}
+        if len(info) > len(_INFO_KEYS & info.keys()):
+            extra["detail"] = {k: v for k, v in info.items() if k not in _INFO_KEYS}
+        record = StatementRecord(
+            ts=self.audit.now(ago=duration),  # when the statement started
+            session=facts.session_id,
+            user=facts.user,
+            groups=adm.audit.get("groups") or [],
+            client=facts.client,
+            application=facts.application,
+            database=facts.database,
+            sql=sql,
+            fingerprint=info.get("fingerprint"),
+            kind=info.get("kind"),
+            tables=info.get("tables", []),
+            columns=info.get("columns", []),
+            decision=decision,
+            rules=list(adm.rules),
+            reason=adm.reason or (stmt.blocked.message if stmt.blocked else ""),
+            rewritten=rewritten,
+            rows=stmt.rows,
+            bytes=stmt.bytes,
+            duration_ms=round(duration * 1000, 3),
+            error=stmt.error,
+            extra=extra,
+        )
         tally.statements += 1
         tally.rows += stmt.rows
         tally.bytes += stmt.bytes
         tally.blocked += decision == "block"
-        metrics.statement_done(
-            facts.user, decision, adm.rules, stmt.rows, stmt.bytes, duration, stmt.plan.decide_s
-        )
-        if decision in ("block", "cutoff"):
-            metrics.blocked(record)
+        metrics.statement(record, duration, stmt.plan.decide_s)
         await self._write(record)
 
     async def event(self, kind: str, facts: SessionFacts, **extra: Any) -> None:
         record = {"event": kind, **self.base(facts), **extra}
         await self._write(record)
 
-    async def _write(self, record: dict[str, Any]) -> None:
+    async def _write(self, record: dict[str, Any] | StatementRecord) -> None:
         try:
             await self.audit.write(record)
         except AuditUnavailable as e:

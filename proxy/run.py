@@ -22,11 +22,16 @@ from typing import Any, TypeVar
 
 from proxy import metrics
 from proxy.admin import AdminServer
+from proxy.audit import AuditConfig, AuditLog
 from proxy.catalog import Catalog, load_catalog
 from proxy.catalogs import CatalogSet
 from proxy.enforce import Enforcer
 from proxy.guard import Guard, make_store
 from proxy.guard.cancel import CancelDirectory
+from proxy.hooks import ALLOW_ALL, Hooks
+from proxy.idsrc.setup import identity_resolver
+from proxy.login import proxy_login
+from proxy.recorder import Recorder
 from proxy.rules import RulesError, RuleSet, load_rules
 from proxy.server import ProxyServer
 from proxy.settings import Settings
@@ -45,6 +50,36 @@ def serve(settings: Settings) -> int:
             print(f"  {p}", file=sys.stderr)
         return 2
     return run_async(Service(settings, rules).run())
+
+
+def audit_config(settings: Settings) -> AuditConfig:
+    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+    return AuditConfig(
+        path=settings.audit_log,
+        key=key,
+        rotate_bytes=settings.audit_rotate_bytes,
+        fsync_interval=settings.audit_fsync_interval,
+        stdout=settings.audit_stdout,
+        fail_open=settings.audit_fail_open,
+    )
+
+
+def build_server(
+    settings: Settings, hooks: Hooks | None = None, *, cancels: CancelDirectory | None = None
+) -> ProxyServer:
+    """The proxy with its audit log, recorder, logins and identity sources, composed here only."""
+    hooks = hooks or ALLOW_ALL
+    audit = AuditLog(audit_config(settings))
+    recorder = Recorder(audit, hooks, redact=settings.audit_redact)
+    return ProxyServer(
+        settings,
+        hooks,
+        audit=audit,
+        recorder=recorder,
+        login=proxy_login(settings),
+        identities=identity_resolver(settings) if settings.upstream else None,
+        cancels=cancels,
+    )
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -82,7 +117,7 @@ class Service:
             self.rules, catalog, guard, hash_salt=salt, on_ddl=self._ddl, catalogs=self.catalogs
         )
         cancels = CancelDirectory(store) if s.redis_url else None
-        self.server = ProxyServer(s, self.enforcer, cancels=cancels)
+        self.server = build_server(s, self.enforcer, cancels=cancels)
         await self.server.start()
         token = s.admin_token.get_secret_value() if s.admin_token else None
         self.admin = AdminServer(s.admin_listen, token, self.ready)

@@ -19,15 +19,15 @@ from typing import TypeVar
 
 from proxy import messages as m
 from proxy import metrics
-from proxy.audit import AuditConfig, AuditLog
-from proxy.connection import Connection
+from proxy.audit import AuditLog
+from proxy.connection import Connection, Context
 from proxy.errors import AdminShutdown, ProtocolViolation, ProxyError, TooManyConnections
 from proxy.guard.cancel import CancelDirectory, CancelTarget
-from proxy.hooks import ALLOW_ALL, Hooks
+from proxy.hooks import Hooks
 from proxy.identity import SessionFacts
-from proxy.idsrc.setup import identity_resolver
+from proxy.idsrc.resolver import IdentityResolver
 from proxy.listener import ALPN, Listener
-from proxy.login import proxy_login
+from proxy.login import ProxyLogin
 from proxy.recorder import Recorder
 from proxy.session import Session
 from proxy.settings import Settings
@@ -48,32 +48,26 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def audit_config(settings: Settings) -> AuditConfig:
-    key = settings.audit_key.get_secret_value().encode() if settings.audit_key else None
-    return AuditConfig(
-        path=settings.audit_log,
-        key=key,
-        rotate_bytes=settings.audit_rotate_bytes,
-        fsync_interval=settings.audit_fsync_interval,
-        stdout=settings.audit_stdout,
-        fail_open=settings.audit_fail_open,
-    )
-
-
 class ProxyServer:
+    """Built by `proxy.run.build_server`, the one place the process is composed."""
+
     def __init__(
         self,
         settings: Settings,
-        hooks: Hooks | None = None,
+        hooks: Hooks,
         *,
-        audit: AuditLog | None = None,
+        audit: AuditLog,
+        recorder: Recorder,
+        login: ProxyLogin | None = None,
+        identities: IdentityResolver | None = None,
         cancels: CancelDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = settings.upstream_target
-        self.hooks = hooks or ALLOW_ALL
-        self.audit = audit or AuditLog(audit_config(settings))
-        self.recorder = Recorder(self.audit, self.hooks, redact=settings.audit_redact)
+        self.hooks = hooks
+        self.audit = audit
+        self.recorder = recorder
+        self.context = Context(self.hooks, self.recorder, self.audit, self.upstream)
         self.tls = server_tls_context(settings)
         self.connections: dict[tuple[int, bytes], Connection] = {}
         # Shared with other instances (Redis) so a cancel landing elsewhere still works.
@@ -83,8 +77,8 @@ class ProxyServer:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._clients = 0
-        self.login = proxy_login(settings)
-        self.identities = identity_resolver(settings) if settings.upstream else None
+        self.login = login  # proxy auth mode's checks; None in passthrough mode
+        self.identities = identities  # groups and attributes from identity sources
 
     @property
     def port(self) -> int:
@@ -213,7 +207,7 @@ class ProxyServer:
         session = Session(facts, max_message=s.max_message_size)
         session.status = hs.status
         session.parameters.update(hs.parameters)
-        conn = Connection(self, reader, writer, hs, session)
+        conn = Connection(self.context, reader, writer, hs, session)
         key = (hs.backend_pid, hs.proxy_key)
         self.connections[key] = conn
         if self.cancels is not None:

@@ -1,6 +1,8 @@
 """Reading whole protocol frames from asyncio streams (startup and authentication only).
 
-The relay phase never uses these: it feeds raw reads to the sans-IO session.
+The relay phase never uses these: its transports get a Protocol that feeds
+raw reads to the sans-IO session (connection.py); `take_buffered` hands over
+what a stream had read past the last frame startup consumed.
 """
 
 from __future__ import annotations
@@ -26,3 +28,15 @@ async def read_startup_packet(reader: asyncio.StreamReader) -> bytes:
     if head[0] == TLS_RECORD:
         raise FeatureNotSupported("direct TLS needs a TLS certificate configured; use sslmode")
     return head + await reader.readexactly(startup_length(head) - 4)
+
+
+def take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Empty and return what `reader` holds unread (a client may pipeline its first query).
+
+    StreamReader has no public call for "whatever is buffered, without
+    waiting"; its `_buffer` bytearray has been there since Python 3.4.
+    """
+    buf: bytearray = getattr(reader, "_buffer")  # noqa: B009
+    data = bytes(buf)
+    buf.clear()
+    return data

@@ -108,7 +108,7 @@ async def proxy_factory(pg: PgCluster, tmp_path: Path) -> AsyncIterator[ProxyFac
 
     async def make(*, hooks: Any = None, rules: str | Path | None = None, **kw: Any) -> ProxyHandle:
         # Imported here so that OVERSIGHT_TEST_DIRECT runs need no proxy at all.
-        from proxy.server import ProxyServer
+        from proxy.run import build_server
         from proxy.settings import Settings
 
         n = len(started)
@@ -124,7 +124,7 @@ async def proxy_factory(pg: PgCluster, tmp_path: Path) -> AsyncIterator[ProxyFac
             admin_listen=kw.pop("admin_listen", ""),
             **kw,
         )
-        server = ProxyServer(settings, hooks=hooks)
+        server = build_server(settings, hooks=hooks)
         await server.start()
         handle = ProxyHandle(server, settings, pg, audit, "127.0.0.1", server.port)
         started.append(handle)

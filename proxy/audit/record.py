@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from proxy.statement import StatementRecord
 
 GENESIS = "0" * 64
 
@@ -54,6 +57,21 @@ def format_ts(when: datetime) -> str:
     if when.tzinfo is not None:
         when = when.astimezone(UTC).replace(tzinfo=None)
     return when.isoformat(timespec="microseconds") + "Z"
+
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
+def wall_ts(epoch: float) -> str:
+    """format_ts for a time.time() value, without building a datetime (a hot path).
+
+    The date and time of day are formatted once per second and reused.
+    """
+    sec = int(epoch // 1)
+    if sec != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _second[0] = sec
+    return f"{_second[1]}.{int((epoch - sec) * 1_000_000):06d}Z"
 
 
 def parse_ts(text: str) -> datetime:
@@ -112,20 +130,31 @@ def ordered(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def seal(record: Mapping[str, Any], prev: str, key: bytes | None) -> tuple[bytes, str]:
+def seal(
+    record: Mapping[str, Any] | StatementRecord, prev: str, key: bytes | None
+) -> tuple[bytes, str]:
     """Chain one record after `prev`: returns (line with trailing newline, its hash).
 
-    The hash is taken over the line parsed back, exactly as a verifier will
-    read it, so whatever Python types the caller passed (tuples, datetimes,
-    dataclasses, odd strings) the verifier rebuilds the same canonical bytes.
+    The hash covers exactly what a verifier rebuilds from the parsed line:
+    orjson writes tuples as lists, datetimes and enums as text, and `_default`
+    turns anything else into text, so serializing the record itself with
+    sorted keys gives the same bytes as serializing the line parsed back
+    (tests/unit/test_audit_chain.py checks odd types), without parsing it.
+    Values orjson cannot write (lone surrogates, huge ints) are scrubbed first.
     """
-    body = dict(record)
-    body.pop("hash", None)
+    if isinstance(record, StatementRecord):
+        body = record.audit_fields()  # already in display order
+    else:
+        body = ordered(record)
+        body.pop("hash", None)
     body["prev"] = prev
     try:
-        head = orjson.dumps(ordered(body), default=_default)
+        head = orjson.dumps(body, default=_default)
+        canon = orjson.dumps(body, default=_default, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
-        head = orjson.dumps(ordered(_scrub(body)))
-    digest = compute_hash(prev, orjson.dumps(orjson.loads(head), option=orjson.OPT_SORT_KEYS), key)
+        body = _scrub(body)
+        head = orjson.dumps(ordered(body))
+        canon = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    digest = compute_hash(prev, canon, key)
     # `prev` is the last field so far; `hash` goes after it.
     return b'%s,"hash":"%s"}\n' % (head[:-1], digest.encode()), digest

@@ -1,10 +1,14 @@
-"""The audit file as the writer thread sees it: open and recover, append, rotate, fsync.
+"""The audit file: open and recover, append, rotate, fsync.
 
-Everything here blocks on disk, so only the AuditLog's worker thread
-calls it, one call at a time. Opening recovers where the chain stands: a torn
-last line (a crash mid-write) is cut and kept aside in `<name>.torn-<time>.jsonl`,
-and the head is the hash of the last complete line, or of the newest rotated
-file's when the live file is empty. A batch is appended with one write(2)
+Opening, rotating and fsyncing block on disk, so only the AuditLog's worker
+thread does them; a plain append (`writable_now` says when) is one write(2)
+to the page cache, which the AuditLog makes on the event loop. The two never
+overlap: the loop waits for the thread's call to finish before writing again.
+
+Opening recovers where the chain stands: a torn last line (a crash
+mid-write) is cut and kept aside in `<name>.torn-<time>.jsonl`, and the
+head is the hash of the last complete line, or of the newest rotated file's
+when the live file is empty. A batch is appended with one write(2)
 (O_APPEND) and truncated back if it fails part way, so no line is ever torn
 or glued to the next.
 """
@@ -84,6 +88,39 @@ class FileSink:
         self._size = 0
         self._day: date | None = None
         self._dirty = False
+        self._regular = False  # a regular file (rotation, recovery), not /dev/stdout or a FIFO
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+
+    def writable_now(self, incoming: int) -> bool:
+        """Whether appending `incoming` bytes is a plain write(2): no open, rotation or fsync.
+
+        The AuditLog makes such writes on the event loop and sends the rest to its thread.
+        """
+        if self._fd is None or self.fsync_each:
+            return False
+        if not self._regular or self._size == 0:
+            return True
+        if self._size + incoming > self.rotate_bytes:
+            return False
+        return not (self.rotate_daily and self._day is not None and self._day != self._today())
+
+    def fsync_handle(self) -> int | None:
+        """A duplicate descriptor for the periodic fsync if anything was written since the last.
+
+        The thread fsyncs and closes the duplicate, so it never touches this object's state.
+        """
+        if self._fd is None or not self._dirty:
+            return None
+        try:
+            fd = os.dup(self._fd)
+        except OSError:
+            return None  # out of descriptors: the next period tries again
+        self._dirty = False
+        return fd
+
+    def lost(self) -> None:
+        """An fsync failed: the kernel may have dropped pages, so reopen and recheck."""
+        self._drop()
 
     def start(self) -> None:
         """Open the file and recover the head; on failure the head comes from rotated files."""
@@ -141,7 +178,9 @@ class FileSink:
         fd = os.open(self.path, _OPEN_FLAGS, _MODE)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # /dev/stdout, a FIFO...: nothing to recover
+            self._regular = stat.S_ISREG(st.st_mode)
+            self._ident = (st.st_dev, st.st_ino)
+            if not self._regular:  # /dev/stdout, a FIFO...: nothing to recover
                 self._fd, self._size, self._day = fd, 0, self._today()
                 return
             _lock(fd)
@@ -169,6 +208,7 @@ class FileSink:
             os.rename(self.path, aside)
             log.error("audit: %s: %s; moved to %s, a new chain begins", self.path, exc, aside)
             self._fd = _open_locked(self.path)
+            self._ident = self._stat_ident(self._fd)
             self._size, self._day, self.head = 0, self._today(), GENESIS
             return
         self.head, self._day = recovered.hash, recovered.day or self._today()
@@ -195,8 +235,12 @@ class FileSink:
             st = os.stat(self.path)
         except FileNotFoundError:
             return True
-        mine = os.fstat(self._fd)
-        return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+        return (st.st_dev, st.st_ino) != self._ident
+
+    @staticmethod
+    def _stat_ident(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
 
     def _write(self, data: bytes) -> None:
         fd = self._fd
@@ -219,7 +263,7 @@ class FileSink:
 
     def _maybe_rotate(self, incoming: int) -> None:
         fd = self._fd
-        if fd is None or self._size == 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is None or self._size == 0 or not self._regular:
             return
         too_big = self._size + incoming > self.rotate_bytes
         new_day = self.rotate_daily and self._day is not None and self._day != self._today()
@@ -229,6 +273,7 @@ class FileSink:
         self._drop()
         os.rename(self.path, rotated_name(self.path, self.clock()))
         self._fd = _open_locked(self.path)
+        self._ident = self._stat_ident(self._fd)
         self._size, self._day, self._dirty = 0, self._today(), False
         self._fsync_dir()
 

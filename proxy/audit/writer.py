@@ -1,17 +1,24 @@
-"""The process's single audit writer: ordered, whole lines, group commit, off the event loop.
+"""The process's single audit writer: ordered, whole lines, group commit on the event loop.
 
 Sessions call `await log.write(record)`. The record joins a pending list and
-the caller waits on a future. One writer task takes everything pending as a
-batch, seals it into the hash chain in order (on the loop: a few microseconds
-a record, and no fight with a thread for the GIL), and hands the bytes to a
-worker thread (worker.py) that appends them with one write(2) (so lines from
-concurrent sessions never interleave or tear), rotating first when needed
-(sink.py). Then every future of the batch is resolved. Records arriving
-meanwhile form the next batch (group commit).
+the caller waits on a future. Once per event-loop turn, a callback takes
+everything pending (every session's records of that turn), seals it into
+the hash chain in order and appends it with one write(2) (so lines from
+concurrent sessions never interleave or tear); then every future of the
+batch is resolved, and each session sends its client the completion. The
+write goes to the page cache and takes microseconds, so it is made right on
+the loop: a thread round trip per batch (queue, wake-up, call_soon_threadsafe)
+cost more than the write itself.
+
+The worker thread (worker.py) only gets the calls that can block: opening and
+recovering the file, rotating it (fsync, rename), every batch when fsync
+after each batch is configured (fsync_interval 0), copying to stdout (a pipe
+may be full), and the periodic fsync (on a duplicate of the descriptor, so
+the thread never shares the loop's file state). Batches wait while the
+thread works, so the order on disk is always the order of `write` calls.
 
 The chain head only advances after a successful write, so a failed batch
 leaves no gap: the next record chains to the last one actually on disk.
-fsync runs on `fsync_interval` from a timer (after every batch when 0).
 """
 
 from __future__ import annotations
@@ -19,25 +26,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 from proxy.audit.config import AuditConfig
-from proxy.audit.record import GENESIS, format_ts, seal
+from proxy.audit.record import GENESIS, format_ts, seal, wall_ts
 from proxy.audit.sink import FileSink, Reseal
 from proxy.audit.worker import Worker
 from proxy.errors import AuditUnavailable
+from proxy.statement import StatementRecord
 
 log = logging.getLogger("oversight.audit")
 
-# Sealing runs on the loop (~10 us a record): a cap keeps each stall short.
+# Sealing runs on the loop (a few us a record): a cap keeps each stall short.
 _MAX_BATCH = 256
 _DROP_LOG_EVERY = 10.0  # seconds between "records lost" errors while failing open
 
-Pending = tuple[dict[str, Any], "asyncio.Future[None]"]
+Record = dict[str, Any] | StatementRecord
+Pending = tuple[Record, "asyncio.Future[None]"]
+_ON_THREAD = "(on the worker thread)"  # not an error: the batch is settled there
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _utcnow() -> datetime:
@@ -58,9 +76,11 @@ class AuditLog:
         self._clock = clock
         self._stdout = stdout
         self._pending: list[Pending] = []
-        self._wake = asyncio.Event()
         self._worker = Worker("oversight-audit")
-        self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._scheduled = False  # a flush is queued for this loop turn
+        self._slow: asyncio.Task[None] | None = None  # a batch on the worker thread
         self._syncer: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
@@ -100,8 +120,9 @@ class AuditLog:
 
     async def start(self) -> None:
         """Open the file and recover the chain head; a failure leaves the log unhealthy."""
-        if self._writer is not None:
+        if self._started:
             return
+        self._loop = asyncio.get_running_loop()
         if self.config.stdout and self._stdout is None:
             self._stdout = sys.stdout.buffer
         self._worker.start()
@@ -113,7 +134,7 @@ class AuditLog:
                 self._error = f"cannot open {self.config.path}: {exc.strerror or exc}"
                 log.error("audit log unavailable: %s", self._error)
             self._prev = self._sink.head
-        self._writer = asyncio.create_task(self._run(), name="oversight-audit-writer")
+        self._started = True
         if self._sink is not None and self.config.fsync_interval > 0:
             self._syncer = asyncio.create_task(self._sync_loop(), name="oversight-audit-fsync")
 
@@ -126,30 +147,47 @@ class AuditLog:
         if self._error is not None:
             raise AuditUnavailable(self._error)
 
-    async def write(self, record: dict[str, Any]) -> None:
+    async def write(self, record: Record) -> None:
         """Append one record; returns once its line has been handed to the OS."""
         if not self.enabled:
             return
-        if self._writer is None or self._closing:
+        if not self._started or self._closing:
             if self.config.fail_open:
                 self.dropped += 1
                 return
             raise AuditUnavailable("audit log is closed" if self._closing else "not started")
-        rec = dict(record)
-        if "ts" not in rec:
-            rec["ts"] = format_ts(self._clock())
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rec: Record
+        if isinstance(record, StatementRecord):
+            rec = record  # built for this write alone, with its ts
+        else:
+            rec = dict(record)
+            if "ts" not in rec:
+                rec["ts"] = self.now()
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[None] = loop.create_future()
         self._pending.append((rec, fut))
-        self._wake.set()
+        if not self._scheduled and self._slow is None:
+            self._scheduled = True
+            loop.call_soon(self._flush_turn)
         await fut
+
+    def now(self, ago: float = 0.0) -> str:
+        """The record timestamp for now (minus `ago` seconds), RFC 3339 UTC."""
+        if self._clock is _utcnow:
+            return wall_ts(time.time() - ago)
+        return format_ts(self._clock() - timedelta(seconds=ago))
 
     async def close(self) -> None:
         """Drain pending records, fsync and close."""
-        if self._writer is None or self._closed:
+        if not self._started or self._closed:
             return
         self._closing = True
-        self._wake.set()
-        await self._writer
+        while self._pending or self._slow is not None:
+            if self._slow is not None:
+                await asyncio.shield(self._slow)
+            else:
+                self._flush_turn()
         if self._syncer is not None:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,44 +198,73 @@ class AuditLog:
 
     # ---- loop side --------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[:_MAX_BATCH]
-                del self._pending[:_MAX_BATCH]
-                records = [rec for rec, _ in batch]
-                try:
-                    error = await self._flush(records)
-                except Exception as exc:  # a bug, not I/O: still never lose the caller
-                    log.exception("audit writer failed")
-                    error = f"audit writer failed: {exc!r}"
-                self._settle(batch, error)
-            if self._closing:
-                return
-
-    async def _flush(self, records: list[dict[str, Any]]) -> str | None:
-        """Seal the batch here, in order, then hand the bytes to the writer thread.
-
-        Sealing on the loop rather than the thread avoids fighting the thread
-        for the GIL; the head advances only once the bytes are written.
-        """
-        for _ in range(3):
-            prev = self._prev
-            lines: list[bytes] = []
-            for rec in records:
-                line, prev = seal(rec, prev, self.config.key)
-                lines.append(line)
+    def _flush_turn(self) -> None:
+        """Write everything pending, batch by batch, unless a batch is on the thread."""
+        self._scheduled = False
+        while self._pending and self._slow is None:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            records = [rec for rec, _ in batch]
             try:
-                error = await self._worker.call(self._write_data, b"".join(lines), self._prev, prev)
-            except Reseal as moved:
+                error = self._flush_here(batch, records)
+            except Exception as exc:  # a bug, not I/O: still never lose the caller
+                log.exception("audit writer failed")
+                error = f"audit writer failed: {exc!r}"
+            if error is not _ON_THREAD:
+                self._settle(batch, error)
+
+    def _flush_here(self, batch: list[Pending], records: list[Record]) -> str | None:
+        """Seal and append on the loop; hands the batch to the thread when it may block."""
+        for _ in range(3):
+            data, head = self._seal(records)
+            if self._needs_thread(len(data)):
+                self._slow = asyncio.ensure_future(self._flush_on_thread(batch, records))
+                return _ON_THREAD
+            try:
+                error = self._write_data(data, self._prev, head)
+            except Reseal as moved:  # the file was replaced and reopened
                 self._prev = moved.head
                 continue
             if error is None:
-                self._prev = prev
+                self._prev = head
             return error
         return "audit chain head keeps changing while writing"
+
+    async def _flush_on_thread(self, batch: list[Pending], records: list[Record]) -> None:
+        error: str | None = "audit chain head keeps changing while writing"
+        try:
+            for _ in range(3):
+                data, head = self._seal(records)
+                try:
+                    error = await self._worker.call(self._write_data, data, self._prev, head)
+                except Reseal as moved:
+                    self._prev = moved.head
+                    continue
+                if error is None:
+                    self._prev = head
+                break
+        except Exception as exc:
+            log.exception("audit writer failed")
+            error = f"audit writer failed: {exc!r}"
+        finally:
+            self._settle(batch, error)
+            self._slow = None
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_turn)
+
+    def _seal(self, records: list[Record]) -> tuple[bytes, str]:
+        prev = self._prev
+        lines: list[bytes] = []
+        for rec in records:
+            line, prev = seal(rec, prev, self.config.key)
+            lines.append(line)
+        return b"".join(lines), prev
+
+    def _needs_thread(self, size: int) -> bool:
+        if self._stdout is not None:
+            return True  # a full pipe would stall the loop
+        return self._sink is not None and not self._sink.writable_now(size)
 
     def _settle(self, batch: list[Pending], error: str | None) -> None:
         was_healthy = self._error is None
@@ -230,7 +297,18 @@ class AuditLog:
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.fsync_interval)
-            await self._worker.call(self._fsync)
+            if self._sink is None:
+                continue
+            fd = self._sink.fsync_handle()
+            if fd is None:
+                continue
+            try:
+                await self._worker.call(_fsync_and_close, fd)
+            except OSError as exc:
+                # The OS may have lost written pages: refuse until a write succeeds again.
+                self._sink.lost()
+                self._error = f"cannot fsync {self.config.path}: {exc.strerror or exc}"
+                log.error("audit: %s", self._error)
 
     # ---- writer thread ----------------------------------------------------
 
@@ -249,16 +327,6 @@ class AuditLog:
                     return f"cannot write stdout: {exc}"
                 log.error("audit: cannot copy records to stdout: %s", exc)
         return None
-
-    def _fsync(self) -> None:
-        if self._sink is None:
-            return
-        try:
-            self._sink.fsync()
-        except OSError as exc:
-            # The OS may have lost written pages: refuse until a write succeeds again.
-            self._error = f"cannot fsync {self.config.path}: {exc.strerror or exc}"
-            log.error("audit: %s", self._error)
 
     def _close_file(self) -> None:
         if self._sink is None:
