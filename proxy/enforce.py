@@ -70,6 +70,8 @@ def _info(s: StatementInfo) -> dict[str, Any]:
     d["columns"] = list(d["columns"])
     if s.search_path is not None:
         d["search_path"] = list(s.search_path)
+    if s.change is not None:
+        d["change"] = s.change.to_json()
     return d
 
 

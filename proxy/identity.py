@@ -25,6 +25,9 @@ class SessionFacts:
     client_port: int = 0
     session_id: str = ""
     search_path: tuple[str, ...] = ("$user", "public")
+    # False when the proxy cannot follow the server's search_path (proxy/gucs.py):
+    # under a policy, statements are refused until the client sets it again.
+    search_path_known: bool = True
     # Wall clock for `hours` matching; None means "now" at decision time.
     now: datetime | None = field(default=None, compare=False)
     groups: frozenset[str] = frozenset()

@@ -16,6 +16,7 @@ from dataclasses import replace
 from proxy import messages as m
 from proxy.actions import Action, CancelUpstream, Finish, Plan, Running, ToClient
 from proxy.errors import FeatureNotSupported, ProxyError, ResultLimit
+from proxy.gucs import Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
 from proxy.replies import Entry, next_stmt, room, statement_info, undo_parse
@@ -29,6 +30,7 @@ class UpstreamSide:
     """Server-side methods of `Session`; the attributes are the session's."""
 
     facts: SessionFacts
+    settings: SessionSettings
     status: bytes
     queue: deque[Entry]
     statements: dict[str, Plan]
@@ -141,6 +143,8 @@ class UpstreamSide:
 
     def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
         fields = m.error_fields(body) if t == b"E" else {}
+        if t == b"E":
+            self.settings.failed()  # the transaction, implicit or explicit, is aborted
         # V is never translated (S is, under lc_messages).
         if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
             self.upstream_fatal = True
@@ -243,9 +247,10 @@ class UpstreamSide:
             effect = head.plan.admission.effects.get(s.index)
         if tag and effect is not None and effect.op != "run":
             self.names.confirm(effect, self.statements, self.portals)
-        sp = statement_info(s).get("search_path")
-        if isinstance(sp, list | tuple) and not s.error:
-            self.facts = replace(self.facts, search_path=tuple(sp))
+        if tag:
+            change = Change.from_json(statement_info(s).get("change"))
+            self.settings.completed(tag.rstrip(b"\0").decode("ascii", "replace"), change)
+            self._follow_settings()
 
     def _ready(self, body: bytes, out: list[Action]) -> None:
         self._status(body)
@@ -257,8 +262,19 @@ class UpstreamSide:
 
     def _status(self, body: bytes) -> None:
         self.status = body[:1] or b"I"
+        self.settings.ready(self.status)
+        self._follow_settings()
         if self.status == b"I":
             self.names.transaction_ended()
+
+    def _follow_settings(self) -> None:
+        """Name resolution follows the search_path the server now has (proxy/gucs.py)."""
+        path = self.settings.value("search_path")
+        facts = self.facts
+        if path is None and facts.search_path_known:
+            self.facts = replace(facts, search_path_known=False)
+        elif path is not None and (path != facts.search_path or not facts.search_path_known):
+            self.facts = replace(facts, search_path=path, search_path_known=True)
 
     def _skip_to_sync(self, out: list[Action]) -> None:
         """After an error in an extended batch the upstream skips to Sync; so do we."""
@@ -278,6 +294,7 @@ class UpstreamSide:
     def _finish_cut(self, head: Entry, out: list[Action]) -> None:
         s = head.stmts.popleft()
         self._cutting = None
+        self.settings.doubtful()  # the cancel may or may not have aborted the transaction
         lim = s.plan.limits
         assert lim is not None
         s.cutoff = True

@@ -191,9 +191,15 @@ def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
 def _args(node: exp.Func) -> tuple[str | None, ...]:
     vals = [node.this] if node.args.get("this") is not None else []
     vals += list(node.expressions)
-    return tuple(
-        str(v.this) if isinstance(v, exp.Literal) else None for v in vals if isinstance(v, exp.Expr)
-    )
+    return tuple(_literal(v) for v in vals if isinstance(v, exp.Expr))
+
+
+def _literal(v: exp.Expr) -> str | None:
+    if isinstance(v, exp.Literal):
+        return str(v.this)
+    if isinstance(v, exp.Boolean):  # set_config's is_local: true / false
+        return "true" if v.this else "false"
+    return None
 
 
 def _call(node: exp.Func) -> Call:

@@ -22,8 +22,10 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import Blocked, NotUnderstood, ProxyError
+from proxy.gucs import Change, set_config_change
 from proxy.policy import checks, views
-from proxy.policy.analyze import Occ, attribute_columns, attribute_copy, bind_colmaps, collect
+from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
+from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
@@ -72,6 +74,7 @@ class Verdict:
     copy_out: bool = False
     ddl: bool = False
     search_path: tuple[str, ...] | None = None
+    change: Change | None = None  # to tracked settings or savepoints (proxy/gucs.py)
     redacted: str = ""
     fingerprint: str = ""
     literals: tuple[str, ...] = ()
@@ -175,6 +178,11 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
         setattr(v, name, getattr(sub, name))
     v.offset = sub.offset
     v.action, v.error, v.rules, v.reason = sub.action, sub.error, sub.rules, sub.reason
+    if sub.change is not None and h.kind in ("prepare", "declare"):
+        # It changes settings at each EXECUTE or FETCH, which the session does not follow.
+        v.change = Change("unknown", "*")
+    elif sub.change is not None and h.analyze:
+        v.change = sub.change
     if sub.action == "rewrite":
         v.sql = h.prefix + sub.sql
     return v
@@ -196,6 +204,7 @@ def _gate(v: Verdict, ctx: Context, *, writes_ok: bool, kind: str | None = None)
 def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
     """Statements without a tree: SET, SHOW, transaction control, cursors, utilities."""
     v.search_path = search_path_of(h)
+    v.change = statement_change(h, piece)
     if h.kind == "set":
         checks.setting(v, h)
     _gate(v, ctx, writes_ok=False)
@@ -249,6 +258,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
             checks.read(v, o, ctx)
     if ctx.has_policy:
         checks.functions(v, found.calls, ctx)
+    v.change = _set_config(found.calls)
     if v.action == "block":
         return
 
@@ -309,3 +319,16 @@ def _unqualify_columns(columns: list[exp.Column], o: Occ) -> None:
         if col.args.get("db") is not None and col.table == o.node.name:
             col.set("db", None)
             col.set("catalog", None)
+
+
+def _set_config(calls: list[Call]) -> Change | None:
+    """What set_config() calls do to tracked settings; two or more: unknown (order)."""
+    found = [
+        c
+        for c in calls
+        if c.schema in ("", "pg_catalog") and any(n.lower() == "set_config" for n in c.names)
+    ]
+    changes = [ch for c in found if (ch := set_config_change(c.args)) is not None]
+    if len(changes) > 1:
+        return Change("unknown", "*")
+    return changes[0] if changes else None

@@ -59,10 +59,12 @@ from typing import Literal
 
 from proxy.catalog import Catalog
 from proxy.errors import NotUnderstood, ProxyError
+from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
 from proxy.policy.decide import Verdict, decide
 from proxy.policy.normcache import NormCache
+from proxy.policy.pathknown import PathInString
 from proxy.policy.rewrite import Masker
 from proxy.policy.split import Piece, SplitError, split
 from proxy.rules import RuleSet
@@ -94,6 +96,7 @@ class StatementInfo:
     # Relations (and functions) the catalog snapshot did not know: the enforcer
     # refreshes the catalog and decides again before answering.
     unknown: tuple[str, ...] = ()
+    change: Change | None = None  # to tracked settings or savepoints (proxy/gucs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ def _info(v: Verdict) -> StatementInfo:
         action=v.action,
         rewritten=v.sql if v.action == "rewrite" else None,
         unknown=tuple(dict.fromkeys(v.unknown)),
+        change=v.change,
     )
 
 
@@ -195,6 +199,7 @@ class PolicyEngine:
             facts.application,
             facts.client_ip,
             facts.search_path,
+            facts.search_path_known,
             when,
             self.rules.version,
             self.catalog.version,
@@ -251,12 +256,17 @@ class PolicyEngine:
             err = NotUnderstood("a prepared statement must hold exactly one statement")
             return Decision("block", sql, err, (), err.reason, False, None, ())
         verdicts = []
+        path = PathInString(ctx.facts.search_path_known)
         for p in pieces:
             v = decide(p, ctx, self.masker, extended=extended)
             verdicts.append(v)
-            if v.search_path is not None and v.action != "block":
+            if ctx.has_policy:
+                path.check(v)
+            if v.action != "block":
                 # Later statements of the same string resolve names under the new path.
-                ctx = ctx.with_search_path(v.search_path)
+                new = path.after(v)
+                if new is not None:
+                    ctx = ctx.with_search_path(new)
         infos = tuple(_info(v) for v in verdicts)
         blocked = next((v for v in verdicts if v.action == "block"), None)
         rules = tuple(dict.fromkeys(r for v in verdicts for r in v.rules))

@@ -879,7 +879,8 @@ def test_cap_counts_rows_already_fetched_by_earlier_statements() -> None:
 
 
 def test_search_path_follows_a_successful_set() -> None:
-    adm = Admission(statements=[{"search_path": ["sales", "public"]}])
+    change = {"op": "set", "name": "search_path", "value": ["sales", "public"]}
+    adm = Admission(statements=[{"search_path": ["sales", "public"], "change": change}])
     pb = Playbook(lambda sql, ext: adm)
     pb.client(query("set search_path = sales, public"))
     pb.server(error("42501") + ready_for_query())
