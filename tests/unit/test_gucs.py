@@ -209,8 +209,13 @@ CASES: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
         START,
     ),
     "implicit transaction: commit in the string keeps what came before": (
-        ["set search_path = x -> SET", "commit -> COMMIT", "set search_path = y -> SET", "!error"]
-        + ["Z:I"],
+        [
+            "set search_path = x -> SET",
+            "commit -> COMMIT",
+            "set search_path = y -> SET",
+            "!error",
+            "Z:I",
+        ],
         X,
     ),
     "extended batch: error before Sync undoes the set": (
@@ -247,13 +252,21 @@ CASES: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
     ),
     "set_config session": (["select set_config('search_path', 'x', false) -> SELECT 1", "Z:I"], X),
     "set_config local": (
-        ["begin -> BEGIN", "select set_config('search_path', 'x', true) -> SELECT 1"]
-        + ["commit -> COMMIT", "Z:I"],
+        [
+            "begin -> BEGIN",
+            "select set_config('search_path', 'x', true) -> SELECT 1",
+            "commit -> COMMIT",
+            "Z:I",
+        ],
         START,
     ),
     "set_config rolled back": (
-        ["begin -> BEGIN", "select set_config('search_path', 'x', false) -> SELECT 1"]
-        + ["rollback -> ROLLBACK", "Z:I"],
+        [
+            "begin -> BEGIN",
+            "select set_config('search_path', 'x', false) -> SELECT 1",
+            "rollback -> ROLLBACK",
+            "Z:I",
+        ],
         START,
     ),
     "set_config with a computed value is unknown": (
@@ -261,8 +274,12 @@ CASES: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
         None,
     ),
     "unknown is cleared by a set": (
-        ["select set_config('search_path', v, false) -> SELECT 1", "Z:I"]
-        + ["set search_path = y -> SET", "Z:I"],
+        [
+            "select set_config('search_path', v, false) -> SELECT 1",
+            "Z:I",
+            "set search_path = y -> SET",
+            "Z:I",
+        ],
         Y,
     ),
     "rollback to a savepoint the proxy never saw is unknown": (
@@ -288,7 +305,7 @@ def test_transition(script: list[str], expected: tuple[str, ...] | None) -> None
 @pytest.mark.parametrize(
     "sql,change",
     [
-        ("set search_path = a, \"B\"", Change("set", "search_path", ("a", "B"))),
+        ('set search_path = a, "B"', Change("set", "search_path", ("a", "B"))),
         ("set session search_path to a", Change("set", "search_path", ("a",))),
         ("set local search_path = a", Change("local", "search_path", ("a",))),
         ("set local search_path to default", Change("local", "search_path", None)),
@@ -297,7 +314,7 @@ def test_transition(script: list[str], expected: tuple[str, ...] | None) -> None
         ("discard all", Change("reset_all")),
         ("discard plans", None),
         ("set work_mem = 1", None),
-        ("savepoint \"Sp\"", Change("savepoint", "Sp")),
+        ('savepoint "Sp"', Change("savepoint", "Sp")),
         ("release savepoint SP", Change("release", "sp")),
         ("rollback work to savepoint sp", Change("rollback_to", "sp")),
         ("rollback", None),

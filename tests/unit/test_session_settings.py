@@ -1,0 +1,122 @@
+"""The session's search_path follows the server's through transactions (issue #12).
+
+The playbook's hooks read each statement's Change with the engine's parser,
+as the Enforcer hands it over in the statement info.
+"""
+
+from __future__ import annotations
+
+from playbook import (
+    SYNC,
+    Playbook,
+    bind,
+    command_complete,
+    error,
+    execute,
+    parse,
+    query,
+    ready_for_query,
+)
+
+from proxy.errors import Blocked
+from proxy.hooks import Admission
+from proxy.policy.changes import statement_change
+from proxy.policy.kinds import head
+from proxy.policy.split import split
+from proxy.wire import frame
+
+START = ("$user", "public")
+PARSE_COMPLETE, BIND_COMPLETE = frame(b"1"), frame(b"2")
+
+
+def changes(sql: str, extended: bool) -> Admission:
+    infos: list[dict[str, object]] = []
+    for piece in split(sql):
+        c = statement_change(head(piece), piece)
+        infos.append({"change": c.to_json()} if c is not None else {})
+    return Admission(statements=infos)
+
+
+def replies(*tags: str, status: bytes = b"I") -> bytes:
+    return b"".join(command_complete(t) for t in tags) + ready_for_query(status)
+
+
+def test_a_rolled_back_set_leaves_the_path_as_it_was() -> None:
+    pb = Playbook(changes)
+    pb.client(query("begin; set search_path = x; rollback"))
+    pb.server(replies("BEGIN", "SET", "ROLLBACK"))
+    assert pb.session.facts.search_path == START
+
+
+def test_a_set_is_in_force_inside_its_block_and_kept_by_commit() -> None:
+    pb = Playbook(changes)
+    pb.client(query("begin; set search_path = x"))
+    pb.server(replies("BEGIN", "SET", status=b"T"))
+    assert pb.session.facts.search_path == ("x",)
+    pb.client(query("commit"))
+    pb.server(replies("COMMIT"))
+    assert pb.session.facts.search_path == ("x",)
+
+
+def test_set_local_ends_with_its_transaction() -> None:
+    pb = Playbook(changes)
+    pb.client(query("begin; set local search_path = x"))
+    pb.server(replies("BEGIN", "SET", status=b"T"))
+    assert pb.session.facts.search_path == ("x",)
+    pb.client(query("commit"))
+    pb.server(replies("COMMIT"))
+    assert pb.session.facts.search_path == START
+
+
+def test_a_failed_statement_of_the_string_rolls_back_its_set() -> None:
+    pb = Playbook(changes)
+    pb.client(query("set search_path = x; select 1/0"))
+    pb.server(command_complete("SET") + error("22012") + ready_for_query())
+    assert pb.session.facts.search_path == START
+
+
+def test_an_extended_batch_error_before_sync_rolls_back_its_set() -> None:
+    pb = Playbook(changes)
+    batch = parse("", "set search_path = x") + bind() + execute()
+    batch += parse("", "select 1/0") + bind() + execute() + SYNC
+    pb.client(batch)
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + command_complete("SET"))
+    assert pb.session.facts.search_path == ("x",)  # in force until the batch ends
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + error("22012") + ready_for_query())
+    assert pb.session.facts.search_path == START
+
+
+def test_a_refusal_in_a_block_fails_it_and_its_set_goes_at_rollback() -> None:
+    refuse = Admission(error=Blocked("r", "no"))
+    pb = Playbook(lambda sql, ext: refuse if "secret" in sql else changes(sql, ext))
+    pb.client(query("begin; set search_path = x"))
+    pb.server(replies("BEGIN", "SET", status=b"T"))
+    pb.client(query("select secret"))
+    pb.server(error("42601") + ready_for_query(b"E"))  # the stand-in's syntax error
+    pb.client(query("commit"))
+    pb.server(replies("ROLLBACK"))  # COMMIT of a failed block
+    assert pb.session.facts.search_path == START
+
+
+def test_rollback_to_savepoint_and_reset_follow_the_server() -> None:
+    pb = Playbook(changes)
+    pb.client(query("set search_path = y"))
+    pb.server(replies("SET"))
+    pb.client(query("begin; savepoint a; set search_path = x; rollback to savepoint a"))
+    pb.server(replies("BEGIN", "SAVEPOINT", "SET", "ROLLBACK", status=b"T"))
+    assert pb.session.facts.search_path == ("y",)
+    pb.client(query("commit; reset search_path"))
+    pb.server(replies("COMMIT", "RESET"))
+    assert pb.session.facts.search_path == START
+
+
+def test_a_path_the_proxy_cannot_follow_is_marked_unknown_until_set() -> None:
+    unknown = {"op": "unknown", "name": "search_path"}
+    pb = Playbook(lambda sql, ext: Admission(statements=[{"change": unknown}]))
+    pb.client(query("select set_config('search_path', current_user, false)"))
+    pb.server(replies("SELECT 1"))
+    assert not pb.session.facts.search_path_known
+    pb.policy = changes
+    pb.client(query("set search_path = x"))
+    pb.server(replies("SET"))
+    assert pb.session.facts.search_path_known and pb.session.facts.search_path == ("x",)
