@@ -247,7 +247,11 @@ class UpstreamSide:
             effect = head.plan.admission.effects.get(s.index)
         if tag and effect is not None and effect.op != "run":
             self.names.confirm(effect, self.statements, self.portals)
-        if tag:
+        if head.kind == b"F":
+            # A fast-path call runs a function by OID (set_config too) out of the engine's sight.
+            self.settings.completed("", Change("unknown", "*"))
+            self._follow_settings()
+        elif tag:
             change = Change.from_json(statement_info(s).get("change"))
             self.settings.completed(tag.rstrip(b"\0").decode("ascii", "replace"), change)
             self._follow_settings()

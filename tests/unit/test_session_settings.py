@@ -120,3 +120,11 @@ def test_a_path_the_proxy_cannot_follow_is_marked_unknown_until_set() -> None:
     pb.client(query("set search_path = x"))
     pb.server(replies("SET"))
     assert pb.session.facts.search_path_known and pb.session.facts.search_path == ("x",)
+
+
+def test_a_fast_path_call_leaves_the_path_unknown() -> None:
+    pb = Playbook(changes)
+    call = frame(b"F", b"\0\0\x03\xe8" + b"\0\0" + b"\0\0" + b"\0\0")
+    pb.client(call)
+    pb.server(frame(b"V", b"\xff\xff\xff\xff") + ready_for_query())
+    assert not pb.session.facts.search_path_known
