@@ -205,6 +205,8 @@ def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
     """Statements without a tree: SET, SHOW, transaction control, cursors, utilities."""
     v.search_path = search_path_of(h)
     v.change = statement_change(h, piece)
+    if h.kind == "do":  # its code may SET anything, out of the engine's sight
+        v.change = Change("unknown", "*")
     if h.kind == "set":
         checks.setting(v, h)
     _gate(v, ctx, writes_ok=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from proxy.errors import Blocked
+from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.engine import PolicyEngine
 
@@ -55,3 +56,14 @@ def test_changes_reach_the_statement_info(engine: PolicyEngine) -> None:
     d = engine.decide("SELECT set_config('search_path', 'x', true)", ALICE)
     c = d.statements[0].change
     assert c is not None and (c.op, c.value) == ("local", ("x",))
+
+
+def test_a_do_block_or_a_prepared_set_config_leaves_the_path_unknown(
+    engine: PolicyEngine,
+) -> None:
+    for sql in (
+        "DO $$ BEGIN PERFORM set_config('search_path', 'x', false); END $$",
+        "PREPARE p AS SELECT set_config('search_path', 'x', false)",
+    ):
+        c = engine.decide(sql, SessionFacts("nobody", "db")).statements[0].change
+        assert c == Change("unknown", "*"), sql
