@@ -24,8 +24,8 @@ text), each error, and ReadyForQuery's transaction status. It is generic over
 setting names: `TRACKED` says which ones statements report.
 
 A value of None means "unknown": something changed the setting in a way the
-proxy cannot follow (a computed set_config, a cut-off statement whose
-transaction may or may not have committed). Under a policy, statements are
+proxy cannot follow (a computed set_config, a DO block, statements of a
+cut-off batch whose completions were dropped). Under a policy, statements are
 refused until the client sets the value again.
 """
 
@@ -115,7 +115,6 @@ class SessionSettings:
     _top: _Saved | None = None  # the open transaction (implicit or explicit)
     _savepoints: list[_Saved] = field(default_factory=list)
     _failed: bool = False  # the open transaction will roll back
-    _doubt: bool = False  # it may or may not commit: changed values become unknown
 
     @classmethod
     def start(cls, startup: Mapping[str, Value]) -> SessionSettings:
@@ -145,10 +144,14 @@ class SessionSettings:
         self._open()
         self._failed = True
 
-    def doubtful(self) -> None:
-        """A statement was cancelled: whether its transaction commits is unknown."""
+    def unseen(self) -> None:
+        """Statements whose completions the session will not see may have SET things.
+
+        Until the transaction ends the values are unknown; a commit keeps them
+        unknown, a rollback puts back those of its start, which are known.
+        """
         self._open()
-        self._doubt = True
+        self._set_all_unknown()
 
     def ready(self, status: bytes) -> None:
         """ReadyForQuery: 'I' ends an implicit transaction; 'E' says the block failed."""
@@ -205,17 +208,11 @@ class SessionSettings:
     def _end(self, *, commit: bool) -> None:
         top = self._top
         assert top is not None
-        committed = dict(self.kept)
         if commit:
-            self.current = dict(committed)  # SET LOCAL ends with its transaction
+            self.current = dict(self.kept)  # SET LOCAL ends with its transaction
         else:
             self.current, self.kept = dict(top.current), dict(top.kept)
-        if self._doubt:
-            # Committed or rolled back, we cannot tell: a value the two differ on is unknown.
-            for name in set(committed) | set(top.kept):
-                if committed.get(name) != top.kept.get(name):
-                    self.current[name] = self.kept[name] = None
-        self._top, self._savepoints, self._failed, self._doubt = None, [], False, False
+        self._top, self._savepoints, self._failed = None, [], False
 
     def _set_all_unknown(self) -> None:
         for name in set(self.current) | set(self.startup):

@@ -298,7 +298,6 @@ class UpstreamSide:
     def _finish_cut(self, head: Entry, out: list[Action]) -> None:
         s = head.stmts.popleft()
         self._cutting = None
-        self.settings.doubtful()  # the cancel may or may not have aborted the transaction
         lim = s.plan.limits
         assert lim is not None
         s.cutoff = True
@@ -316,6 +315,11 @@ class UpstreamSide:
                 rest.error = "not executed or discarded: an earlier statement was cut off"
             return
         self.queue.popleft()
+        if changes_ahead(self.queue):
+            # Their completions are about to be dropped: if the cancel came too
+            # late, a SET later in the batch ran without the session seeing it.
+            self.settings.unseen()
+            self._follow_settings()
         self._skip_to_sync(out)
         # Whether the cancel hit (57014) or came too late, nothing more of this
         # batch reaches the client: it has its error and waits for ReadyForQuery.
@@ -323,7 +327,12 @@ class UpstreamSide:
 
     def _drop_statement_end(self, head: Entry, t: bytes, body: bytes, out: list[Action]) -> None:
         if t in b"CIE" and len(t) == 1 and head.stmts:
-            out.append(Finish(head.stmts.popleft()))
+            s = head.stmts.popleft()
+            if t == b"C":  # the cancel came too late: what ran still counts (a SET too)
+                change = Change.from_json(statement_info(s).get("change"))
+                self.settings.completed(body.rstrip(b"\0").decode("ascii", "replace"), change)
+                self._follow_settings()
+            out.append(Finish(s))
 
     def interrupted(self, reason: str) -> list[Action]:
         """The session is going away: audit every statement still owed a reply."""
@@ -335,3 +344,13 @@ class UpstreamSide:
         self.queue.clear()
         self.closed = True
         return out
+
+
+def changes_ahead(queue: deque[Entry]) -> bool:
+    """Does a statement queued before the next Sync change tracked settings or savepoints?"""
+    for e in queue:
+        if e.kind == b"S":
+            return False
+        if any(statement_info(s).get("change") is not None for s in e.stmts):
+            return True
+    return False

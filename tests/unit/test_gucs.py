@@ -47,8 +47,8 @@ def run(script: list[str]) -> tuple[str, ...] | None:
     for step in script:
         if step == "!error":
             s.failed()
-        elif step == "!cut":
-            s.doubtful()
+        elif step == "!unseen":
+            s.unseen()
         elif step.startswith("Z:"):
             s.ready(step[2:].encode())
         else:
@@ -286,12 +286,16 @@ CASES: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
         ["begin -> BEGIN", "set search_path = x -> SET", "rollback to nowhere -> ROLLBACK"],
         None,
     ),
-    "a cut-off statement after a set: unknown": (
-        ["set search_path = x -> SET", "!cut", "Z:I"],
+    "unseen statements: unknown while the transaction is open": (
+        ["begin -> BEGIN", "Z:T", "!unseen", "Z:T"],
         None,
     ),
-    "a cut-off statement without a set: still known": (
-        ["set search_path = x -> SET", "Z:I", "!cut", "Z:I"],
+    "unseen statements, committed: unknown": (
+        ["begin -> BEGIN", "!unseen", "commit -> COMMIT", "Z:I"],
+        None,
+    ),
+    "unseen statements, rolled back: known again": (
+        ["set search_path = x -> SET", "Z:I", "!unseen", "!error", "Z:I"],
         X,
     ),
 }

@@ -16,10 +16,12 @@ from playbook import (
     parse,
     query,
     ready_for_query,
+    row_description,
+    rows,
 )
 
 from proxy.errors import Blocked
-from proxy.hooks import Admission
+from proxy.hooks import Admission, StreamLimits
 from proxy.policy.changes import statement_change
 from proxy.policy.kinds import head
 from proxy.policy.split import split
@@ -128,3 +130,46 @@ def test_a_fast_path_call_leaves_the_path_unknown() -> None:
     pb.client(call)
     pb.server(frame(b"V", b"\xff\xff\xff\xff") + ready_for_query())
     assert not pb.session.facts.search_path_known
+
+
+def capped(sql: str, ext: bool) -> Admission:
+    adm = changes(sql, ext)
+    if "big" in sql:
+        adm = Admission(statements=adm.statements, limits=StreamLimits(max_rows=1, rule="cap"))
+    return adm
+
+
+def test_a_set_after_a_cut_off_statement_of_the_string_still_counts() -> None:
+    sql = "select n from big; set search_path = x"
+    pb = Playbook(capped)
+    pb.client(query(sql))
+    # The cancel came too late: the SET ran, its completion is dropped, not ignored.
+    reply = row_description("n") + rows("1", "2") + command_complete("SELECT 2")
+    pb.server(reply + command_complete("SET") + ready_for_query())
+    assert pb.session.facts.search_path == ("x",)
+
+
+def test_a_set_later_in_a_cut_off_batch_leaves_the_path_unknown() -> None:
+    batch = parse("", "select n from big") + bind() + execute()
+    batch += parse("", "set search_path = x") + bind() + execute() + SYNC
+    head = PARSE_COMPLETE + BIND_COMPLETE + row_description("n") + rows("1", "2")
+    # The cancel came too late: the SET ran, but its completion is drained unseen.
+    pb = Playbook(capped)
+    pb.client(batch)
+    pb.server(head + command_complete("SELECT 2"))
+    assert not pb.session.facts.search_path_known
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + command_complete("SET") + ready_for_query())
+    assert not pb.session.facts.search_path_known
+    # The cancel hit: the batch's implicit transaction rolled back, the path is known.
+    pb = Playbook(capped)
+    pb.client(batch)
+    pb.server(head + error("57014") + ready_for_query())
+    assert pb.session.facts.search_path_known and pb.session.facts.search_path == START
+
+
+def test_a_cut_off_batch_without_a_set_leaves_the_path_known() -> None:
+    pb = Playbook(capped)
+    pb.client(parse("", "select n from big") + bind() + execute() + SYNC)
+    pb.server(PARSE_COMPLETE + BIND_COMPLETE + row_description("n") + rows("1", "2"))
+    pb.server(command_complete("SELECT 2") + ready_for_query())
+    assert pb.session.facts.search_path_known
