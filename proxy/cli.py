@@ -170,14 +170,18 @@ def _check(args: argparse.Namespace) -> int:
     from proxy.commands.rules import cmd_check
 
     settings = _settings(args)  # also when unused: a broken --config is reported, not ignored
-    return cmd_check(args.rules or settings.rules, args.schema, args.upstream)
+    return cmd_check(
+        args.rules or settings.rules, args.schema, args.upstream, settings.source_attributes
+    )
 
 
 def _test(args: argparse.Namespace) -> int:
     from proxy.commands.rules import cmd_test
 
     settings = _settings(args)
-    return cmd_test(args.rules or settings.rules, args.schema, args.upstream)
+    return cmd_test(
+        args.rules or settings.rules, args.schema, args.upstream, settings.source_attributes
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -204,6 +208,7 @@ def _explain(args: argparse.Namespace) -> int:
         application=args.application,
         client_ip=args.client_ip,
         identity=identity,
+        attributes=settings.source_attributes,
     )
 
 
@@ -213,7 +218,7 @@ def _identity(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        rules = load_rules(args.rules or settings.rules)
+        rules = load_rules(args.rules or settings.rules, settings.source_attributes)
     except RulesError as e:
         print("oversight: " + "\n  ".join(e.problems), file=sys.stderr)
         return 1

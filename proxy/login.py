@@ -1,12 +1,14 @@
-"""Client authentication in `proxy` auth mode: SCRAM verifiers, OIDC tokens, the rate limit.
+"""Client authentication in `proxy` auth mode: SCRAM verifiers, OIDC tokens, LDAP, the rate limit.
 
-Without OIDC the client runs SCRAM-SHA-256 against the verifiers of
-`users_file` (proxy/scram.py). With OIDC configured and the client on TLS,
-the proxy asks for a cleartext password instead (a token cannot be used in
-SCRAM): a JWT is checked as a token (proxy/idsrc/oidc.py), anything else
-against the user's verifier. On a connection without TLS a token is never
-asked for, so it never crosses the network in clear: such clients get
-SCRAM as before.
+Without OIDC or LDAP the client runs SCRAM-SHA-256 against the verifiers of
+`users_file` (proxy/scram.py). With OIDC or LDAP configured and the client
+on TLS, the proxy asks for a cleartext password instead (a token or a
+directory password cannot be used in SCRAM): a JWT is checked as a token
+(proxy/idsrc/oidc.py), anything else against the user's verifier when
+`users_file` has one, else by a bind as the user's directory entry
+(proxy/idsrc/ldap.py). On a connection without TLS neither is ever asked
+for, so they never cross the network in clear: such clients get SCRAM as
+before.
 
 Every failure counts against the client address and the user
 (proxy/idsrc/throttle.py); past the limit the login is refused before any
@@ -21,6 +23,7 @@ import hmac
 from proxy import messages as m
 from proxy.errors import AuthFailed, ProtocolViolation, ProxyError
 from proxy.identity import Identity
+from proxy.idsrc.ldap import LdapSource
 from proxy.idsrc.oidc import TokenRejected, TokenVerifier, looks_like_jwt
 from proxy.idsrc.throttle import LoginThrottle
 from proxy.scram import _MECH, authenticate_client, load_users, parse_verifier
@@ -39,10 +42,12 @@ class ProxyLogin:
         verifiers: dict[str, str],
         tokens: TokenVerifier | None = None,
         throttle: LoginThrottle | None = None,
+        directory: LdapSource | None = None,
     ) -> None:
         self.verifiers = verifiers
         self.tokens = tokens
         self.throttle = throttle
+        self.directory = directory
 
     async def authenticate(
         self,
@@ -77,7 +82,7 @@ class ProxyLogin:
         client_tls: bool,
         max_message: int,
     ) -> Identity:
-        if self.tokens is None or not client_tls:
+        if (self.tokens is None and self.directory is None) or not client_tls:
             if await authenticate_client(reader, writer, user, self.verifiers, max_message):
                 return Identity()
             raise _password_failed(user)
@@ -87,11 +92,15 @@ class ProxyLogin:
         if reply.type != b"p":
             raise ProtocolViolation("expected a password message")
         secret = m.parse_password(reply.body)
-        if looks_like_jwt(secret):
+        if self.tokens is not None and looks_like_jwt(secret):
             try:
                 return await self.tokens.verify(secret, user)
             except TokenRejected as e:
                 raise AuthFailed(f'token authentication failed for user "{user}": {e}') from None
+        if self.directory is not None and user not in self.verifiers:
+            if not await self.directory.check_password(user, secret):
+                raise _password_failed(user)
+            return Identity()
         if not _password_matches(secret, self.verifiers.get(user)):
             raise _password_failed(user)
         return Identity()
@@ -116,7 +125,8 @@ def proxy_login(settings: Settings) -> ProxyLogin | None:
     throttle = None
     if settings.login_max_failures > 0:
         throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window)
-    return ProxyLogin(verifiers, tokens, throttle)
+    directory = LdapSource(settings) if settings.ldap_url else None
+    return ProxyLogin(verifiers, tokens, throttle, directory)
 
 
 def _password_failed(user: str) -> AuthFailed:

@@ -43,7 +43,7 @@ T = TypeVar("T")
 def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; exit code 2 for rules that do not load."""
     try:
-        rules = load_rules(settings.rules)
+        rules = load_rules(settings.rules, settings.source_attributes)
     except RulesError as e:
         print(f"oversight: rules in {settings.rules} do not validate:", file=sys.stderr)
         for p in e.problems:
@@ -172,7 +172,9 @@ class Service:
     async def reload(self) -> bool:
         """Reload rules; an invalid set is refused with its problems logged."""
         try:
-            rules = await asyncio.to_thread(load_rules, self.settings.rules)
+            rules = await asyncio.to_thread(
+                load_rules, self.settings.rules, self.settings.source_attributes
+            )
         except RulesError as e:
             metrics.rules_reloaded(False)
             log.error(

@@ -7,6 +7,7 @@ The names are the contract in DESIGN.md. Validation here is what lets
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any, Literal
@@ -135,8 +136,8 @@ class Settings(BaseSettings):
     identity_cache: float = Field(
         60.0,
         ge=0,
-        description="Seconds a user's groups and attributes from upstream roles are cached; "
-        "a revoke takes effect within this (0: ask at every login).",
+        description="Seconds a user's groups and attributes from upstream roles or the LDAP "
+        "directory are cached; a revoke takes effect within this (0: ask at every login).",
     )
     oidc_issuer: str | None = Field(
         None,
@@ -168,8 +169,41 @@ class Settings(BaseSettings):
     identity_timeout: float = Field(
         5.0,
         gt=0,
-        description="Seconds an identity source (upstream roles, the OIDC key set) has to answer; "
-        "past it the login is refused (28000).",
+        description="Seconds an identity source (upstream roles, the LDAP directory, the OIDC key "
+        "set) has to answer; past it the login is refused (28000).",
+    )
+    ldap_url: str | None = Field(
+        None,
+        description="LDAP directory for groups and attributes (and, in `proxy` auth mode, the "
+        "password check by a bind as the user): `ldaps://host`, `ldap://host` (StartTLS, "
+        "required) or `ldapi://` (docs/identity.md).",
+    )
+    ldap_base_dn: str | None = Field(
+        None, description="Where users are searched (subtree), e.g. `ou=people,dc=example,dc=org`."
+    )
+    ldap_bind_dn: str | None = Field(
+        None, description="DN Oversight binds as to search the directory (none: anonymous)."
+    )
+    ldap_bind_password: SecretStr | None = Field(None, description="Password of `ldap_bind_dn`.")
+    ldap_user_filter: str = Field(
+        "(uid={user})",
+        description="Search filter for the user's entry; `{user}` is replaced by the user name, "
+        "escaped (RFC 4515). More than one match refuses the login.",
+    )
+    ldap_group_attribute: str = Field(
+        "memberOf",
+        description="Attribute of the user's entry naming its groups; a group DN gives the value "
+        "of its first RDN (`cn=analysts,ou=groups,...` -> `analysts`). Empty: no groups.",
+    )
+    ldap_attributes: str = Field(
+        "",
+        description="LDAP attributes that become rule attributes, `ldap=rule` pairs, e.g. "
+        "`departmentNumber=region,manager=supervisor`.",
+    )
+    ldap_ca_file: str | None = Field(
+        None,
+        description="CA certificates (PEM) the directory's certificate must chain to "
+        "(none: the system's).",
     )
 
     @classmethod
@@ -221,12 +255,23 @@ class Settings(BaseSettings):
             raise ValueError("oidc_jwks: an http:// key set could be swapped in transit; use https")
         if any(oidc) and not self.tls_cert:
             raise ValueError("OIDC tokens need tls_cert and tls_key: tokens travel only over TLS")
-        if self.auth == "proxy" and not self.users_file and not any(oidc):
+        if self.auth == "proxy" and not self.users_file and not any(oidc) and not self.ldap_url:
             raise ValueError(
-                "auth = proxy needs users_file (SCRAM verifiers from `oversight passwd`) "
-                "or OIDC (oidc_issuer, oidc_audience, oidc_jwks)"
+                "auth = proxy needs users_file (SCRAM verifiers from `oversight passwd`), "
+                "OIDC (oidc_issuer, oidc_audience, oidc_jwks) or LDAP (ldap_url)"
             )
+        check_ldap(self)
         return self
+
+    @property
+    def ldap_attribute_map(self) -> dict[str, str]:
+        """`ldap_attributes` parsed: LDAP attribute -> rule attribute."""
+        return parse_attribute_map(self.ldap_attributes)
+
+    @property
+    def source_attributes(self) -> set[str]:
+        """Rule attributes the configured identity sources can give (for `load_rules`)."""
+        return set(self.ldap_attribute_map.values()) if self.ldap_url else set()
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -241,6 +286,48 @@ class Settings(BaseSettings):
         if not self.upstream:
             raise ValueError("no upstream: set OVERSIGHT_UPSTREAM to a postgresql:// URI")
         return Upstream(self.upstream)
+
+
+_LDAP_ATTR = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
+_RULE_ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_attribute_map(text: str) -> dict[str, str]:
+    """`departmentNumber=region,manager=supervisor` -> {ldap attribute: rule attribute}."""
+    out: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        ldap, sep, rule = (x.strip() for x in pair.partition("="))
+        if not sep or not _LDAP_ATTR.fullmatch(ldap) or not _RULE_ATTR.fullmatch(rule):
+            raise ValueError(f"ldap_attributes: {pair!r} is not ldapAttribute=rule_attribute")
+        if rule == "user" or rule in out.values():
+            raise ValueError(f"ldap_attributes: rule attribute {rule!r} given twice or reserved")
+        out[ldap] = rule
+    return out
+
+
+def check_ldap(s: Settings) -> None:
+    """Refuse LDAP settings that could not work, or would send secrets in clear."""
+    if not s.ldap_url:
+        return
+    scheme = s.ldap_url.partition("://")[0].lower()
+    if scheme not in ("ldap", "ldaps", "ldapi"):
+        raise ValueError("ldap_url must be ldaps://, ldap:// (StartTLS) or ldapi://")
+    if not s.ldap_base_dn:
+        raise ValueError("ldap_url needs ldap_base_dn (where users are searched)")
+    if "{user}" not in s.ldap_user_filter or not s.ldap_user_filter.startswith("("):
+        raise ValueError("ldap_user_filter must be a filter in parentheses containing {user}")
+    if bool(s.ldap_bind_dn) != bool(s.ldap_bind_password):
+        raise ValueError("ldap_bind_dn and ldap_bind_password must be set together")
+    if s.ldap_group_attribute and not _LDAP_ATTR.fullmatch(s.ldap_group_attribute):
+        raise ValueError("ldap_group_attribute: not an attribute name")
+    parse_attribute_map(s.ldap_attributes)
+    if s.ldap_ca_file and not os.access(s.ldap_ca_file, os.R_OK):
+        raise ValueError(f"ldap_ca_file: cannot read {s.ldap_ca_file}")
+    if s.auth == "proxy" and not s.tls_cert:
+        raise ValueError(
+            "LDAP passwords in auth = proxy need tls_cert and tls_key: passwords travel only "
+            "over TLS"
+        )
 
 
 def settings_table() -> str:

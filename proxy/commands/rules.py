@@ -27,9 +27,9 @@ def _catalog(schema: str | None, upstream: str | None) -> tuple[Catalog | None, 
     return None, "no catalog"
 
 
-def _load(rules: str) -> RuleSet | None:
+def _load(rules: str, attributes: set[str] | None = None) -> RuleSet | None:
     try:
-        return load_rules(rules)
+        return load_rules(rules, attributes or ())
     except RulesError as e:
         for p in e.problems:
             print(p)
@@ -37,8 +37,10 @@ def _load(rules: str) -> RuleSet | None:
         return None
 
 
-def cmd_check(rules: str, schema: str | None, upstream: str | None) -> int:
-    rs = _load(rules)
+def cmd_check(
+    rules: str, schema: str | None, upstream: str | None, attributes: set[str] | None = None
+) -> int:
+    rs = _load(rules, attributes)
     if rs is None:
         return 1
     # A user lacking an attribute is not an error (their reads block, fail closed): warn.
@@ -100,8 +102,9 @@ def cmd_explain(
     application: str = "",
     client_ip: str = "127.0.0.1",
     identity: Identity | None = None,
+    attributes: set[str] | None = None,
 ) -> int:
-    rs = _load(rules)
+    rs = _load(rules, attributes)
     if rs is None:
         return 1
     engine = _engine(rs, schema, upstream)
@@ -123,8 +126,10 @@ def cmd_explain(
     return 0
 
 
-def cmd_test(rules: str, schema: str | None, upstream: str | None) -> int:
-    rs = _load(rules)
+def cmd_test(
+    rules: str, schema: str | None, upstream: str | None, attributes: set[str] | None = None
+) -> int:
+    rs = _load(rules, attributes)
     if rs is None:
         return 1
     if not rs.tests:

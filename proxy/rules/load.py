@@ -9,6 +9,7 @@ DBA fixes them all in one pass and a running proxy can keep its last good set.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,13 @@ def _validate_file(path: Path, problems: list[str]) -> tuple[RuleFile, list[str]
     return RuleFile.model_construct(**parsed), _raw_ids(raw)
 
 
-def load_rules(path: str | Path) -> RuleSet:
-    """Load, merge and validate a rule file or directory; raise RulesError with every problem."""
+def load_rules(path: str | Path, source_attributes: Iterable[str] = ()) -> RuleSet:
+    """Load, merge and validate a rule file or directory; raise RulesError with every problem.
+
+    `source_attributes` are the attributes the configured identity sources can
+    give (an LDAP mapping): rules may use them as `:name` although no `users:`
+    entry sets them; a user lacking one at decision time is blocked, as always.
+    """
     root = Path(path)
     problems: list[str] = []
     if not root.exists():
@@ -159,7 +165,7 @@ def load_rules(path: str | Path) -> RuleSet:
         rs.functions += model.functions
         rs.extraction += model.extraction
         rs.tests += model.tests
-    known = rs.known_attributes
+    known = rs.known_attributes | set(source_attributes)
     for fname, rules in file_rules:
         problems += static_problems(fname, rules, known)
     if problems:
