@@ -23,6 +23,7 @@ values. A user the directory does not know gets nothing from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import ssl
 from collections.abc import Mapping
@@ -88,6 +89,10 @@ class LdapSource:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
             raise self._timed_out() from None
+        except IdentityUnavailable:
+            raise
+        except Exception as e:  # whatever ldap3 or ssl raise: refused, by its type only
+            raise _unavailable(f"unexpected answer ({type(e).__name__})") from None
 
     def _timed_out(self) -> IdentityUnavailable:
         return _unavailable(f"did not answer in {self.timeout:g}s")
@@ -107,14 +112,16 @@ class LdapSource:
         )
         try:
             conn.open()
-            if self.starttls and not conn.start_tls():
-                raise _unavailable("StartTLS refused by the directory")
+            tls_ok = not self.starttls or conn.start_tls()
         except LDAPSocketReceiveError:
-            conn.unbind()
+            _close(conn)
             raise self._timed_out() from None
         except LDAPException as e:
-            conn.unbind()
+            _close(conn)
             raise _unavailable(f"cannot connect ({type(e).__name__})") from None
+        if not tls_ok:
+            _close(conn)
+            raise _unavailable("StartTLS refused by the directory")
         return conn
 
     def _find(self, user: str) -> dict[str, Any] | None:
@@ -145,7 +152,7 @@ class LdapSource:
         except LDAPException as e:
             raise _unavailable(f"search failed ({type(e).__name__})") from None
         finally:
-            conn.unbind()
+            _close(conn)
 
     def _bind_as(self, user: str, password: str) -> bool:
         entry = self._find(user)
@@ -161,7 +168,7 @@ class LdapSource:
         except LDAPException as e:
             raise _unavailable(f"bind as the user failed ({type(e).__name__})") from None
         finally:
-            conn.unbind()
+            _close(conn)
 
     def _identity(self, entry: dict[str, Any]) -> Identity:
         raw = entry.get("attributes") or {}
@@ -191,6 +198,12 @@ def _group_name(value: Any) -> str:
     except LDAPInvalidDnError:
         return text
     return str(rdns[0][1]) if rdns else text
+
+
+def _close(conn: Connection) -> None:
+    """Unbind and close; a connection that is already broken has nothing more to say."""
+    with contextlib.suppress(LDAPException, OSError):
+        conn.unbind()
 
 
 def _result(conn: Connection) -> str:
