@@ -156,12 +156,13 @@ class LdapSource:
 
     def _bind_as(self, user: str, password: str) -> bool:
         entry = self._find(user)
-        if entry is None:
-            return False
-        conn = self._connect(str(entry["dn"]), password)
+        # An unknown user costs the same bind (to a DN that cannot exist), so the
+        # time a refusal takes does not tell who is in the directory.
+        dn = str(entry["dn"]) if entry is not None else f"cn=oversight-no-such-user,{self.base_dn}"
+        conn = self._connect(dn, password)
         try:
             if conn.bind():
-                return True
+                return entry is not None
             if conn.result.get("result") == 49:  # invalidCredentials
                 return False
             raise _unavailable(f"bind as the user failed ({_result(conn)})")
