@@ -50,7 +50,6 @@ if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgCluster]:
     with running_cluster() as cluster:

@@ -210,5 +210,3 @@ async def test_defaults_dry_run_applies_to_entries_without_a_mode(
     with caplog.at_level("WARNING", logger="oversight.guard"):
         await guard.finished(ALICE, adm.token, result(20))
     assert "cap would have cut off" in caplog.text
-
-
