@@ -54,7 +54,7 @@ _ANYWHERE = re.compile(r"client_encoding|set_config|u&", re.IGNORECASE)
 _KEYWORDS = re.compile(r"\b(?:reset|discard|execute|do|call)\b", re.IGNORECASE)
 _NAMES = re.compile(r"\bnames\b|\breset\b", re.IGNORECASE)  # SET NAMES, RESET ALL
 _SET = re.compile(r"\bset\b", re.IGNORECASE)
-_CHANGING_KINDS = frozenset({"do", "call", "execute", "discard", "unknown", None})
+_CHANGING_KINDS = frozenset({"do", "call", "execute", "discard", "unknown"})
 
 
 class UnsettledEncoding(ProxyError):
@@ -78,7 +78,7 @@ def may_change(sql: str, kinds: tuple[str | None, ...] = ()) -> bool:
     """
     if _ANYWHERE.search(sql):
         return True
-    if not kinds:
+    if not kinds or None in kinds:  # the hooks did not classify every statement
         return _KEYWORDS.search(sql) is not None or (
             _NAMES.search(sql) is not None and _SET.search(sql) is not None
         )

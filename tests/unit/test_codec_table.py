@@ -135,7 +135,8 @@ def test_what_may_change_the_encoding(sql: str, changes: bool) -> None:
         ("EXECUTE stmt", ("execute",), True),
         ("DISCARD ALL", ("discard",), True),
         ("whatever this is", ("unknown",), True),
-        ("SELECT 1", (None,), True),  # a statement the hooks did not classify
+        ("SELECT 1", (None,), False),  # unclassified: judged on its words
+        ("SELECT 1; DISCARD ALL", ("select", None), True),
     ],
 )
 def test_what_may_change_the_encoding_given_the_statement_kinds(
