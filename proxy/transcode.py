@@ -88,7 +88,8 @@ def may_change(sql: str, kinds: tuple[str | None, ...] = ()) -> bool:
 
 
 def kinds_of(adm: Decided) -> tuple[str | None, ...]:
-    return tuple(s.get("kind") for s in adm.statements)
+    """The engine's statement kinds for a decided text (None where it gave none)."""
+    return tuple([s.get("kind") for s in adm.statements])
 
 
 class TextCodec:
