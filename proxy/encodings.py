@@ -269,11 +269,15 @@ def canonical(name: str) -> str | None:
 
 def refusal(value: str) -> str | None:
     """Why client_encoding `value` cannot be followed by the proxy (None: it can)."""
+    if value.strip().lower() == "default":
+        return None  # SET ... TO DEFAULT: the server reports what it stands for
     name = canonical(value)
-    if name is None or name in SUPPORTED:
-        return None  # unknown names are the server's to refuse
+    if name in SUPPORTED:
+        return None
+    # A name the proxy does not know (a newer server's alias?) is refused too.
+    shown = name or repr(value)
     return (
-        f"client_encoding {name} is not supported by the proxy (supported: {', '.join(SUPPORTED)})"
+        f"client_encoding {shown} is not supported by the proxy (supported: {', '.join(SUPPORTED)})"
     )
 
 

@@ -58,7 +58,9 @@ def test_unsupported_ones_are_refused_with_the_list(name: str) -> None:
 
 def test_supported_ones_and_unknown_names_pass() -> None:
     assert refusal("win1250") is None and refusal("EUC_JP") is None
-    assert refusal("no_such_encoding") is None  # the server refuses it itself
+    assert refusal("DEFAULT") is None  # the server reports what it stands for
+    why = refusal("no_such_encoding")  # unknown to the proxy: refused too
+    assert why is not None and why.startswith("client_encoding 'no_such_encoding' is not")
     assert parser_hazard("standard_conforming_strings", "off") is not None
 
 
