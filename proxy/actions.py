@@ -22,6 +22,7 @@ class Plan:
     admission: Admission
     extended: bool
     decide_s: float = 0.0  # time the hooks took to decide
+    encoding: str = "UTF8"  # the client encoding the text arrived in
 
     @property
     def limits(self) -> StreamLimits | None:

@@ -7,6 +7,7 @@ are defensive: a malformed body raises ProtocolViolation, never IndexError.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.errors import ProtocolViolation
@@ -46,6 +47,14 @@ class Reader:
         self.pos = end + 1
         return s
 
+    def raw_cstr(self) -> bytes:
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise ProtocolViolation("unterminated string in message")
+        s = self.data[self.pos : end]
+        self.pos = end + 1
+        return s
+
     def _unpack(self, st: struct.Struct) -> int:
         if self.pos + st.size > len(self.data):
             raise ProtocolViolation("message too short")
@@ -80,6 +89,14 @@ class Reader:
         r = self.data[self.pos : self.pos + n]
         self.pos += n
         return r
+
+
+Decode = Callable[[bytes], str]  # statement text from the client encoding
+Encode = Callable[[str], bytes]  # and back
+
+
+def _utf8(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def cstr(s: str) -> bytes:
@@ -221,12 +238,13 @@ def parse_parameter_status(body: bytes) -> tuple[str, str]:
 # ---------------------------------------------------------------- simple and extended query
 
 
-def parse_query(body: bytes) -> str:
-    return Reader(body).cstr()
+def parse_query(body: bytes, decode: Decode = _utf8) -> str:
+    return decode(Reader(body).raw_cstr())
 
 
-def query(sql: str) -> bytes:
-    return frame(b"Q", cstr(sql))
+def query(sql: str | bytes) -> bytes:
+    """A Query; `sql` as text (UTF-8) or already in the client encoding."""
+    return frame(b"Q", sql + b"\0" if isinstance(sql, bytes) else cstr(sql))
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,17 +254,19 @@ class Parse:
     param_types: tuple[int, ...]
 
 
-def parse_parse(body: bytes) -> Parse:
+def parse_parse(body: bytes, decode: Decode = _utf8) -> Parse:
     r = Reader(body)
-    name, sql = r.cstr(), r.cstr()
+    name, sql = r.cstr(), decode(r.raw_cstr())
     n = r.i16()
     if n < 0:
         raise ProtocolViolation("negative parameter count in Parse")
     return Parse(name, sql, tuple(r.u32() for _ in range(n)))  # type OIDs are unsigned
 
 
-def parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
-    body = cstr(name) + cstr(sql) + I16.pack(len(param_types))
+def parse(name: str, sql: str | bytes, param_types: tuple[int, ...] = ()) -> bytes:
+    """A Parse; `sql` as text (UTF-8) or already in the client encoding."""
+    text = sql + b"\0" if isinstance(sql, bytes) else cstr(sql)
+    body = cstr(name) + text + I16.pack(len(param_types))
     body += b"".join(U32.pack(t) for t in param_types)
     return frame(b"P", body)
 
@@ -257,8 +277,11 @@ def parse_bind_names(body: bytes) -> tuple[str, str]:
     return r.cstr(), r.cstr()
 
 
-def parse_bind_params(body: bytes) -> tuple[str, ...]:
-    """Parameter values of a Bind as text: binary ones as `\\x` hex, NULL as ``."""
+def parse_bind_params(body: bytes, decode: Decode | None = None) -> tuple[str, ...]:
+    """Parameter values of a Bind as text: binary ones as `\\x` hex, NULL as ``.
+
+    `decode` reads text-format values from the client encoding (UTF-8 by default).
+    """
     r = Reader(body)
     r.cstr(), r.cstr()
     formats = [r.i16() for _ in range(max(r.i16(), 0))]
@@ -270,7 +293,10 @@ def parse_bind_params(body: bytes) -> tuple[str, ...]:
             continue
         value = r.take(n)
         fmt = formats[i] if len(formats) > 1 else formats[0] if formats else 0
-        out.append("\\x" + value.hex() if fmt else value.decode("utf-8", "replace"))
+        if fmt:
+            out.append("\\x" + value.hex())
+        else:
+            out.append(decode(value) if decode else value.decode("utf-8", "replace"))
     return tuple(out)
 
 
@@ -303,8 +329,11 @@ def command_complete(tag: str) -> bytes:
 # ---------------------------------------------------------------- errors and notices
 
 
-def error_fields(body: bytes) -> dict[str, str]:
-    """Decode ErrorResponse/NoticeResponse fields; tolerant of a missing terminator."""
+def error_fields(body: bytes, decode: Decode | None = None) -> dict[str, str]:
+    """Decode ErrorResponse/NoticeResponse fields; tolerant of a missing terminator.
+
+    The server writes them in the client encoding: `decode` reads it (UTF-8 by default).
+    """
     out: dict[str, str] = {}
     pos, n = 0, len(body)
     while pos < n and body[pos] != 0:
@@ -312,11 +341,16 @@ def error_fields(body: bytes) -> dict[str, str]:
         end = body.find(b"\0", pos + 1)
         if end < 0:
             end = n
-        out[code] = body[pos + 1 : end].decode("utf-8", "replace")
+        value = body[pos + 1 : end]
+        out[code] = decode(value) if decode else value.decode("utf-8", "replace")
         pos = end + 1
     return out
 
 
-def error_response(fields: dict[str, str], *, notice: bool = False) -> bytes:
-    body = b"".join(k.encode() + cstr(v) for k, v in fields.items()) + b"\0"
+def error_response(
+    fields: dict[str, str], *, notice: bool = False, encode: Encode | None = None
+) -> bytes:
+    """ErrorResponse (or NoticeResponse); `encode` writes the text in the client encoding."""
+    enc = encode or (lambda v: v.encode("utf-8", "surrogateescape"))
+    body = b"".join(k.encode() + enc(v) + b"\0" for k, v in fields.items()) + b"\0"
     return frame(b"N" if notice else b"E", body)

@@ -76,6 +76,7 @@ class Recorder:
             rewritten = _redacted(rewritten) if rewritten else rewritten
         duration = stmt.duration
         extra = {k: v for k, v in adm.audit.items() if k != "groups"} if adm.audit else {}
+        extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
         if len(info) > len(_INFO_KEYS & info.keys()):
             extra["detail"] = {k: v for k, v in info.items() if k not in _INFO_KEYS}
         record = StatementRecord(

@@ -53,15 +53,17 @@ from dataclasses import replace
 
 from proxy import messages as m
 from proxy.actions import Action, Close, Decide, Plan, Running, Throttle, ToServer
+from proxy.encodings import EncodingError
 from proxy.errors import ProtocolViolation, ProxyError
 from proxy.gucs import SessionSettings
 from proxy.hooks import Admission, Effect
 from proxy.identity import SessionFacts
 from proxy.named import ExecuteCheck, Held, Names, QueryRuns, Run, admitted, in_query, unknown
-from proxy.policy.textmode import parser_hazard
 from proxy.replies import Entry, FunctionCall, for_portal
 from proxy.session_upstream import UpstreamSide
-from proxy.wire import DEFAULT_MAX_MESSAGE, FrameReader
+from proxy.textmode import parser_hazard
+from proxy.transcode import TextCodec, UnsettledEncoding, kinds_of
+from proxy.wire import DEFAULT_MAX_MESSAGE, Frame, FrameReader
 
 # Sent upstream in place of a refused simple Query or FunctionCall: it fails at
 # raw parsing, before any lookup or execution, and names the reason in the server log.
@@ -78,6 +80,8 @@ class Session(UpstreamSide):
         self.statements: dict[str, Plan] = {}
         self.portals: dict[str, Plan] = {}
         self.parameters: dict[str, str] = {}
+        self.text = TextCodec(self.parameters)  # client_encoding as the server applies it
+        self._stalled: Frame | None = None  # statement text held until the encoding is known
         self.names = Names()  # statements PREPAREd and cursors DECLAREd in SQL
         self._client = FrameReader(max_message)
         self._sbuf = b""  # a partial upstream message carried to the next read
@@ -106,17 +110,17 @@ class Session(UpstreamSide):
         waiting, self._waiting = self._waiting, None
         out: list[Action] = []
         if isinstance(waiting, m.Parse):
-            plan = Plan(waiting.sql, adm, extended=True, decide_s=decide_s)
-            if adm.error is not None:
-                self._refuse(Running(plan), adm.error, out, ready=False)
+            plan = Plan(waiting.sql, adm, True, decide_s, self.text.name)
+            text, error = self.text.upstream(adm, waiting.sql)
+            if error is not None:
+                self._refuse(Running(plan), error, out, ready=False)
                 self._discard = True
             else:
                 if adm.delay > 0:
                     out.append(Throttle(adm.delay))
-                sql = adm.sql if adm.sql is not None else waiting.sql
                 prev = self.statements.get(waiting.name)
                 self.statements[waiting.name] = plan
-                out.append(ToServer(m.parse(waiting.name, sql, waiting.param_types)))
+                out.append(ToServer(m.parse(waiting.name, text, waiting.param_types)))
                 self.queue.append(Entry(b"P", plan=plan, name=waiting.name, prev=prev))
         elif isinstance(waiting, ExecuteCheck):
             self._run_admitted(waiting, adm, decide_s, out)
@@ -125,16 +129,18 @@ class Session(UpstreamSide):
         elif isinstance(waiting, QueryRuns):
             self._query_run_admitted(waiting, adm, decide_s, out)
         elif isinstance(waiting, FunctionCall):
-            plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s=decide_s)
+            plan = Plan(f"<function call oid={waiting.oid}>", adm, True, decide_s, self.text.name)
             if adm.error is not None:
                 self._refuse(Running(plan), adm.error, out, ready=True)
             else:
                 out.append(ToServer(waiting.raw))
+                self.text.forwarded(b"F")
                 self.queue.append(Entry(b"F", stmts=deque([Running(plan)])))
         elif isinstance(waiting, str):
-            plan = Plan(waiting, adm, extended=False, decide_s=decide_s)
-            if adm.error is not None:
-                self._refuse(Running(plan), adm.error, out, ready=True)
+            plan = Plan(waiting, adm, False, decide_s, self.text.name)
+            error = self.text.upstream(adm, waiting)[1]  # checked before any run is asked
+            if error is not None:
+                self._refuse(Running(plan), error, out, ready=True)
             else:
                 self._next_run(QueryRuns(plan, sorted(adm.effects)), out)
         out += self._pump()
@@ -155,24 +161,60 @@ class Session(UpstreamSide):
         stmt.error = f"{error.sqlstate}: {error.message}"
         stand_in = m.query(REFUSED_QUERY) if ready else m.execute(self._nowhere)
         out.append(ToServer(stand_in))
-        refusal = m.error_response(error.fields())
+        if ready:
+            self.text.forwarded(b"Q")
+        refusal = m.error_response(error.fields(), encode=self.text.codec.write)
         self.queue.append(Entry(b"!", stmts=deque([stmt]), ready=ready, synthetic=refusal))
 
     def _pump(self) -> list[Action]:
         out: list[Action] = []
         while self._waiting is None and not self._held and not self.closed:
+            f = self._stalled
+            if f is not None and self.text.uncertain:
+                break  # the server has yet to say which encoding its text is in
+            self._stalled = None
             try:
-                f = next(self._client, None)
-            except ProtocolViolation as e:
-                return self._close(out, e)
-            if f is None:
-                break
-            t, body = f.type, f.body
-            try:
-                self._on_client(t, body, f.raw, out)
+                f = f or next(self._client, None)
+                if f is None:
+                    break
+                t, body = f.type, f.body
+                if self.text.uncertain and not self._discard and self._reads_text(t, body):
+                    if self.text.resolving:
+                        self._stalled = f
+                        break
+                    self._refuse_text(t, body, UnsettledEncoding(), out)
+                    continue
+                try:
+                    self._on_client(t, body, f.raw, out)
+                except EncodingError as e:
+                    self._refuse_text(t, body, e, out)
             except ProtocolViolation as e:
                 return self._close(out, e)
         return out
+
+    def server_data(self, data: bytes) -> list[Action]:
+        out = super().server_data(data)
+        if self._stalled is not None and not self.text.uncertain:
+            out += self._pump()  # the encoding is known again: read on
+        return out
+
+    def _reads_text(self, t: bytes, body: bytes) -> bool:
+        """Does the proxy decode text from this message (statement text, bound values)?"""
+        if t == b"B":
+            plan = self.statements.get(m.parse_bind_names(body)[1])
+            return plan is not None and plan.admission.per_execute
+        return t in b"QP"
+
+    def _refuse_text(self, t: bytes, body: bytes, error: ProxyError, out: list[Action]) -> None:
+        """Refuse a message whose text cannot be read as the server will read it."""
+        read = self.text.codec.read
+        shown = "<bind>"
+        if t in b"QP":
+            shown = m.parse_query(body, read) if t == b"Q" else m.parse_parse(body, read).sql
+        adm = Admission(action="block", error=error, reason=error.message)
+        plan = Plan(shown, adm, t != b"Q", encoding=self.text.name)
+        self._refuse(Running(plan), error, out, ready=t == b"Q")
+        self._discard = t != b"Q"
 
     def _on_client(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
         if t == b"X":
@@ -189,10 +231,10 @@ class Session(UpstreamSide):
         elif self._copy_in and t in b"SH":
             out.append(ToServer(raw))  # ignored by the upstream mid-COPY: expect no reply
         elif t == b"Q":
-            self._waiting = m.parse_query(body)
+            self._waiting = m.parse_query(body, self.text.codec.decode)
             out.append(Decide(self._waiting, extended=False))
         elif t == b"P":
-            self._waiting = m.parse_parse(body)
+            self._waiting = m.parse_parse(body, self.text.codec.decode)
             out.append(Decide(self._waiting.sql, extended=True))
         elif t == b"B":
             portal, stmt = m.parse_bind_names(body)
@@ -202,7 +244,7 @@ class Session(UpstreamSide):
                 return
             self.portals[portal] = for_portal(plan)
             if plan.admission.per_execute:
-                self.params[portal] = m.parse_bind_params(body)
+                self.params[portal] = m.parse_bind_params(body, self.text.codec.read)
             out.append(ToServer(raw))
             self.queue.append(Entry(b"B"))
         elif t == b"E":
@@ -222,6 +264,7 @@ class Session(UpstreamSide):
         elif t == b"S":
             self._discard = False
             out.append(ToServer(raw))
+            self.text.forwarded(b"S")
             self.queue.append(Entry(b"S"))
         elif t == b"H":
             out.append(ToServer(raw))
@@ -246,7 +289,7 @@ class Session(UpstreamSide):
             self.facts = replace(self.facts, application=value)
         # SET and set_config() of these are refused up front; this catches any
         # other way (a function the rules allow), at the latest at the next Sync.
-        return parser_hazard(name, value)
+        return parser_hazard(name, value) or self.text.reported(name, value)
 
     # ------------------------------------------------------------ named runs
 
@@ -291,6 +334,7 @@ class Session(UpstreamSide):
             run = Run(plan, self.params.get(portal, ()), name=portal, store=True)
         else:
             out.append(ToServer(raw))
+            self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
             stmts = deque([Running(plan, portal=portal)])
             self.queue.append(Entry(b"E", stmts=stmts, effect=effect))
             return
@@ -314,6 +358,7 @@ class Session(UpstreamSide):
         if adm.delay > 0 and adm is not run.target.admission:  # not a cursor's later run
             out.append(Throttle(adm.delay))
         out.append(ToServer(waiting.raw))
+        self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
         if waiting.effect is not None:
             self.names.sent(waiting.effect)
         self.queue.append(Entry(b"E", stmts=deque([stmt]), effect=waiting.effect))
@@ -327,7 +372,7 @@ class Session(UpstreamSide):
         target = run.target
         if adm is target.admission:
             return target
-        plan = Plan(target.sql, adm, extended=True, decide_s=target.decide_s + decide_s)
+        plan = Plan(target.sql, adm, True, target.decide_s + decide_s, target.encoding)
         if run.cursor is not None and adm.error is None:
             admitted(run.cursor, target, plan)
         return plan
@@ -364,7 +409,9 @@ class Session(UpstreamSide):
         stmts = deque(
             Running(qr.admitted.get(i, plan), index=i, portal=qr.cursors.get(i)) for i in range(n)
         )
-        out.append(ToServer(m.query(adm.sql if adm.sql is not None else plan.sql)))
+        sql = adm.sql if adm.sql is not None else plan.sql
+        out.append(ToServer(m.query(self.text.codec.encode(sql))))  # writable: checked at decide
+        self.text.forwarded(b"Q", sql, kinds_of(adm))
         self.queue.append(Entry(b"Q", stmts=stmts, plan=plan, count=n))
 
     def _query_run_admitted(

@@ -20,6 +20,7 @@ from proxy.gucs import Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
 from proxy.replies import Entry, next_stmt, room, statement_info, undo_parse
+from proxy.transcode import TextCodec
 from proxy.wire import unpack_len
 
 D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
@@ -36,6 +37,7 @@ class UpstreamSide:
     statements: dict[str, Plan]
     portals: dict[str, Plan]
     names: Names
+    text: TextCodec
     closed: bool
     upstream_fatal: bool
     _sbuf: bytes
@@ -108,6 +110,10 @@ class UpstreamSide:
                         return self._close(out, FeatureNotSupported(f"oversight: {hazard}"))
                 pos = end
                 continue
+            if t == 90 and (hazard := self.text.ready(buf[pos + 5 : pos + 6])) is not None:
+                if start < pos:  # ReadyForQuery settled the encoding on one it cannot read
+                    out.append(ToClient(buf[start:pos]))
+                return self._close(out, FeatureNotSupported(f"oversight: {hazard}"))
             # A message that may end a statement or an entry: handle it alone.
             if stmt is not None:
                 stmt.rows += rows
@@ -142,7 +148,7 @@ class UpstreamSide:
         return head.stmts[0] if head and head.stmts else None
 
     def _on_server(self, t: bytes, body: bytes, raw: bytes, out: list[Action]) -> None:
-        fields = m.error_fields(body) if t == b"E" else {}
+        fields = m.error_fields(body, self.text.codec.read) if t == b"E" else {}
         if t == b"E":
             self.settings.failed()  # the transaction, implicit or explicit, is aborted
         # V is never translated (S is, under lc_messages).

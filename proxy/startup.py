@@ -25,6 +25,7 @@ import scramp
 
 from proxy import messages as m
 from proxy.catalog import parse_search_path
+from proxy.encodings import ClientEncoding, lookup
 from proxy.errors import (
     AuthFailed,
     FeatureNotSupported,
@@ -35,9 +36,9 @@ from proxy.errors import (
 from proxy.identity import Identity
 from proxy.idsrc import IdentityResolver, IdentityUnavailable
 from proxy.login import ProxyLogin, TooManyFailures
-from proxy.policy.textmode import parser_hazard
 from proxy.settings import Upstream
 from proxy.streams import read_frame, read_startup_packet
+from proxy.textmode import parser_hazard
 from proxy.upstream import connect
 
 
@@ -252,15 +253,28 @@ async def _upstream_login(
             client_writer.write(f.raw)
             raise AuthFailure(m.error_fields(f.body))
         if f.type == b"Z":
+            codec = session_codec(hs.parameters)
+            if codec is None:  # SQL_ASCII on a database in an encoding it cannot read
+                writer.close()
+                enc = hs.parameters.get("server_encoding")
+                raise FeatureNotSupported(f"oversight: a database in {enc} is not supported")
             # Name resolution needs the session's real search_path (role and
             # database settings apply); ask before the client gets control.
-            hs.search_path = await _show_search_path(hs, max_message)
+            hs.search_path = await _show_search_path(hs, max_message, codec)
         client_writer.write(f.raw)
         if f.type == b"Z":
             return hs
 
 
-async def _show_search_path(hs: Handshake, max_message: int) -> tuple[str, ...] | None:
+def session_codec(parameters: dict[str, str]) -> ClientEncoding | None:
+    """The codec for the session's text, from the encodings the server reported."""
+    client = parameters.get("client_encoding", "UTF8")
+    return lookup(client, parameters.get("server_encoding", "UTF8"))
+
+
+async def _show_search_path(
+    hs: Handshake, max_message: int, codec: ClientEncoding
+) -> tuple[str, ...] | None:
     hs.writer.write(m.query("SHOW search_path"))
     value: str | None = None
     while True:
@@ -268,7 +282,7 @@ async def _show_search_path(hs: Handshake, max_message: int) -> tuple[str, ...] 
         if f.type == b"D":
             r = m.Reader(f.body)
             if r.i16() == 1 and (n := r.i32()) >= 0:
-                value = r.take(n).decode("utf-8", "replace")
+                value = codec.read(r.take(n))  # in the client encoding, like any result
         elif f.type == b"Z":
             return tuple(parse_search_path(value)) if value is not None else None
 

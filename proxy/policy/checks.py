@@ -24,8 +24,8 @@ from proxy.policy.functions import (
 )
 from proxy.policy.kinds import Head
 from proxy.policy.split import Piece
-from proxy.policy.textmode import parser_hazard
 from proxy.rules import TableRule
+from proxy.textmode import parser_hazard
 
 if TYPE_CHECKING:
     from proxy.policy.decide import Verdict

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.policy.textmode import parser_hazard
+from proxy.textmode import parser_hazard
 
 # Exact pg_catalog names (compared lower case).
 DANGEROUS = frozenset(

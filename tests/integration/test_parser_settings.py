@@ -25,7 +25,7 @@ async def test_set_config_of_parser_settings_is_refused(compat_proxy: Any) -> No
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         for sql in (
             "SELECT set_config('standard_conforming_strings', 'off', false)",
-            "SELECT set_config('client_encoding', 'SJIS', false)",
+            "SELECT set_config('client_encoding', 'EUC_TW', false)",
             "SET standard_conforming_strings = off",
             "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         ):
@@ -42,7 +42,7 @@ async def test_set_config_of_parser_settings_is_refused(compat_proxy: Any) -> No
     ("option", "message"),
     [
         ("-c standard_conforming_strings=off", "standard_conforming_strings must stay on"),
-        ("-c client_encoding=SJIS", "client_encoding 'sjis' is not supported by the proxy"),
+        ("-c client_encoding=EUC_TW", "client_encoding EUC_TW is not supported by the proxy"),
     ],
 )
 async def test_a_session_starting_with_them_is_refused(
