@@ -8,13 +8,11 @@ only by the names in their tokens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlglot import exp
 from sqlglot.tokenizer_core import TokenType
 
 from proxy.catalog import SYSTEM_SCHEMAS
-from proxy.policy.analyze import Call, Occ
+from proxy.policy.analyze import Call, Occ, collect
 from proxy.policy.context import Context
 from proxy.policy.functions import (
     INFORMATION_SCHEMA_HELPERS,
@@ -25,10 +23,8 @@ from proxy.policy.functions import (
 from proxy.policy.kinds import Head
 from proxy.policy.split import Piece
 from proxy.policy.textmode import parser_hazard
+from proxy.policy.verdict import Verdict
 from proxy.rules import TableRule
-
-if TYPE_CHECKING:
-    from proxy.policy.decide import Verdict
 
 # Utility statements that act on named tables: a governed one needs the rule's consent.
 TOUCHES_TABLES = frozenset(
@@ -221,8 +217,6 @@ def copy_to_query(tree: exp.Copy) -> None:
 
 def explain_analyze(v: Verdict, tree: exp.Expr, ctx: Context) -> None:
     """EXPLAIN ANALYZE reports real row counts (rows removed by the filter): a side channel."""
-    from proxy.policy.analyze import collect
-
     for o in collect(tree).occs:
         q, _ = ctx.resolve_table(o.schema, o.name)
         rule = ctx.rule_for(q)

@@ -14,14 +14,11 @@ The first blocking reason found wins, so the error names one rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import TokenType
 
-from proxy.errors import Blocked, NotUnderstood, ProxyError
 from proxy.gucs import Change, set_config_change
 from proxy.policy import checks, views
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
@@ -38,6 +35,7 @@ from proxy.policy.rewrite import (
     qualify_columns,
 )
 from proxy.policy.split import Piece, SplitError, tokenize
+from proxy.policy.verdict import Verdict
 from proxy.redact import redact
 
 _KIND_OF = (
@@ -54,50 +52,6 @@ _KIND_OF = (
 )
 _PG = Postgres()
 WRITES = frozenset({"insert", "update", "delete", "merge", "truncate", "copy"})
-
-
-@dataclass(slots=True)
-class Verdict:
-    kind: str
-    text: str
-    action: str = "allow"
-    sql: str = ""
-    error: ProxyError | None = None
-    rules: list[str] = field(default_factory=list)
-    reason: str = ""
-    tables: list[str] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-    functions: list[str] = field(default_factory=list)
-    has_where: bool = False
-    has_limit: bool = False
-    offset: int | None = None
-    copy_out: bool = False
-    ddl: bool = False
-    search_path: tuple[str, ...] | None = None
-    change: Change | None = None  # to tracked settings or savepoints (proxy/gucs.py)
-    redacted: str = ""
-    fingerprint: str = ""
-    literals: tuple[str, ...] = ()
-    unknown: list[str] = field(default_factory=list)  # relations the catalog does not know
-
-    def block(self, rule: str, reason: str) -> None:
-        if self.action != "block":
-            self.action, self.error, self.reason = "block", Blocked(rule, reason), reason
-            if rule in self.rules:
-                self.rules.remove(rule)
-            self.rules.insert(0, rule)
-
-    def unparsed(self, ctx: Context, reason: str) -> None:
-        if self.action == "block":
-            return
-        if ctx.defaults.unparsed == "allow":
-            self.reason = f"not understood, allowed by defaults.unparsed: {reason}"
-            return
-        self.action, self.error, self.reason = "block", NotUnderstood(reason), reason
-
-    def note(self, rule: str) -> None:
-        if rule not in self.rules:
-            self.rules.append(rule)
 
 
 def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False) -> Verdict:

@@ -62,11 +62,12 @@ from proxy.errors import NotUnderstood, ProxyError
 from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
-from proxy.policy.decide import Verdict, decide
+from proxy.policy.decide import decide
 from proxy.policy.normcache import NormCache
 from proxy.policy.pathknown import PathInString
 from proxy.policy.rewrite import Masker
 from proxy.policy.split import Piece, SplitError, split
+from proxy.policy.verdict import Verdict
 from proxy.rules import RuleSet
 
 Action = Literal["allow", "rewrite", "block"]
