@@ -161,14 +161,31 @@ def read(v: Verdict, o: Occ, ctx: Context) -> None:
         v.block(rule.id, f"column {o.qualified}.{cols} is denied")
 
 
+def unknown_relations(v: Verdict, unknown: list[Occ], ctx: Context) -> None:
+    """A relation made after the snapshot may be a view over, or a partition of, a
+    governed table: what it holds is unknown until the catalog is refreshed. A rule
+    that names it decides it as usual."""
+    for o in unknown:
+        if ctx.rule_for(o.qualified) is None:
+            shown = o.qualified if o.schema else o.name  # unqualified: no schema to name
+            v.unknown.append(shown)
+            v.block("defaults.catalog", f"relation {shown} is not in the proxy's catalog")
+
+
 def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
     for c in calls:
         q = ctx.resolve_function(c.schema, c.names)
         schema, _, name = q.partition(".")
         frule = ctx.function_rule(q)
         if frule is not None:
-            v.note(frule.id)
+            v.note(frule.id)  # a rule naming it allows it, known to the snapshot or not
             continue
+        if not ctx.knows_function(q, c.anonymous):
+            # Never assumed a built-in: created after the snapshot, it may be anything.
+            shown = q if c.schema else c.names[0]
+            v.unknown.append(shown)
+            v.block("defaults.functions", f"function {shown} is not in the proxy's catalog")
+            return
         if schema == "information_schema" and name in INFORMATION_SCHEMA_HELPERS:
             continue
         if schema != "pg_catalog":

@@ -184,13 +184,13 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     found = collect(tree)
     occs = found.occs
     pinned: list[Occ] = []
+    unknown: list[Occ] = []
     for o in occs:
         o.qualified, o.relation = ctx.resolve_table(o.schema, o.name)
         ungoverned = not o.schema and ctx.rule_for(o.qualified) is None
         system = o.qualified.startswith(("pg_catalog.", "information_schema."))
-        created = o.write and isinstance(tree, exp.Create)  # CREATE's target is new by design
-        if o.relation is None and not (system or created or o.qualified.startswith("pg_temp")):
-            v.unknown.append(o.qualified)
+        if not ctx.knows_relation(o.qualified, o.relation) and not _creates(tree, o):
+            unknown.append(o)
         if ungoverned and not system and ctx.governed_elsewhere(o.qualified, o.name):
             pinned.append(o)  # ambiguous: pin it to what we decided it reads or writes
     bind_colmaps(occs)
@@ -213,6 +213,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         if not o.write:
             checks.read(v, o, ctx)
     if ctx.has_policy:
+        checks.unknown_relations(v, unknown, ctx)
         checks.functions(v, found.calls, ctx)
     v.change = _set_config(found.calls)
     if v.action == "block":
@@ -250,6 +251,15 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         v.action = "rewrite"
         v.sql = _PG.generate(tree, copy=False)  # the tree is ours; skip sqlglot's deep copy
         v.reason = v.reason or "row filter / column policies applied"
+
+
+def _creates(tree: exp.Expr, o: Occ) -> bool:
+    """Is `o` the relation the statement creates (CREATE ..., SELECT ... INTO)?"""
+    if not o.write:
+        return False
+    if isinstance(tree, exp.Create):
+        return True  # the new object, or a table its DDL attaches to (ON t)
+    return isinstance(o.node.parent, exp.Into)
 
 
 def _filter_write(tree: exp.Expr, o: Occ, ctx: Context, masker: Masker) -> bool:

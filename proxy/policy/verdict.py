@@ -35,7 +35,7 @@ class Verdict:
     redacted: str = ""
     fingerprint: str = ""
     literals: tuple[str, ...] = ()
-    unknown: list[str] = field(default_factory=list)  # relations the catalog does not know
+    unknown: list[str] = field(default_factory=list)  # relations/functions the catalog lacks
 
     def block(self, rule: str, reason: str) -> None:
         if self.action != "block":

@@ -91,10 +91,11 @@ def test_search_path_facts(engine: PolicyEngine) -> None:
 def test_search_path_changes_resolution(engine: PolicyEngine) -> None:
     facts = SessionFacts("alice", "db", search_path=("internal",))
     assert engine.decide("SELECT * FROM secrets", facts).rules == ("internal-schema",)
-    # Off the path, the name is pinned to the schema it resolves to, never to internal.
+    # Off the path, the name means public.secrets, which the catalog does not know.
     facts = SessionFacts("alice", "db", search_path=("public",))
     d = engine.decide("SELECT * FROM secrets", facts)
-    assert d.action == "rewrite" and 'FROM "public".secrets' in d.sql
+    assert d.rules == ("defaults.catalog",) and "relation secrets is not" in d.reason
+    assert d.statements[0].unknown == ("secrets",)
 
 
 def test_ddl_and_copy_facts(tmp_path: Path, catalog: Catalog) -> None:
@@ -332,7 +333,7 @@ def test_long_identifiers_truncate_like_postgres(tmp_path: Path, catalog: Catalo
         catalog,
     )
     assert e.decide(f"SELECT 1 FROM {name}bcd", ALICE).rules == ("r",)
-    assert e.decide(f'SELECT 1 FROM "{name.upper()}"', ALICE).action == "allow"
+    assert e.decide(f'SELECT 1 FROM "{name.upper()}"', ALICE).rules == ("defaults.catalog",)
 
 
 def test_ambiguous_write_target_is_pinned(tmp_path: Path, catalog: Catalog) -> None:
