@@ -304,7 +304,15 @@ def call(v: Verdict, piece: Piece, ctx: Context) -> None:
         v.note(frule.id)
 
 
-def execute_args(v: Verdict, piece: Piece, ctx: Context) -> None:
-    """EXECUTE s(args): the statement was decided at PREPARE; args must not read tables."""
-    if any(t.token_type in (TokenType.SELECT, TokenType.FROM) for t in piece.tokens):
-        v.unparsed(ctx, "EXECUTE with a subquery in its arguments")
+def names_governed(piece: Piece, ctx: Context) -> bool:
+    """Does a statement known only by its tokens name a relation any rule governs (for
+    anyone), or a partition or child of one? Only names the catalog knows count."""
+    for schema, name in _names(piece):
+        schemas = [schema] if schema else [*ctx.path, *ctx.catalog.schemas_with(name)]
+        for s in schemas:
+            rel = ctx.catalog.get(s, name)
+            if rel is None:
+                continue
+            if any(r.names(q) for q in (rel.qualified, *rel.parents) for r in ctx.every_rule):
+                return True
+    return False

@@ -31,6 +31,7 @@ class Context:
     path: tuple[str, ...]  # effective search path for relations (pg_temp, pg_catalog made explicit)
     user_functions: dict[str, tuple[str, ...]]  # lower-case name -> schemas (outside pg_catalog)
     _rule_cache: dict[str, TableRule | None] = field(default_factory=dict)
+    every_rule: tuple[TableRule, ...] = ()  # all table rules, whoever they match
 
     @classmethod
     def build(
@@ -63,6 +64,7 @@ class Context:
             has_policy=has_policy,
             path=effective_path(facts.search_path, who.user),
             user_functions=user_functions,
+            every_rule=tuple(rules.rules),
         )
 
     def with_search_path(self, search_path: tuple[str, ...]) -> Context:

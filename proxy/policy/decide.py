@@ -19,8 +19,9 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import TokenType
 
+from proxy.errors import NotUnderstood
 from proxy.gucs import Change, set_config_change
-from proxy.policy import checks, views
+from proxy.policy import checks, views, writecheck
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
@@ -31,10 +32,9 @@ from proxy.policy.rewrite import (
     MissingAttribute,
     UnknownColumns,
     as_from_item,
-    bind,
-    qualify_columns,
 )
 from proxy.policy.split import Piece, SplitError, tokenize
+from proxy.policy.utilexpr import BadArgs, arg_list, name_end
 from proxy.policy.verdict import Verdict
 from proxy.redact import redact
 
@@ -61,12 +61,12 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     src = piece.text if piece.parse_text == piece.text else piece.parse_text
     v.redacted, v.fingerprint, v.literals = redact(src, piece.tokens, piece.base)
     if h.kind == "unknown":
-        v.unparsed(ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
+        _unmodelled(v, piece, ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
         return v
     if h.inner is not None:
-        return _with_inner(v, h, ctx, masker, extended)
+        return _with_inner(v, h, piece, ctx, masker, extended)
     if not h.parse:
-        _utility(v, h, piece, ctx)
+        _utility(v, h, piece, ctx, masker)
         return v
     why = "parse error"
     try:
@@ -83,12 +83,13 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
             if v.action != "block":
                 checks.token_targets(v, piece, ctx)
             if v.action != "block" and h.kind == "create":
-                v.unparsed(ctx, "CREATE statement the parser does not model")
+                _unmodelled(v, piece, ctx, "CREATE statement the parser does not model")
             return v
-        v.unparsed(ctx, why if tree is None else "the parser read it only as a generic command")
+        why = why if tree is None else "the parser read it only as a generic command"
+        _unmodelled(v, piece, ctx, why)
         return v
     if kind is None or (h.kind not in ("select",) and kind != h.kind and not h.ddl):
-        v.unparsed(ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
+        _unmodelled(v, piece, ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
         return v
     if isinstance(tree, exp.Query) and tree.args.get("into") is not None:
         kind, v.ddl = "create", True  # SELECT INTO is CREATE TABLE AS
@@ -105,7 +106,30 @@ def _parse(piece: Piece) -> exp.Expr | None:
     return trees[0] if len(trees) == 1 else None
 
 
-def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: bool) -> Verdict:
+def _unmodelled(v: Verdict, piece: Piece, ctx: Context, why: str) -> None:
+    """A statement the parser cannot model (CREATE ROLE/TYPE/DOMAIN, ...).
+
+    For a user no rule applies to, it runs when its kind is allowed and it names
+    no relation any rule governs: there is nothing of theirs to police, and
+    refusing only breaks tools. Anyone else gets `defaults.unparsed`.
+    """
+    if ctx.has_policy and v.kind == "copy":
+        # COPY ... WHERE, COPY (DELETE ... RETURNING) TO: rows written or read out of
+        # the parser's sight. Refused whatever defaults.unparsed says.
+        v.action, v.error, v.reason = "block", NotUnderstood(why), why
+        return
+    unnamed = v.kind == "unknown" and not ctx.defaults.allows_kind("unknown")
+    if ctx.has_policy or unnamed or checks.names_governed(piece, ctx):
+        v.unparsed(ctx, why)
+        return
+    _gate(v, ctx, writes_ok=False)
+    if v.action != "block":
+        v.reason = f"not modelled by the parser ({why}); no rule applies to {ctx.who.user}"
+
+
+def _with_inner(
+    v: Verdict, h: Head, piece: Piece, ctx: Context, masker: Masker, extended: bool
+) -> Verdict:
     assert h.inner is not None
     try:
         toks = tuple(tokenize(h.inner))
@@ -115,10 +139,10 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
     inner = Piece(h.inner, h.inner, toks, h.inner, 0)
     ih = head(inner)
     if ih.kind not in PARSED or ih.inner is not None:
-        v.unparsed(ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
+        _unmodelled(v, piece, ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
         return v
     if h.kind == "declare" and ih.kind != "select":
-        v.unparsed(ctx, "DECLARE of something other than a query")
+        _unmodelled(v, piece, ctx, "DECLARE of something other than a query")
         return v
     _gate(v, ctx, writes_ok=False)
     if v.action == "block":
@@ -155,7 +179,7 @@ def _gate(v: Verdict, ctx: Context, *, writes_ok: bool, kind: str | None = None)
     v.block("defaults.statements", f"{kind.upper()} statements are not allowed")
 
 
-def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
+def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context, masker: Masker) -> None:
     """Statements without a tree: SET, SHOW, transaction control, cursors, utilities."""
     v.search_path = search_path_of(h)
     v.change = statement_change(h, piece)
@@ -170,10 +194,47 @@ def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
         v.unparsed(ctx, "DO runs code the proxy cannot see")
     elif h.kind == "call" and ctx.has_policy:
         checks.call(v, piece, ctx)
-    elif h.kind == "execute":
-        checks.execute_args(v, piece, ctx)
+        if v.action != "block":
+            _police_args(v, piece, name_end(piece, 1), ctx, masker)
+    elif h.kind == "execute" and ctx.has_policy:
+        _police_args(v, piece, name_end(piece, 1), ctx, masker)
     elif h.kind in checks.TOUCHES_TABLES:
         checks.token_targets(v, piece, ctx)
+
+
+def _police_args(v: Verdict, piece: Piece, at: int, ctx: Context, masker: Masker) -> None:
+    """EXECUTE s(args) / CALL p(args): the server evaluates the arguments as it would
+    `SELECT args`, so that SELECT is decided like any other and spliced back in."""
+    try:
+        args = arg_list(piece, at)
+    except BadArgs as e:
+        v.unparsed(ctx, f"{v.kind.upper()}: {e}")
+        return
+    if args is None:
+        return
+    text = f"SELECT {args.text}"
+    sub = Verdict(kind=v.kind, text=text, sql=text)
+    try:
+        trees = _PG.parser().parse(tokenize(text), text)
+    except (ParseError, TokenError, SplitError):
+        trees = []
+    tree = trees[0] if len(trees) == 1 else None
+    extra = tree is not None and any(val for key, val in tree.args.items() if key != "expressions")
+    if not isinstance(tree, exp.Select) or extra:
+        v.unparsed(ctx, f"{v.kind.upper()} arguments the parser cannot read as expressions")
+        return
+    statement(sub, tree, ctx, masker)
+    v.tables, v.columns, v.functions = sub.tables, sub.columns, [*v.functions, *sub.functions]
+    v.unknown += sub.unknown
+    for r in sub.rules:
+        v.note(r)
+    if sub.action == "block":
+        v.action, v.error, v.reason = "block", sub.error, sub.reason
+        v.rules = [*sub.rules, *(r for r in v.rules if r not in sub.rules)]
+    elif sub.action == "rewrite":
+        exprs = ", ".join(_PG.generate(e, copy=False) for e in tree.expressions)
+        v.action, v.reason = "rewrite", sub.reason
+        v.sql = args.splice(piece.parse_text, exprs)
 
 
 def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
@@ -230,7 +291,10 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         v.note(rule.id)
         try:
             if o.write:
-                changed |= _filter_write(tree, o, ctx, masker)
+                writecheck.check_new_rows(v, tree, o, rule, ctx, masker)
+                if v.action == "block":
+                    return
+                changed |= writecheck.fence(tree, o, ctx, masker)
             elif rule.row_filter or rule.columns:
                 text = masker.subquery_text(
                     rule, o.qualified, o.relation, ctx.who, ctx.pin, ctx.path, o.node
@@ -260,23 +324,6 @@ def _creates(tree: exp.Expr, o: Occ) -> bool:
     if isinstance(tree, exp.Create):
         return True  # the new object, or a table its DDL attaches to (ON t)
     return isinstance(o.node.parent, exp.Into)
-
-
-def _filter_write(tree: exp.Expr, o: Occ, ctx: Context, masker: Masker) -> bool:
-    rule = ctx.rule_for(o.qualified)
-    if rule is None or not rule.row_filter or not isinstance(tree, exp.Update | exp.Delete):
-        return False
-    if o.node is not tree.this:
-        return False
-    cond = masker.snippet(rule.row_filter)
-    bind(cond, ctx.who)
-    for t in cond.find_all(exp.Table):
-        ctx.pin(t)
-    cond = exp.Paren(this=qualify_columns(cond, o.alias))
-    where = tree.args.get("where")
-    new = exp.and_(exp.Paren(this=where.this), cond) if where is not None else cond
-    tree.set("where", exp.Where(this=new))
-    return True
 
 
 def _unqualify_columns(columns: list[exp.Column], o: Occ) -> None:

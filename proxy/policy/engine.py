@@ -58,7 +58,7 @@ from datetime import datetime
 from typing import Literal
 
 from proxy.catalog import Catalog
-from proxy.errors import NotUnderstood, ProxyError
+from proxy.errors import NotUnderstood, ProxyError, SyntaxProblem
 from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
@@ -254,8 +254,9 @@ class PolicyEngine:
         except SplitError as e:
             return self._unsplittable(sql, ctx, str(e))
         if extended and len(pieces) > 1:
-            err = NotUnderstood("a prepared statement must hold exactly one statement")
-            return Decision("block", sql, err, (), err.reason, False, None, ())
+            # PostgreSQL's own answer to a Parse holding two statements.
+            err = SyntaxProblem("cannot insert multiple commands into a prepared statement")
+            return Decision("block", sql, err, (), err.message, False, None, ())
         verdicts = []
         path = PathInString(ctx.facts.search_path_known)
         for p in pieces:

@@ -295,7 +295,7 @@ def test_masks_without_catalog_columns_block(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sql", "why"),
     [
-        ("SELECT 1; SELECT 2", "exactly one statement"),
+        ("SELECT 1; SELECT 2", "cannot insert multiple commands into a prepared statement"),
         ("DO $$ BEGIN END $$", None),
     ],
 )
@@ -304,6 +304,17 @@ def test_extended_single_statement(engine: PolicyEngine, sql: str, why: str | No
     assert d.action == "block"
     if why:
         assert why in d.reason
+
+
+@pytest.mark.parametrize("user", ["alice", "carol"])
+def test_two_statements_in_one_parse_is_postgres_syntax_error(
+    engine: PolicyEngine, user: str
+) -> None:
+    """PostgreSQL answers 42601 to a Parse holding two statements; so does the proxy."""
+    d = engine.decide("SELECT 1; SELECT 2", SessionFacts(user, "db"), extended=True)
+    assert d.action == "block" and d.error is not None
+    assert d.error.sqlstate == "42601"
+    assert d.error.message == "cannot insert multiple commands into a prepared statement"
 
 
 def test_extended_keeps_typed_placeholders(engine: PolicyEngine) -> None:
