@@ -1,0 +1,28 @@
+"""The bypass corpus (fixtures/soundness.sql): every class of issue #12, one case or more each.
+
+Run against fixtures/soundness_rules.yaml: the fixture rules with `statements: [all]`,
+so that no case passes only because its statement kind happens to be refused, and a
+user (ops) no rule applies to.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.catalog import Catalog
+from proxy.policy.engine import PolicyEngine
+from proxy.rules import load_rules
+
+from .cases import FIXTURES, Case, check_case, load_cases
+
+CASES = load_cases("soundness.sql")
+
+
+@pytest.fixture(scope="module")
+def sound_engine(catalog: Catalog) -> PolicyEngine:
+    return PolicyEngine(load_rules(FIXTURES / "soundness_rules.yaml"), catalog)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.line}:{c.title}" for c in CASES])
+def test_case(sound_engine: PolicyEngine, case: Case) -> None:
+    check_case(sound_engine, case)
