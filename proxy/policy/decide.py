@@ -3,12 +3,14 @@
 Order of business for a statement:
 1. its kind from the leading tokens (kinds.py); EXPLAIN / DECLARE / PREPARE
    decide their inner statement as if it stood alone;
-2. statements sqlglot models are parsed; anything else that may touch tables
-   is checked by name from its tokens; what is left is "unparsed";
+2. statements sqlglot models are parsed; EXECUTE / CALL arguments are decided
+   as a SELECT of them; anything else that may touch tables is checked by name
+   from its tokens; what is left is "unparsed" (which runs for a user no rule
+   applies to when it names no governed relation);
 3. every relation reference is resolved and checked against the identity's
    rules; every function call against the function rules and the dangerous list;
 4. if nothing blocks, governed reads are replaced by masking subqueries
-   (rewrite.py) and permitted writes to governed tables get the row filter.
+   (rewrite.py) and permitted writes are held to the row filter (writecheck.py).
 The first blocking reason found wins, so the error names one rule.
 """
 
