@@ -140,7 +140,13 @@ def _with_inner(
         return v
     inner = Piece(h.inner, h.inner, toks, h.inner, 0)
     ih = head(inner)
-    if ih.kind not in PARSED or ih.inner is not None:
+    explain_execute = h.kind == "explain" and ih.kind == "execute"
+    if explain_execute and h.analyze and ctx.has_policy:
+        # The prepared statement's plan with real row counts, rows its filter removed
+        # included: the same side channel as EXPLAIN ANALYZE of a governed read.
+        v.unparsed(ctx, "EXPLAIN ANALYZE EXECUTE reports row counts the rules may withhold")
+        return v
+    if (ih.kind not in PARSED and not explain_execute) or ih.inner is not None:
         _unmodelled(v, piece, ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
         return v
     if h.kind == "declare" and ih.kind != "select":
@@ -150,7 +156,7 @@ def _with_inner(
     if v.action == "block":
         return v
     sub = decide(inner, ctx, masker, extended=extended)
-    if h.analyze and sub.action != "block":
+    if h.analyze and sub.action != "block" and not explain_execute:
         sub_tree = _parse(inner)
         if sub_tree is not None:
             checks.explain_analyze(sub, sub_tree, ctx)

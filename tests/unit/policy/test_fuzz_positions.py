@@ -61,6 +61,7 @@ WRAPPERS = [
 POSITIONS = [
     "EXECUTE s({})",
     "EXECUTE s(1, {})",
+    "EXPLAIN EXECUTE s({})",
     "CALL distance_km({})",
     "PREPARE q AS SELECT {}",
     "DECLARE c CURSOR FOR SELECT {}",
@@ -95,9 +96,9 @@ def sound(catalog: Catalog) -> PolicyEngine:
 def _masked(sql: str) -> bool:
     """Every read of public.people sits inside its masking subquery (ssn redacted,
     the row filter applied behind the OFFSET 0 fence)."""
-    sql = sql.removeprefix("EXECUTE s").removeprefix("CALL distance_km")
     for prefix in ("PREPARE q AS ", "DECLARE c CURSOR FOR ", "EXPLAIN "):
         sql = sql.removeprefix(prefix)
+    sql = sql.removeprefix("EXECUTE s").removeprefix("CALL distance_km")
     trees = parse(sql if not sql.startswith("(") else f"SELECT {sql}", read="postgres")
     seen = 0
     for tree in trees:
