@@ -315,6 +315,8 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
             v.block(rule.id, f"user {ctx.who.user} has no attribute :{e.name}")
             return
         except UnknownColumns as e:
+            if o.relation is None:
+                v.unknown.append(o.qualified)  # a refreshed catalog may list them
             v.block(rule.id, f"the catalog has no column list for {e}; cannot mask it")
             return
     if isinstance(tree, exp.Copy) and changed:

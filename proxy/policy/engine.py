@@ -300,7 +300,10 @@ class PolicyEngine:
         return Decision("allow", sql, None, rules, reason, False, None, infos)
 
     def _unsplittable(self, sql: str, ctx: Context, why: str) -> Decision:
-        if ctx.defaults.unparsed == "allow":
+        # A user no rule applies to, allowed every kind, has nothing to police: the
+        # server answers the text (usually with its own syntax error).
+        unpoliced = not ctx.has_policy and ctx.defaults.allows_kind("unknown")
+        if ctx.defaults.unparsed == "allow" or unpoliced:
             return Decision("allow", sql, None, (), f"not understood: {why}", False, None, ())
         err = NotUnderstood(why)
         return Decision("block", sql, err, (), why, False, None, ())

@@ -45,7 +45,7 @@ def check_new_rows(
         )
     elif isinstance(tree, exp.Update) and o.node is tree.this:
         _update(v, tree, o, rule, masker)
-    elif isinstance(tree, exp.Insert) and o.node in (tree.this, tree.this.this):
+    elif isinstance(tree, exp.Insert) and (o.node is tree.this or o.node is tree.this.this):
         _insert(v, tree, o, rule, ctx, masker)
 
 
