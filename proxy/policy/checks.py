@@ -298,10 +298,14 @@ def call(v: Verdict, piece: Piece, ctx: Context) -> None:
         return
     q = ctx.resolve_function(schema, (name,))
     frule = ctx.function_rule(q)
-    if frule is None:
-        v.block("defaults.functions", f"procedure {q} is not allowed by any functions: rule")
-    else:
+    if frule is not None:
         v.note(frule.id)
+    elif not ctx.knows_function(q, anonymous=True):
+        shown = q if schema else name  # made after the snapshot: a refresh may resolve it
+        v.unknown.append(shown)
+        v.block("defaults.functions", f"procedure {shown} is not in the proxy's catalog")
+    else:
+        v.block("defaults.functions", f"procedure {q} is not allowed by any functions: rule")
 
 
 def names_governed(piece: Piece, ctx: Context) -> bool:
