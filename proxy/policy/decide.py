@@ -80,12 +80,15 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     if tree is None or isinstance(tree, exp.Command) or (kind is None and h.ddl):
         if h.ddl:
             # Recognized DDL that sqlglot does not model: police its targets by name.
-            # ALTER/DROP/COMMENT read no data; CREATE may (AS query, function bodies).
+            # DROP/COMMENT evaluate nothing; CREATE may (AS query, function bodies), and
+            # so may ALTER wherever it holds parentheses (ALTER DOMAIN ... CHECK (...),
+            # SET EXPRESSION AS (...), ALTER POLICY ... USING (...)).
             _gate(v, ctx, writes_ok=False)
             if v.action != "block":
                 checks.token_targets(v, piece, ctx)
-            if v.action != "block" and h.kind == "create":
-                _unmodelled(v, piece, ctx, "CREATE statement the parser does not model")
+            parens = any(t.token_type == TokenType.L_PAREN for t in piece.tokens)
+            if v.action != "block" and (h.kind == "create" or (h.kind == "alter" and parens)):
+                _unmodelled(v, piece, ctx, f"{h.kind.upper()} statement the parser does not model")
             return v
         why = why if tree is None else "the parser read it only as a generic command"
         _unmodelled(v, piece, ctx, why)
@@ -332,7 +335,12 @@ def _creates(tree: exp.Expr, o: Occ) -> bool:
     if not o.write:
         return False
     if isinstance(tree, exp.Create):
-        return True  # the new object, or a table its DDL attaches to (ON t)
+        # The new object only: a table it names otherwise (INDEX ON t, REFERENCES t,
+        # PARTITION OF t, LIKE t) must be one the catalog knows.
+        target = tree.this
+        while isinstance(target, exp.Schema | exp.UserDefinedFunction):
+            target = target.this  # CREATE TABLE t (cols), CREATE FUNCTION f(args)
+        return o.node is target
     return isinstance(o.node.parent, exp.Into)
 
 

@@ -4,7 +4,8 @@ A payload (a governed subquery, a denied column or schema, a dangerous function,
 a function or relation the catalog does not know) is wrapped in random
 expression syntax and put in a random position: EXECUTE and CALL arguments,
 PREPARE / DECLARE / EXPLAIN / COPY / CREATE ... AS bodies, VALUES, RETURNING,
-ON CONFLICT, LIMIT / OFFSET, ORDER BY, window frames, MERGE, FROM functions.
+ON CONFLICT, LIMIT / OFFSET, ORDER BY, window frames, MERGE, FROM functions,
+DEFAULT, ALTER ... USING / CHECK.
 Whatever the combination, the engine refuses it or rewrites it so that every
 read of the governed table goes through its masking subquery.
 """
@@ -83,6 +84,10 @@ POSITIONS = [
     "SELECT * FROM generate_series(1, {})",
     "VALUES ({})",
     "WITH w AS (SELECT {} AS x) SELECT x FROM w",
+    "ALTER TABLE sandbox.scratch ALTER COLUMN a TYPE text USING {}",
+    "ALTER TABLE sandbox.scratch ALTER COLUMN a SET DEFAULT {}",
+    "ALTER DOMAIN posint ADD CONSTRAINT c CHECK ({} IS NOT NULL)",
+    "CREATE TABLE t2 (a text DEFAULT {})",
     "MERGE INTO sandbox.scratch t USING (SELECT {} AS a) s ON false "
     "WHEN NOT MATCHED THEN INSERT (a) VALUES (s.a)",
 ]
