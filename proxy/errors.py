@@ -51,6 +51,13 @@ class NotUnderstood(ProxyError):
         self.reason = reason
 
 
+class SyntaxProblem(ProxyError):
+    """Text PostgreSQL itself would refuse as a syntax error (42601), answered by the
+    proxy where it must decide before the server sees the text."""
+
+    sqlstate = "42601"
+
+
 class ResultLimit(ProxyError):
     """A per-statement row or byte cap was reached mid-stream (54000)."""
 

@@ -69,6 +69,9 @@ class Call:
     names: tuple[str, ...]  # candidate names (sqlglot may normalize built-ins)
     args: tuple[str | None, ...]  # literal text of each argument, None when not a literal
     in_from: bool
+    # Written by name (sqlglot has no model for it), not one of the built-ins or SQL
+    # syntax forms (CURRENT_DATE, EXTRACT, ...) sqlglot parses into its own classes.
+    anonymous: bool = False
 
 
 Scopes = tuple[exp.Expr, ...]  # enclosing Select/DML nodes, outermost first
@@ -213,7 +216,7 @@ def _call(node: exp.Func) -> Call:
         schema = fold(parent.this)
     elif isinstance(parent, exp.Table) and parent.this is node:
         schema, in_from = fold(parent.args.get("db")), True
-    return Call(schema, names, _args(node), in_from)
+    return Call(schema, names, _args(node), in_from, isinstance(node, exp.Anonymous))
 
 
 def collect(tree: exp.Expr) -> Collected:

@@ -8,13 +8,11 @@ only by the names in their tokens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlglot import exp
 from sqlglot.tokenizer_core import TokenType
 
 from proxy.catalog import SYSTEM_SCHEMAS
-from proxy.policy.analyze import Call, Occ
+from proxy.policy.analyze import Call, Occ, collect
 from proxy.policy.context import Context
 from proxy.policy.functions import (
     INFORMATION_SCHEMA_HELPERS,
@@ -24,11 +22,9 @@ from proxy.policy.functions import (
 )
 from proxy.policy.kinds import Head
 from proxy.policy.split import Piece
+from proxy.policy.verdict import Verdict
 from proxy.rules import TableRule
 from proxy.textmode import parser_hazard
-
-if TYPE_CHECKING:
-    from proxy.policy.decide import Verdict
 
 # Utility statements that act on named tables: a governed one needs the rule's consent.
 TOUCHES_TABLES = frozenset(
@@ -165,14 +161,31 @@ def read(v: Verdict, o: Occ, ctx: Context) -> None:
         v.block(rule.id, f"column {o.qualified}.{cols} is denied")
 
 
+def unknown_relations(v: Verdict, unknown: list[Occ], ctx: Context) -> None:
+    """A relation made after the snapshot may be a view over, or a partition of, a
+    governed table: what it holds is unknown until the catalog is refreshed. A rule
+    that names it decides it as usual."""
+    for o in unknown:
+        if ctx.rule_for(o.qualified) is None:
+            shown = o.qualified if o.schema else o.name  # unqualified: no schema to name
+            v.unknown.append(shown)
+            v.block("defaults.catalog", f"relation {shown} is not in the proxy's catalog")
+
+
 def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
     for c in calls:
         q = ctx.resolve_function(c.schema, c.names)
         schema, _, name = q.partition(".")
         frule = ctx.function_rule(q)
         if frule is not None:
-            v.note(frule.id)
+            v.note(frule.id)  # a rule naming it allows it, known to the snapshot or not
             continue
+        if not ctx.knows_function(q, c.anonymous):
+            # Never assumed a built-in: created after the snapshot, it may be anything.
+            shown = q if c.schema else c.names[0]
+            v.unknown.append(shown)
+            v.block("defaults.functions", f"function {shown} is not in the proxy's catalog")
+            return
         if schema == "information_schema" and name in INFORMATION_SCHEMA_HELPERS:
             continue
         if schema != "pg_catalog":
@@ -221,8 +234,6 @@ def copy_to_query(tree: exp.Copy) -> None:
 
 def explain_analyze(v: Verdict, tree: exp.Expr, ctx: Context) -> None:
     """EXPLAIN ANALYZE reports real row counts (rows removed by the filter): a side channel."""
-    from proxy.policy.analyze import collect
-
     for o in collect(tree).occs:
         q, _ = ctx.resolve_table(o.schema, o.name)
         rule = ctx.rule_for(q)
@@ -287,13 +298,25 @@ def call(v: Verdict, piece: Piece, ctx: Context) -> None:
         return
     q = ctx.resolve_function(schema, (name,))
     frule = ctx.function_rule(q)
-    if frule is None:
-        v.block("defaults.functions", f"procedure {q} is not allowed by any functions: rule")
-    else:
+    if frule is not None:
         v.note(frule.id)
+    elif not ctx.knows_function(q, anonymous=True):
+        shown = q if schema else name  # made after the snapshot: a refresh may resolve it
+        v.unknown.append(shown)
+        v.block("defaults.functions", f"procedure {shown} is not in the proxy's catalog")
+    else:
+        v.block("defaults.functions", f"procedure {q} is not allowed by any functions: rule")
 
 
-def execute_args(v: Verdict, piece: Piece, ctx: Context) -> None:
-    """EXECUTE s(args): the statement was decided at PREPARE; args must not read tables."""
-    if any(t.token_type in (TokenType.SELECT, TokenType.FROM) for t in piece.tokens):
-        v.unparsed(ctx, "EXECUTE with a subquery in its arguments")
+def names_governed(piece: Piece, ctx: Context) -> bool:
+    """Does a statement known only by its tokens name a relation any rule governs (for
+    anyone), or a partition or child of one? Only names the catalog knows count."""
+    for schema, name in _names(piece):
+        schemas = [schema] if schema else [*ctx.path, *ctx.catalog.schemas_with(name)]
+        for s in schemas:
+            rel = ctx.catalog.get(s, name)
+            if rel is None:
+                continue
+            if any(r.names(q) for q in (rel.qualified, *rel.parents) for r in ctx.every_rule):
+                return True
+    return False

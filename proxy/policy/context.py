@@ -15,6 +15,7 @@ from sqlglot import exp
 
 from proxy.catalog import SYSTEM_SCHEMAS, Catalog, Relation
 from proxy.identity import SessionFacts
+from proxy.policy.builtins import BUILTIN_FUNCTIONS, BUILTIN_RELATIONS, SQL_SYNTAX
 from proxy.rules import Defaults, FunctionRule, Principal, RuleSet, TableRule
 
 
@@ -30,6 +31,7 @@ class Context:
     path: tuple[str, ...]  # effective search path for relations (pg_temp, pg_catalog made explicit)
     user_functions: dict[str, tuple[str, ...]]  # lower-case name -> schemas (outside pg_catalog)
     _rule_cache: dict[str, TableRule | None] = field(default_factory=dict)
+    every_rule: tuple[TableRule, ...] = ()  # all table rules, whoever they match
 
     @classmethod
     def build(
@@ -62,6 +64,7 @@ class Context:
             has_policy=has_policy,
             path=effective_path(facts.search_path, who.user),
             user_functions=user_functions,
+            every_rule=tuple(rules.rules),
         )
 
     def with_search_path(self, search_path: tuple[str, ...]) -> Context:
@@ -113,6 +116,16 @@ class Context:
         first = next((s for s in self.path if s not in ("pg_temp", *SYSTEM_SCHEMAS)), "public")
         return f"{first}.{name}", None
 
+    def knows_relation(self, qualified: str, relation: Relation | None) -> bool:
+        """Does the snapshot (or the built-in list) know what this name reads?
+
+        The session's own temporary tables (`pg_temp.x`) hold only what the session
+        wrote through the proxy, so they count as known.
+        """
+        if relation is not None or qualified in BUILTIN_RELATIONS:
+            return True
+        return qualified.split(".", 1)[0] == "pg_temp"
+
     def pin(self, t: exp.Table) -> None:
         """Qualify a table named in a rule snippet, so no CTE or path change can capture it."""
         if t.args.get("db") is None and isinstance(t.this, exp.Identifier):
@@ -146,6 +159,15 @@ class Context:
                 if s in self.user_functions.get(n.lower(), ()):
                     return f"{s}.{n}"
         return f"pg_catalog.{names[0]}"
+
+    def knows_function(self, qualified: str, anonymous: bool) -> bool:
+        """Is `qualified` (from resolve_function) a function the catalog or the built-in
+        list knows? sqlglot-modelled calls resolved to pg_catalog are built-ins or SQL
+        syntax by construction."""
+        schema, _, name = qualified.partition(".")
+        if schema in SYSTEM_SCHEMAS:
+            return not anonymous or qualified in BUILTIN_FUNCTIONS or name in SQL_SYNTAX
+        return schema in self.user_functions.get(name.lower(), ())
 
     def function_rule(self, qualified: str) -> FunctionRule | None:
         for r in self.function_rules:

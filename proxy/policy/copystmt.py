@@ -16,9 +16,10 @@ rejects. So sqlglot parses only `COPY target {FROM|TO} file`; the options are
 read here and set on the tree as generic options holding their original text
 (`CSV HEADER` becomes `FORMAT csv, HEADER true`), which the generator prints as
 `WITH (...)`, a form every supported PostgreSQL accepts. Option values never read
-data, so they are not analyzed. Anything outside this grammar, and COPY ... WHERE
-(sqlglot has no place for the condition), raises ParseError: the statement then
-follows `defaults.unparsed`.
+data, so they are not analyzed. Anything outside this grammar, COPY ... WHERE
+(sqlglot has no place for the condition) and COPY (INSERT/UPDATE/DELETE ...
+RETURNING) TO raise ParseError: the statement is then refused for users with a
+policy, and follows `defaults.unparsed` for others.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _FLAGS = {
     "HEADER": ("HEADER", "true"),
     "FREEZE": ("FREEZE", "true"),
 }
+_DML = frozenset({TokenType.INSERT, TokenType.UPDATE, TokenType.DELETE, TokenType.MERGE})
 _STRING_OPTS = frozenset({"DELIMITER", "NULL", "QUOTE", "ESCAPE", "ENCODING"})
 
 Option = tuple[str, str | None]  # (name, argument) as PostgreSQL text
@@ -120,6 +122,8 @@ def parse_copy(piece: Piece, dialect: Dialect) -> exp.Copy:
     r = _Reader(toks, piece.source, at + 1)
     if query and (going_in or binary):
         raise ParseError("COPY: a query is only copied TO, without BINARY")
+    if query and start + 1 < len(toks) and toks[start + 1].token_type in _DML:
+        raise ParseError("COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO is not supported")
     program = r.take_word("PROGRAM")
     file = r.peek()
     if file is None or not (file.token_type in _STRINGS or r.word() in ("STDIN", "STDOUT")):

@@ -3,27 +3,27 @@
 Order of business for a statement:
 1. its kind from the leading tokens (kinds.py); EXPLAIN / DECLARE / PREPARE
    decide their inner statement as if it stood alone;
-2. statements sqlglot models are parsed; anything else that may touch tables
-   is checked by name from its tokens; what is left is "unparsed";
+2. statements sqlglot models are parsed; EXECUTE / CALL arguments are decided
+   as a SELECT of them; anything else that may touch tables is checked by name
+   from its tokens; what is left is "unparsed" (which runs for a user no rule
+   applies to when it names no governed relation);
 3. every relation reference is resolved and checked against the identity's
    rules; every function call against the function rules and the dangerous list;
 4. if nothing blocks, governed reads are replaced by masking subqueries
-   (rewrite.py) and permitted writes to governed tables get the row filter.
+   (rewrite.py) and permitted writes are held to the row filter (writecheck.py).
 The first blocking reason found wins, so the error names one rule.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import TokenType
 
-from proxy.errors import Blocked, NotUnderstood, ProxyError
+from proxy.errors import NotUnderstood
 from proxy.gucs import Change, set_config_change
-from proxy.policy import checks, views
+from proxy.policy import checks, views, writecheck
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
@@ -34,10 +34,10 @@ from proxy.policy.rewrite import (
     MissingAttribute,
     UnknownColumns,
     as_from_item,
-    bind,
-    qualify_columns,
 )
 from proxy.policy.split import Piece, SplitError, tokenize
+from proxy.policy.utilexpr import BadArgs, arg_list, name_end
+from proxy.policy.verdict import Verdict
 from proxy.redact import redact
 
 _KIND_OF = (
@@ -56,50 +56,6 @@ _PG = Postgres()
 WRITES = frozenset({"insert", "update", "delete", "merge", "truncate", "copy"})
 
 
-@dataclass(slots=True)
-class Verdict:
-    kind: str
-    text: str
-    action: str = "allow"
-    sql: str = ""
-    error: ProxyError | None = None
-    rules: list[str] = field(default_factory=list)
-    reason: str = ""
-    tables: list[str] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-    functions: list[str] = field(default_factory=list)
-    has_where: bool = False
-    has_limit: bool = False
-    offset: int | None = None
-    copy_out: bool = False
-    ddl: bool = False
-    search_path: tuple[str, ...] | None = None
-    change: Change | None = None  # to tracked settings or savepoints (proxy/gucs.py)
-    redacted: str = ""
-    fingerprint: str = ""
-    literals: tuple[str, ...] = ()
-    unknown: list[str] = field(default_factory=list)  # relations the catalog does not know
-
-    def block(self, rule: str, reason: str) -> None:
-        if self.action != "block":
-            self.action, self.error, self.reason = "block", Blocked(rule, reason), reason
-            if rule in self.rules:
-                self.rules.remove(rule)
-            self.rules.insert(0, rule)
-
-    def unparsed(self, ctx: Context, reason: str) -> None:
-        if self.action == "block":
-            return
-        if ctx.defaults.unparsed == "allow":
-            self.reason = f"not understood, allowed by defaults.unparsed: {reason}"
-            return
-        self.action, self.error, self.reason = "block", NotUnderstood(reason), reason
-
-    def note(self, rule: str) -> None:
-        if rule not in self.rules:
-            self.rules.append(rule)
-
-
 def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False) -> Verdict:
     h = head(piece)
     v = Verdict(kind=h.kind, text=piece.text, sql=piece.text, ddl=h.ddl)
@@ -107,12 +63,12 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     src = piece.text if piece.parse_text == piece.text else piece.parse_text
     v.redacted, v.fingerprint, v.literals = redact(src, piece.tokens, piece.base)
     if h.kind == "unknown":
-        v.unparsed(ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
+        _unmodelled(v, piece, ctx, f"unrecognized statement {piece.tokens[0].text.upper()}")
         return v
     if h.inner is not None:
-        return _with_inner(v, h, ctx, masker, extended)
+        return _with_inner(v, h, piece, ctx, masker, extended)
     if not h.parse:
-        _utility(v, h, piece, ctx)
+        _utility(v, h, piece, ctx, masker)
         return v
     why = "parse error"
     try:
@@ -124,17 +80,21 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     if tree is None or isinstance(tree, exp.Command) or (kind is None and h.ddl):
         if h.ddl:
             # Recognized DDL that sqlglot does not model: police its targets by name.
-            # ALTER/DROP/COMMENT read no data; CREATE may (AS query, function bodies).
+            # DROP/COMMENT evaluate nothing; CREATE may (AS query, function bodies), and
+            # so may ALTER wherever it holds parentheses (ALTER DOMAIN ... CHECK (...),
+            # SET EXPRESSION AS (...), ALTER POLICY ... USING (...)).
             _gate(v, ctx, writes_ok=False)
             if v.action != "block":
                 checks.token_targets(v, piece, ctx)
-            if v.action != "block" and h.kind == "create":
-                v.unparsed(ctx, "CREATE statement the parser does not model")
+            parens = any(t.token_type == TokenType.L_PAREN for t in piece.tokens)
+            if v.action != "block" and (h.kind == "create" or (h.kind == "alter" and parens)):
+                _unmodelled(v, piece, ctx, f"{h.kind.upper()} statement the parser does not model")
             return v
-        v.unparsed(ctx, why if tree is None else "the parser read it only as a generic command")
+        why = why if tree is None else "the parser read it only as a generic command"
+        _unmodelled(v, piece, ctx, why)
         return v
     if kind is None or (h.kind not in ("select",) and kind != h.kind and not h.ddl):
-        v.unparsed(ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
+        _unmodelled(v, piece, ctx, f"{h.kind.upper()} parsed as {type(tree).__name__}")
         return v
     if isinstance(tree, exp.Query) and tree.args.get("into") is not None:
         kind, v.ddl = "create", True  # SELECT INTO is CREATE TABLE AS
@@ -151,7 +111,30 @@ def _parse(piece: Piece) -> exp.Expr | None:
     return trees[0] if len(trees) == 1 else None
 
 
-def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: bool) -> Verdict:
+def _unmodelled(v: Verdict, piece: Piece, ctx: Context, why: str) -> None:
+    """A statement the parser cannot model (CREATE ROLE/TYPE/DOMAIN, ...).
+
+    For a user no rule applies to, it runs when its kind is allowed and it names
+    no relation any rule governs: there is nothing of theirs to police, and
+    refusing only breaks tools. Anyone else gets `defaults.unparsed`.
+    """
+    if ctx.has_policy and v.kind == "copy":
+        # COPY ... WHERE, COPY (DELETE ... RETURNING) TO: rows written or read out of
+        # the parser's sight. Refused whatever defaults.unparsed says.
+        v.action, v.error, v.reason = "block", NotUnderstood(why), why
+        return
+    unnamed = v.kind == "unknown" and not ctx.defaults.allows_kind("unknown")
+    if ctx.has_policy or unnamed or checks.names_governed(piece, ctx):
+        v.unparsed(ctx, why)
+        return
+    _gate(v, ctx, writes_ok=False)
+    if v.action != "block":
+        v.reason = f"not modelled by the parser ({why}); no rule applies to {ctx.who.user}"
+
+
+def _with_inner(
+    v: Verdict, h: Head, piece: Piece, ctx: Context, masker: Masker, extended: bool
+) -> Verdict:
     assert h.inner is not None
     try:
         toks = tuple(tokenize(h.inner))
@@ -160,17 +143,23 @@ def _with_inner(v: Verdict, h: Head, ctx: Context, masker: Masker, extended: boo
         return v
     inner = Piece(h.inner, h.inner, toks, h.inner, 0)
     ih = head(inner)
-    if ih.kind not in PARSED or ih.inner is not None:
-        v.unparsed(ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
+    explain_execute = h.kind == "explain" and ih.kind == "execute"
+    if explain_execute and h.analyze and ctx.has_policy:
+        # The prepared statement's plan with real row counts, rows its filter removed
+        # included: the same side channel as EXPLAIN ANALYZE of a governed read.
+        v.unparsed(ctx, "EXPLAIN ANALYZE EXECUTE reports row counts the rules may withhold")
+        return v
+    if (ih.kind not in PARSED and not explain_execute) or ih.inner is not None:
+        _unmodelled(v, piece, ctx, f"{h.kind.upper()} of {ih.kind.upper()} is not supported")
         return v
     if h.kind == "declare" and ih.kind != "select":
-        v.unparsed(ctx, "DECLARE of something other than a query")
+        _unmodelled(v, piece, ctx, "DECLARE of something other than a query")
         return v
     _gate(v, ctx, writes_ok=False)
     if v.action == "block":
         return v
     sub = decide(inner, ctx, masker, extended=extended)
-    if h.analyze and sub.action != "block":
+    if h.analyze and sub.action != "block" and not explain_execute:
         sub_tree = _parse(inner)
         if sub_tree is not None:
             checks.explain_analyze(sub, sub_tree, ctx)
@@ -201,7 +190,7 @@ def _gate(v: Verdict, ctx: Context, *, writes_ok: bool, kind: str | None = None)
     v.block("defaults.statements", f"{kind.upper()} statements are not allowed")
 
 
-def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
+def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context, masker: Masker) -> None:
     """Statements without a tree: SET, SHOW, transaction control, cursors, utilities."""
     v.search_path = search_path_of(h)
     v.change = statement_change(h, piece)
@@ -216,10 +205,47 @@ def _utility(v: Verdict, h: Head, piece: Piece, ctx: Context) -> None:
         v.unparsed(ctx, "DO runs code the proxy cannot see")
     elif h.kind == "call" and ctx.has_policy:
         checks.call(v, piece, ctx)
-    elif h.kind == "execute":
-        checks.execute_args(v, piece, ctx)
+        if v.action != "block":
+            _police_args(v, piece, name_end(piece, 1), ctx, masker)
+    elif h.kind == "execute" and ctx.has_policy:
+        _police_args(v, piece, name_end(piece, 1), ctx, masker)
     elif h.kind in checks.TOUCHES_TABLES:
         checks.token_targets(v, piece, ctx)
+
+
+def _police_args(v: Verdict, piece: Piece, at: int, ctx: Context, masker: Masker) -> None:
+    """EXECUTE s(args) / CALL p(args): the server evaluates the arguments as it would
+    `SELECT args`, so that SELECT is decided like any other and spliced back in."""
+    try:
+        args = arg_list(piece, at)
+    except BadArgs as e:
+        v.unparsed(ctx, f"{v.kind.upper()}: {e}")
+        return
+    if args is None:
+        return
+    text = f"SELECT {args.text}"
+    sub = Verdict(kind=v.kind, text=text, sql=text)
+    try:
+        trees = _PG.parser().parse(tokenize(text), text)
+    except (ParseError, TokenError, SplitError):
+        trees = []
+    tree = trees[0] if len(trees) == 1 else None
+    extra = tree is not None and any(val for key, val in tree.args.items() if key != "expressions")
+    if not isinstance(tree, exp.Select) or extra:
+        v.unparsed(ctx, f"{v.kind.upper()} arguments the parser cannot read as expressions")
+        return
+    statement(sub, tree, ctx, masker)
+    v.tables, v.columns, v.functions = sub.tables, sub.columns, [*v.functions, *sub.functions]
+    v.unknown += sub.unknown
+    for r in sub.rules:
+        v.note(r)
+    if sub.action == "block":
+        v.action, v.error, v.reason = "block", sub.error, sub.reason
+        v.rules = [*sub.rules, *(r for r in v.rules if r not in sub.rules)]
+    elif sub.action == "rewrite":
+        exprs = ", ".join(_PG.generate(e, copy=False) for e in tree.expressions)
+        v.action, v.reason = "rewrite", sub.reason
+        v.sql = args.splice(piece.parse_text, exprs)
 
 
 def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
@@ -230,13 +256,13 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     found = collect(tree)
     occs = found.occs
     pinned: list[Occ] = []
+    unknown: list[Occ] = []
     for o in occs:
         o.qualified, o.relation = ctx.resolve_table(o.schema, o.name)
         ungoverned = not o.schema and ctx.rule_for(o.qualified) is None
         system = o.qualified.startswith(("pg_catalog.", "information_schema."))
-        created = o.write and isinstance(tree, exp.Create)  # CREATE's target is new by design
-        if o.relation is None and not (system or created or o.qualified.startswith("pg_temp")):
-            v.unknown.append(o.qualified)
+        if not ctx.knows_relation(o.qualified, o.relation) and not _creates(tree, o):
+            unknown.append(o)
         if ungoverned and not system and ctx.governed_elsewhere(o.qualified, o.name):
             pinned.append(o)  # ambiguous: pin it to what we decided it reads or writes
     bind_colmaps(occs)
@@ -259,6 +285,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         if not o.write:
             checks.read(v, o, ctx)
     if ctx.has_policy:
+        checks.unknown_relations(v, unknown, ctx)
         checks.functions(v, found.calls, ctx)
     v.change = _set_config(found.calls)
     if v.action == "block":
@@ -275,7 +302,10 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         v.note(rule.id)
         try:
             if o.write:
-                changed |= _filter_write(tree, o, ctx, masker)
+                writecheck.check_new_rows(v, tree, o, rule, ctx, masker)
+                if v.action == "block":
+                    return
+                changed |= writecheck.fence(tree, o, ctx, masker)
             elif rule.row_filter or rule.columns:
                 text = masker.subquery_text(
                     rule, o.qualified, o.relation, ctx.who, ctx.pin, ctx.path, o.node
@@ -288,6 +318,8 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
             v.block(rule.id, f"user {ctx.who.user} has no attribute :{e.name}")
             return
         except UnknownColumns as e:
+            if o.relation is None:
+                v.unknown.append(o.qualified)  # a refreshed catalog may list them
             v.block(rule.id, f"the catalog has no column list for {e}; cannot mask it")
             return
     if isinstance(tree, exp.Copy) and changed:
@@ -298,21 +330,18 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
         v.reason = v.reason or "row filter / column policies applied"
 
 
-def _filter_write(tree: exp.Expr, o: Occ, ctx: Context, masker: Masker) -> bool:
-    rule = ctx.rule_for(o.qualified)
-    if rule is None or not rule.row_filter or not isinstance(tree, exp.Update | exp.Delete):
+def _creates(tree: exp.Expr, o: Occ) -> bool:
+    """Is `o` the relation the statement creates (CREATE ..., SELECT ... INTO)?"""
+    if not o.write:
         return False
-    if o.node is not tree.this:
-        return False
-    cond = masker.snippet(rule.row_filter)
-    bind(cond, ctx.who)
-    for t in cond.find_all(exp.Table):
-        ctx.pin(t)
-    cond = exp.Paren(this=qualify_columns(cond, o.alias))
-    where = tree.args.get("where")
-    new = exp.and_(exp.Paren(this=where.this), cond) if where is not None else cond
-    tree.set("where", exp.Where(this=new))
-    return True
+    if isinstance(tree, exp.Create):
+        # The new object only: a table it names otherwise (INDEX ON t, REFERENCES t,
+        # PARTITION OF t, LIKE t) must be one the catalog knows.
+        target = tree.this
+        while isinstance(target, exp.Schema | exp.UserDefinedFunction):
+            target = target.this  # CREATE TABLE t (cols), CREATE FUNCTION f(args)
+        return o.node is target
+    return isinstance(o.node.parent, exp.Into)
 
 
 def _unqualify_columns(columns: list[exp.Column], o: Occ) -> None:

@@ -10,8 +10,19 @@ governed table replaced by a masking subquery), or blocked with the id of the
 first rule that refused it. A multi-statement string is blocked as a whole if
 any part is; otherwise the parts (original or rewritten) are joined by "; ".
 
+Every expression the server will evaluate is policed where it stands: utility
+statements that evaluate an argument list (EXECUTE, CALL) are decided as the
+SELECT of those arguments (utilexpr.py) and rewritten in place; bodies
+(PREPARE, DECLARE, EXPLAIN, COPY (query), CREATE ... AS) as statements of their
+own; VALUES, DEFAULT, RETURNING, LIMIT and the rest are in the parsed tree.
+
 Fail closed: text that does not tokenize, statements sqlglot cannot model and
-kinds the engine does not know follow `defaults.unparsed`.
+kinds the engine does not know follow `defaults.unparsed`, except for a user
+no rule applies to, whose unmodelled statement runs when its kind is allowed
+and it names no governed relation. For users with a policy, relations and
+functions the catalog snapshot does not know are refused, and reported in
+`StatementInfo.unknown` so that the caller can refresh the catalog and decide
+again. Two statements in one Parse get PostgreSQL's own 42601.
 
 Dry run: rules in `mode: dry_run` are left out of the enforced context; when
 any such rule fits the identity (or the whole set is in dry-run mode) the
@@ -31,19 +42,25 @@ Known limits (by design, documented for DBAs):
   expanded (unparsable definition, nesting past 16, cycles), are refused unless
   a rule names them; a `deny` column the definition selects refuses every read
   of the view; writes through such views are refused.
-- UPDATE/DELETE by users a rule lets write get the row filter ANDed to their
-  WHERE, without the OFFSET 0 fence reads have; INSERT rows are not checked
-  against the filter (there is no WITH CHECK), upserts on filtered tables block.
+- Writes are held to the row filter (writecheck.py): UPDATE/DELETE get it with
+  their own WHERE fenced behind it; new rows are checked before the statement
+  is sent, which is exact only for UPDATEs that leave the filter's columns alone
+  and INSERT ... VALUES of literals under `column = value` filters. Other writes
+  to filtered tables (INSERT ... SELECT, bound parameters, upserts, MERGE, COPY
+  FROM) are refused.
 - Server-side code (triggers, FK cascades, functions a `functions:` rule allows)
   is out of the parser's sight.
 - COPY is read in PostgreSQL's whole grammar (copystmt.py: options with or
   without WITH, the legacy words, COPY BINARY t) except COPY ... WHERE and
-  COPY (INSERT/UPDATE/DELETE ... RETURNING) TO, which are not understood. COPY t
-  TO reads t's columns like SELECT; COPY FROM rows, like INSERT rows, are not
-  checked against the row filter.
+  COPY (INSERT/UPDATE/DELETE ... RETURNING) TO, which are refused for users
+  with a policy. COPY t TO reads t's columns like SELECT.
 - The catalog snapshot is refreshed when a statement names something it does
   not know (enforce.py), but a known name whose meaning changed outside the
   proxy (CREATE OR REPLACE VIEW, ATTACH PARTITION) is seen at the next refresh.
+- Temporary tables are known only as `pg_temp.name`; an unqualified reference
+  to one is an unknown relation for users with a policy.
+- Built-in names are PostgreSQL 16's (builtin_*.txt); sqlglot-modelled calls
+  (count, upper, ...) are trusted to be built-ins or SQL syntax.
 - Names resolve against the catalog snapshot and the session's tracked
   search_path; where that could be wrong (an ungoverned name that is governed in
   another schema) the reference is pinned to the schema decided on.
@@ -58,15 +75,16 @@ from datetime import datetime
 from typing import Literal
 
 from proxy.catalog import Catalog
-from proxy.errors import NotUnderstood, ProxyError
+from proxy.errors import NotUnderstood, ProxyError, SyntaxProblem
 from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
-from proxy.policy.decide import Verdict, decide
+from proxy.policy.decide import decide
 from proxy.policy.normcache import NormCache
 from proxy.policy.pathknown import PathInString
 from proxy.policy.rewrite import Masker
 from proxy.policy.split import Piece, SplitError, split
+from proxy.policy.verdict import Verdict
 from proxy.rules import RuleSet
 
 Action = Literal["allow", "rewrite", "block"]
@@ -253,8 +271,9 @@ class PolicyEngine:
         except SplitError as e:
             return self._unsplittable(sql, ctx, str(e))
         if extended and len(pieces) > 1:
-            err = NotUnderstood("a prepared statement must hold exactly one statement")
-            return Decision("block", sql, err, (), err.reason, False, None, ())
+            # PostgreSQL's own answer to a Parse holding two statements.
+            err = SyntaxProblem("cannot insert multiple commands into a prepared statement")
+            return Decision("block", sql, err, (), err.message, False, None, ())
         verdicts = []
         path = PathInString(ctx.facts.search_path_known)
         for p in pieces:
@@ -281,7 +300,10 @@ class PolicyEngine:
         return Decision("allow", sql, None, rules, reason, False, None, infos)
 
     def _unsplittable(self, sql: str, ctx: Context, why: str) -> Decision:
-        if ctx.defaults.unparsed == "allow":
+        # A user no rule applies to, allowed every kind, has nothing to police: the
+        # server answers the text (usually with its own syntax error).
+        unpoliced = not ctx.has_policy and ctx.defaults.allows_kind("unknown")
+        if ctx.defaults.unparsed == "allow" or unpoliced:
             return Decision("allow", sql, None, (), f"not understood: {why}", False, None, ())
         err = NotUnderstood(why)
         return Decision("block", sql, err, (), why, False, None, ())

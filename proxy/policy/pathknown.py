@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.policy.decide import Verdict
+from proxy.policy.verdict import Verdict
 
 # Statements that resolve no relation or function names.
 NAMELESS = frozenset({"set", "show", "begin", "commit", "rollback", "discard", "deallocate"})

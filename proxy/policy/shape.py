@@ -22,12 +22,13 @@ A slot is not yet a value the decision ignores: `free_slots` says which slots
 are, from where each sits in sqlglot's tree, on a copy of the text in which
 every slot holds a unique sentinel. A slot is free only when its sentinel is
 one literal whose parent is a comparison, an arithmetic or string operator, an
-IN/BETWEEN list, a VALUES row, a select-list item, a CASE branch or a cast to
+IN/BETWEEN list, a row constructor, a select-list item, a CASE branch or a cast to
 a plain data type, in a SELECT/INSERT/UPDATE/DELETE the engine parses. Every
 position the engine reads a value from is outside that list and so keeps its
 value in the key: function arguments (`set_config`, `'query_to_xml'` and any
 other name in a string), casts to reg* and other non-plain types, LIMIT,
-OFFSET, FETCH, ORDER BY / GROUP BY ordinals, array subscripts, intervals, JSON
+OFFSET, FETCH, ORDER BY / GROUP BY ordinals, VALUES rows (an INSERT into a
+row-filtered table checks them), array subscripts, intervals, JSON
 paths, LIKE ... ESCAPE, and every literal of a utility statement (SET, SHOW,
 COPY, PREPARE, EXECUTE, DECLARE, EXPLAIN...). A check added to the engine that
 reads a value at one of the free positions must take that position off the
@@ -276,6 +277,10 @@ def _kind_of_class(cls: str) -> str:
 def _free_position(lit: exp.Expr) -> bool:
     parent = lit.parent
     kind = type(parent)
+    if kind is exp.Tuple and isinstance(parent.parent if parent else None, exp.Values):
+        # A VALUES row: INSERT into a row-filtered table checks these values against
+        # the filter (writecheck.py), so the decision depends on them.
+        return False
     if kind in _FREE_PARENTS:
         return True
     if kind in _FREE_ARGS:

@@ -34,7 +34,8 @@ CAROL = SessionFacts(user="carol", database="db")
 def enforcer(*entries: dict[str, Any]) -> tuple[Enforcer, MemoryStore, Clock]:
     clock, store = Clock(), MemoryStore()
     rules = ruleset(*entries)
-    return Enforcer(rules, Catalog(), Guard(rules, store, clock=clock)), store, clock
+    people = Catalog({"public.people": Relation("public", "people", columns=("id", "name"))})
+    return Enforcer(rules, people, Guard(rules, store, clock=clock)), store, clock
 
 
 async def run(e: Enforcer, parsed: Admission, rows: int, *params: str) -> Admission:

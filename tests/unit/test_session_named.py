@@ -33,7 +33,7 @@ from playbook import (
 )
 
 from proxy.actions import Decide
-from proxy.catalog import Catalog
+from proxy.catalog import Catalog, Relation
 from proxy.enforce import Enforcer
 from proxy.guard import Guard, MemoryStore
 from proxy.hooks import Admission
@@ -50,7 +50,9 @@ def rules(*entries: dict[str, Any]) -> RuleSet:
 def hooked(*entries: dict[str, Any], status: bytes = b"I") -> tuple[Playbook, Enforcer]:
     """A playbook answered by the production hooks, as the I/O layer would."""
     r = rules(*entries)
-    e = Enforcer(r, Catalog(), Guard(r, MemoryStore()))
+    # The table the statements read: a user with a policy may not read unknown ones.
+    known = Catalog({"public.t": Relation("public", "t", columns=("x",))})
+    e = Enforcer(r, known, Guard(r, MemoryStore()))
 
     def policy(sql: str, extended: bool) -> Admission:
         return asyncio.run(e.decide(sql, ALICE, extended=extended))

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.identity import SessionFacts
+from proxy.policy.engine import PolicyEngine
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -20,6 +23,7 @@ class Case:
     reason: list[str] = field(default_factory=list)
     search_path: tuple[str, ...] | None = None
     extended: bool = False
+    unknown: list[str] = field(default_factory=list)  # names StatementInfo.unknown must hold
     line: int = 0
 
 
@@ -47,6 +51,7 @@ def load_cases(name: str) -> list[Case]:
                 reason=meta.get("reason", []),
                 search_path=tuple(path[0].split(",")) if path else None,
                 extended=meta.get("extended", ["false"])[0] == "true",
+                unknown=meta.get("unknown", []),
                 line=start,
             )
         )
@@ -66,3 +71,31 @@ def load_cases(name: str) -> list[Case]:
             sql.append(line)
     flush()
     return cases
+
+
+def check_case(engine: PolicyEngine, case: Case) -> None:
+    """Decide the case and compare decision, rules, rewrite fragments and reason."""
+    facts = SessionFacts(case.user, "db")
+    if case.search_path is not None:
+        facts = SessionFacts(case.user, "db", search_path=case.search_path)
+    d = engine.decide(case.sql, facts, extended=case.extended)
+    detail = f"{d.action} {d.rules} {d.reason!r}\n{d.sql}"
+    assert d.action == case.decision, detail
+    if case.decision == "block":
+        assert d.error is not None and d.error.sqlstate == "42501"
+        if case.rules:
+            assert d.rules[0] == case.rules[0], detail
+            assert set(case.rules) <= set(d.rules), detail
+    else:
+        assert d.error is None
+        assert set(d.rules) == set(case.rules), detail
+    if case.decision == "allow":
+        assert d.sql == case.sql
+    for fragment in case.contains:
+        assert fragment in d.sql, detail
+    for fragment in case.lacks:
+        assert fragment not in d.sql, detail
+    for fragment in case.reason:
+        assert fragment in d.reason, detail
+    for name in case.unknown:
+        assert any(name in s.unknown for s in d.statements), detail

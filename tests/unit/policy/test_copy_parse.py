@@ -123,12 +123,15 @@ def test_copy_forms_outside_the_grammar_fail_closed(engine: PolicyEngine, sql: s
     assert d.action == "block" and isinstance(d.error, NotUnderstood), d
 
 
-def test_unparsed_allow_lets_unmodelled_copy_through_unchanged(
+def test_unmodelled_copy_is_refused_for_a_governed_user_even_under_unparsed_allow(
     tmp_path: Path, catalog: Catalog
 ) -> None:
+    """COPY ... WHERE evaluates an expression the parser never saw (query_to_xml...)."""
     e = make(tmp_path, catalog, unparsed="allow")
-    d = e.decide("COPY sandbox.scratch FROM STDIN WHERE a > 1", ALICE)
-    assert d.action == "allow" and d.sql == "COPY sandbox.scratch FROM STDIN WHERE a > 1"
+    sql = "COPY sandbox.scratch FROM STDIN WHERE query_to_xml('select 1', true, true, '') IS NULL"
+    d = e.decide(sql, ALICE)
+    assert d.action == "block" and isinstance(d.error, NotUnderstood)
+    assert "WHERE clause is not supported" in d.reason
 
 
 @pytest.mark.parametrize(

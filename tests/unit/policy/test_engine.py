@@ -91,10 +91,11 @@ def test_search_path_facts(engine: PolicyEngine) -> None:
 def test_search_path_changes_resolution(engine: PolicyEngine) -> None:
     facts = SessionFacts("alice", "db", search_path=("internal",))
     assert engine.decide("SELECT * FROM secrets", facts).rules == ("internal-schema",)
-    # Off the path, the name is pinned to the schema it resolves to, never to internal.
+    # Off the path, the name means public.secrets, which the catalog does not know.
     facts = SessionFacts("alice", "db", search_path=("public",))
     d = engine.decide("SELECT * FROM secrets", facts)
-    assert d.action == "rewrite" and 'FROM "public".secrets' in d.sql
+    assert d.rules == ("defaults.catalog",) and "relation secrets is not" in d.reason
+    assert d.statements[0].unknown == ("secrets",)
 
 
 def test_ddl_and_copy_facts(tmp_path: Path, catalog: Catalog) -> None:
@@ -294,7 +295,7 @@ def test_masks_without_catalog_columns_block(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sql", "why"),
     [
-        ("SELECT 1; SELECT 2", "exactly one statement"),
+        ("SELECT 1; SELECT 2", "cannot insert multiple commands into a prepared statement"),
         ("DO $$ BEGIN END $$", None),
     ],
 )
@@ -303,6 +304,17 @@ def test_extended_single_statement(engine: PolicyEngine, sql: str, why: str | No
     assert d.action == "block"
     if why:
         assert why in d.reason
+
+
+@pytest.mark.parametrize("user", ["alice", "carol"])
+def test_two_statements_in_one_parse_is_postgres_syntax_error(
+    engine: PolicyEngine, user: str
+) -> None:
+    """PostgreSQL answers 42601 to a Parse holding two statements; so does the proxy."""
+    d = engine.decide("SELECT 1; SELECT 2", SessionFacts(user, "db"), extended=True)
+    assert d.action == "block" and d.error is not None
+    assert d.error.sqlstate == "42601"
+    assert d.error.message == "cannot insert multiple commands into a prepared statement"
 
 
 def test_extended_keeps_typed_placeholders(engine: PolicyEngine) -> None:
@@ -332,7 +344,7 @@ def test_long_identifiers_truncate_like_postgres(tmp_path: Path, catalog: Catalo
         catalog,
     )
     assert e.decide(f"SELECT 1 FROM {name}bcd", ALICE).rules == ("r",)
-    assert e.decide(f'SELECT 1 FROM "{name.upper()}"', ALICE).action == "allow"
+    assert e.decide(f'SELECT 1 FROM "{name.upper()}"', ALICE).rules == ("defaults.catalog",)
 
 
 def test_ambiguous_write_target_is_pinned(tmp_path: Path, catalog: Catalog) -> None:

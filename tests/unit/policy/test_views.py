@@ -263,7 +263,8 @@ def test_schema_qualified_column_references_follow_the_alias(engine: PolicyEngin
 
 def test_unknown_names_are_reported(engine: PolicyEngine) -> None:
     d = engine.decide("SELECT * FROM brand_new JOIN people ON true", ANN)
-    assert [u.split(".")[1] for u in d.statements[0].unknown] == ["brand_new"]
+    # Unqualified and unknown, so unresolvable: reported by its bare name.
+    assert list(d.statements[0].unknown) == ["brand_new"]
     created = engine.decide("CREATE TABLE another_new (id int)", SessionFacts("bob", "db"))
     assert created.statements[0].unknown == ()
 
@@ -308,8 +309,10 @@ def test_a_name_resolved_elsewhere_is_pinned_away_from_a_governed_view(
 ) -> None:
     facts = SessionFacts(user="ann", database="db", search_path=("scratch",))
     d = engine.decide("SELECT ssn FROM people_view", facts)
-    assert d.action == "rewrite", d.reason
-    assert d.sql == 'SELECT ssn FROM "scratch".people_view'
+    # scratch.people_view is not in the catalog: refused as unknown, never read as
+    # the governed public.people_view.
+    assert d.action == "block" and d.rules[0] == "defaults.catalog", d.reason
+    assert d.statements[0].unknown == ("scratch.people_view",)
 
 
 def test_a_materialized_view_off_the_path_is_refused(engine: PolicyEngine) -> None:
