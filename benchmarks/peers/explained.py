@@ -6,6 +6,8 @@ not differ (stale ones to remove, or racy ones that differ only sometimes).
 
 from __future__ import annotations
 
+ASYNCPG_PHASES = ("main", "tls")
+
 _REPLICATION = "the proxy refuses replication connections on purpose (0A000, README: Compatibility)"
 _ENCODING = (
     "a client_encoding other than UTF-8 or SQL_ASCII is refused on purpose (42501): the "
@@ -67,26 +69,35 @@ EXPLAINED: dict[str, str] = {
             "ReplicationTest.test_stop_replication",
         )
     },
-    "asyncpg/main::test_execute.TestExecuteMany.test_executemany_server_failure_during_writes": (
-        "any hop does this, not Oversight: the test streams 4 MiB of Bind/Execute and expects "
-        "the server's early error before it has written it all; a hop adds a second pair "
-        "of socket buffers, so it all fits in flight (fails the same through `--target relay`, "
-        "a plain TCP forwarder; Oversight drains its upstream writes, so it does apply "
-        "backpressure)"
-    ),
-    "asyncpg/main::test_pool.TestPool.test_pool_config_persistence": (
-        "a race in the test, seen failing directly: 100 pool connections with max_queries=1 "
-        "are replaced as fast as they are used, and one closing connection's "
-        "'unexpected connection_lost()' future is left unretrieved"
-    ),
+    **{
+        f"asyncpg/{phase}::{test}": why
+        for phase in ASYNCPG_PHASES
+        for test, why in {
+            "test_execute.TestExecuteMany.test_executemany_server_failure_during_writes": (
+                "any hop does this, not Oversight: the test streams 4 MiB of Bind/Execute and "
+                "expects the server's early error before it has written it all; a hop adds a "
+                "second pair of socket buffers, so it all fits in flight (fails the same through "
+                "`--target relay`, a plain TCP forwarder; Oversight drains its upstream writes, "
+                "so it does apply backpressure)"
+            ),
+            "test_pool.TestPool.test_pool_config_persistence": (
+                "a race in the test, seen failing directly: 100 pool connections with "
+                "max_queries=1 are replaced as fast as they are used, and one closing "
+                "connection's 'unexpected connection_lost()' future is left unretrieved"
+            ),
+        }.items()
+    },
 }
 
 # Test id -> the open proxy bug that makes it differ. Listed apart from EXPLAINED:
 # these are to be fixed, and an entry that stops differing is to be removed.
 OPEN_BUGS: dict[str, str] = {
-    "asyncpg/main::test_execute.TestExecuteScript.test_execute_script_3": (
-        "a Parse holding two statements is refused with 42501 'a prepared statement must "
-        "hold exactly one statement'; PostgreSQL answers 42601 'cannot insert multiple "
-        "commands into a prepared statement' (the test checks the class and the message)"
-    ),
+    **{
+        f"asyncpg/{phase}::test_execute.TestExecuteScript.test_execute_script_3": (
+            "a Parse holding two statements is refused with 42501 'a prepared statement must "
+            "hold exactly one statement'; PostgreSQL answers 42601 'cannot insert multiple "
+            "commands into a prepared statement' (the test checks the class and the message)"
+        )
+        for phase in ASYNCPG_PHASES
+    },
 }

@@ -73,6 +73,16 @@ PHASES = [
     # asyncpg's `python -m unittest tests.suite` with PGHOST set (RunningCluster); for
     # unittest phases `extra` are test id substrings left out: flake8/mypy of the sdist.
     Phase("asyncpg", "main", ("",), extra=("test__sourcecode.",)),
+    # Not a job of asyncpg's CI: the same suite over TLS (asyncpg negotiates it with
+    # sslmode=prefer, its default; require makes sure), the proxy's TLS to clients too.
+    Phase(
+        "asyncpg",
+        "tls",
+        ("",),
+        ssl=True,
+        extra=("test__sourcecode.",),
+        env=(("PGSSLMODE", "require"),),
+    ),
 ]
 
 

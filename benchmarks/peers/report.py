@@ -82,6 +82,14 @@ def report(
             else:
                 why = proxy.details.get(tid) or direct.details.get(tid) or ""
                 unexplained.append(line + "\n" + textwrap.indent(why.strip()[-1500:], "    "))
+    logged = [
+        f"{s} {p}: " + ", ".join(f"{n} {what}" for what, n in r.log_lines.most_common())
+        for (s, p, t), r in runs.items()
+        if t == "proxy" and r.log_lines
+    ]
+    if logged:
+        print("\nWarnings and errors in the proxy's log (see oversight.log):")
+        print("\n".join(logged))
     relayed = relay_differences(phases, runs)
     if relayed:
         print("\nDifferences through a plain TCP relay (what any proxy hop changes):")

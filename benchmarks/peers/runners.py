@@ -83,6 +83,7 @@ class Run:
     details: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
+    log_lines: Counter[str] = field(default_factory=Counter)  # proxy log: "LEVEL logger"
 
     def counts(self) -> Counter[str]:
         return Counter(self.outcomes.values())
@@ -209,8 +210,24 @@ def run_phase(
         if phase.port_5432:
             stack.enter_context(forward(5432, port))
             port = 5432
-        return runner(phase, root, suite_env(port, password, phase), out, args)
-    raise AssertionError("unreachable")
+        run = runner(phase, root, suite_env(port, password, phase), out, args)
+    if target == "proxy":
+        run.log_lines = log_lines(out / "oversight.log")
+    return run
+
+
+def log_lines(path: Path) -> Counter[str]:
+    """The proxy log's warnings and errors, counted by level and logger.
+
+    No suite reads the proxy's own log, so what it says there (a statement's
+    text, a traceback) shows up only here.
+    """
+    counts: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        words = line.split(" ", 4)
+        if len(words) >= 4 and words[2] in ("WARNING", "ERROR", "CRITICAL"):
+            counts[f"{words[2]} {words[3].rstrip(':')}"] += 1
+    return counts
 
 
 class _Relay(socketserver.BaseRequestHandler):
