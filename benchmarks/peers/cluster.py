@@ -20,20 +20,13 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import pgcluster  # noqa: E402  (tests/ is not a package; the path is set just above)
+from openrules import OPEN_RULES  # noqa: E402
 from serveproc import Served, start_serve  # noqa: E402
 
 PROXY_ROLE = "oversight_peer"  # Oversight's own upstream account (catalog reads)
 KEEP_ROLES = {SUPERUSER, PROXY_ROLE}
 DATABASES = ["postgres", "psycopg2_test"]  # recreated, with hstore, before every run
 
-OPEN_RULES = """\
-version: 1
-defaults:
-  mode: enforce
-  unknown_tables: allow
-  unparsed: allow
-  statements: [all]
-"""
 
 PG_HBA = """\
 # Written by benchmarks/peers for phase {phase}.
