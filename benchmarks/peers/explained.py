@@ -81,9 +81,10 @@ EXPLAINED: dict[str, str] = {
                 "so it does apply backpressure)"
             ),
             "test_pool.TestPool.test_pool_config_persistence": (
-                "a race in the test, seen failing directly: 100 pool connections with "
-                "max_queries=1 are replaced as fast as they are used, and one closing "
-                "connection's 'unexpected connection_lost()' future is left unretrieved"
+                "a race in the test, seen failing directly in one run and through the "
+                "proxy in another: 100 pool connections with max_queries=1 are replaced as "
+                "fast as they are used, and a closing connection's 'unexpected "
+                "connection_lost()' future is left unretrieved"
             ),
         }.items()
     },
