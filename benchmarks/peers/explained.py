@@ -81,10 +81,11 @@ EXPLAINED: dict[str, str] = {
                 "so it does apply backpressure)"
             ),
             "test_pool.TestPool.test_pool_config_persistence": (
-                "a race in the test, seen failing directly in one run and through the "
-                "proxy in another: 100 pool connections with max_queries=1 are replaced as "
-                "fast as they are used, and a closing connection's 'unexpected "
-                "connection_lost()' future is left unretrieved"
+                "a race in the test, seen failing directly too: 100 pool connections with "
+                "max_queries=1 are replaced as fast as they are used; a connect the closing "
+                "pool abandons mid-SSLRequest leaves asyncpg's 'unexpected connection_lost()' "
+                "future unretrieved; the SSLRequest round trip, the race's window, is longer "
+                "through any hop"
             ),
         }.items()
     },
