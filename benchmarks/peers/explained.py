@@ -80,13 +80,6 @@ EXPLAINED: dict[str, str] = {
                 "`--target relay`, a plain TCP forwarder; Oversight drains its upstream writes, "
                 "so it does apply backpressure)"
             ),
-            "test_pool.TestPool.test_pool_config_persistence": (
-                "a race in the test, seen failing directly too: 100 pool connections with "
-                "max_queries=1 are replaced as fast as they are used; a connect the closing "
-                "pool abandons mid-SSLRequest leaves asyncpg's 'unexpected connection_lost()' "
-                "future unretrieved; the SSLRequest round trip, the race's window, is longer "
-                "through any hop"
-            ),
         }.items()
     },
 }
@@ -94,6 +87,16 @@ EXPLAINED: dict[str, str] = {
 # Test id -> the open proxy bug that makes it differ. Listed apart from EXPLAINED:
 # these are to be fixed, and an entry that stops differing is to be removed.
 OPEN_BUGS: dict[str, str] = {
+    **{
+        f"asyncpg/{phase}::test_pool.TestPool.test_pool_config_persistence": (
+            "NOT UNDERSTOOD YET: asyncpg reports 'Future exception was never retrieved: "
+            "ConnectionError(unexpected connection_lost() call)', the socket closed before "
+            "the answer to its SSLRequest; 100 pool connections with max_queries=1. Failed "
+            "directly once (b1936c1), through the proxy in the last 4 runs, never through "
+            "`--target relay` (1 run): is a connection closed without an answer?"
+        )
+        for phase in ASYNCPG_PHASES
+    },
     **{
         f"asyncpg/{phase}::test_execute.TestExecuteScript.test_execute_script_3": (
             "a Parse holding two statements is refused with 42501 'a prepared statement must "
