@@ -92,8 +92,8 @@ OPEN_BUGS: dict[str, str] = {
             "NOT UNDERSTOOD YET: asyncpg reports 'Future exception was never retrieved: "
             "ConnectionError(unexpected connection_lost() call)', the socket closed before "
             "the answer to its SSLRequest; 100 pool connections with max_queries=1. Failed "
-            "directly once (b1936c1), through the proxy in the last 4 runs, never through "
-            "`--target relay` (1 run): is a connection closed without an answer?"
+            "directly once (b1936c1), through the proxy in 4 of the last 5 runs, in neither "
+            "of 2 runs through `--target relay`: is a connection closed without an answer?"
         )
         for phase in ASYNCPG_PHASES
     },
