@@ -9,11 +9,6 @@ from __future__ import annotations
 ASYNCPG_PHASES = ("main", "tls")
 
 _REPLICATION = "the proxy refuses replication connections on purpose (0A000, README: Compatibility)"
-_ENCODING = (
-    "a client_encoding other than UTF-8 or SQL_ASCII is refused on purpose (42501): the "
-    "policy engine reads statement text as UTF-8, PostgreSQL would convert it first, so a "
-    "non-ASCII name could be one table to the rules and another to the server"
-)
 _BROKEN_PIPE = (
     "a race in the test, not the proxy: directly, pg8000 writes its next query while the "
     "terminated backend is still exiting, and loopback TCP resets the connection (ECONNRESET) "
@@ -38,20 +33,6 @@ EXPLAINED: dict[str, str] = {
         "on purpose (0A000): with it off the server would read string literals differently "
         "from the policy engine"
     ),
-    **{
-        f"psycopg2/main::tests.{test}": _ENCODING
-        for test in (
-            "test_connection.ConnectionTests.test_encoding_name",  # EUC_JP
-            "test_copy.CopyTests.test_copy_bytes",  # LATIN1, as the rest but KOI8
-            "test_copy.CopyTests.test_copy_expert_textiobase",
-            "test_copy.CopyTests.test_copy_text",
-            "test_notify.NotifiesTests.test_notifies_received_on_set_client_encoding",
-            "test_quote.QuotingTestCase.test_koi8",
-            "test_quote.QuotingTestCase.test_latin1",
-            "test_types_extras.HstoreTestCase.test_roundtrip",
-            "test_types_extras.HstoreTestCase.test_roundtrip_array",
-        )
-    },
     **{
         f"psycopg2/replication::tests.test_replication.{test}": (
             _REPLICATION + "; psycopg2's repl_connect() turns the refusal into a skip"
