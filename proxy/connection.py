@@ -121,7 +121,11 @@ class Connection:
         self._cancels: set[asyncio.Task[None]] = set()
         keepalive(writer)
         for t in (self._client_t, self._server_t):
-            t.set_write_buffer_limits(high=_WRITE_HIGH)
+            # uvloop raises RuntimeError on a transport closed since the handshake (a
+            # client that hung up right after ReadyForQuery); run() sees it closing and
+            # ends the session, closing the other leg too.
+            with contextlib.suppress(RuntimeError):
+                t.set_write_buffer_limits(high=_WRITE_HIGH)
 
     async def run(self) -> None:
         """Relay until the session ends; returns once it is recorded and both legs are closed."""

@@ -80,6 +80,13 @@ async def _after_auth_ok(raw: Raw, app: str) -> None:
             return
 
 
+async def _at_ready(raw: Raw, app: str) -> None:
+    """Hang up as the relay begins (the session is being set up as the RST lands)."""
+    await _after_auth_ok(raw, app)
+    while (await raw.frame())[0] != b"Z":
+        pass
+
+
 async def _stall_mid_auth(raw: Raw, app: str) -> None:
     """Say nothing more: the proxy's startup timeout ends it (the wait below is the poll)."""
     await _mid_auth(raw, app)
@@ -89,7 +96,7 @@ async def _stall_mid_auth(raw: Raw, app: str) -> None:
 Step = Callable[[Raw, str], Awaitable[None]]
 
 
-@pytest.mark.parametrize("step", [_after_startup, _mid_auth, _stall_mid_auth, _after_auth_ok])
+@pytest.mark.parametrize("step", [_after_startup, _mid_auth, _stall_mid_auth, _after_auth_ok, _at_ready])
 async def test_hangup_during_startup_leaves_nothing(
     pg: PgCluster, served: Served, step: Step
 ) -> None:
