@@ -96,7 +96,9 @@ async def _stall_mid_auth(raw: Raw, app: str) -> None:
 Step = Callable[[Raw, str], Awaitable[None]]
 
 
-@pytest.mark.parametrize("step", [_after_startup, _mid_auth, _stall_mid_auth, _after_auth_ok, _at_ready])
+@pytest.mark.parametrize(
+    "step", [_after_startup, _mid_auth, _stall_mid_auth, _after_auth_ok, _at_ready]
+)
 async def test_hangup_during_startup_leaves_nothing(
     pg: PgCluster, served: Served, step: Step
 ) -> None:
