@@ -30,6 +30,7 @@ from proxy.catalog import Catalog
 log = logging.getLogger("oversight.catalog")
 
 Loader = Callable[[str], Awaitable[Catalog]]
+_NO_SUCH_DATABASE = "3D000"  # invalid_catalog_name
 
 
 @dataclass(slots=True)
@@ -127,6 +128,13 @@ class CatalogSet:
                 fresh = await asyncio.wait_for(self.loader(database), self.timeout)
             except Exception as e:  # any failure: keep the old snapshot, say why
                 entry.failed = f"{type(e).__name__}: {e}"
+                if getattr(e, "sqlstate", "") == _NO_SUCH_DATABASE and database != self.default:
+                    # Dropped: forget it, so the periodic refresh stops asking; a session to a
+                    # database of that name made again loads it afresh.
+                    log.info("database %r no longer exists; its catalog is dropped", database)
+                    if self._entries.get(database) is entry:
+                        del self._entries[database]
+                    return None
                 log.warning("cannot read the catalog of database %r (%s)", database, e)
                 return entry.catalog
             entry.failed = ""

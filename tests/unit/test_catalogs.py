@@ -21,6 +21,7 @@ class Loader:
         self.gate.set()
         self.entered = asyncio.Event()
         self.fail: set[str] = set()
+        self.dropped: set[str] = set()
 
     async def __call__(self, db: str) -> Catalog:
         self.calls.append(db)
@@ -29,8 +30,14 @@ class Loader:
         await self.gate.wait()
         if db in self.fail:
             raise OSError(f"cannot reach {db}")
+        if db in self.dropped:
+            raise NoSuchDatabase(f'database "{db}" does not exist')
         rels = {f"public.{t}": Relation("public", t) for t in snapshot}
         return Catalog(rels)
+
+
+class NoSuchDatabase(Exception):
+    sqlstate = "3D000"  # as asyncpg's InvalidCatalogNameError carries it
 
 
 class Clock:
@@ -122,6 +129,20 @@ async def test_refresh_all_covers_the_default_and_every_database_seen() -> None:
     await cs.ensure("other")
     await cs.refresh_all()
     assert sorted(loader.calls) == ["main", "other", "other"]
+
+
+async def test_a_dropped_database_is_forgotten_and_no_longer_refreshed() -> None:
+    loader = Loader()
+    cs = CatalogSet(loader, "main", min_interval=0)
+    await cs.ensure("other")
+    loader.dropped.add("other")
+    await cs.refresh_all()
+    assert cs.databases() == ["main"] and cs.get("other") is None
+    loader.calls.clear()
+    await cs.refresh_all()
+    assert loader.calls == ["main"]  # the periodic refresh stopped asking for it
+    loader.dropped.clear()  # made again under the same name: loaded afresh on first use
+    assert _names(await cs.ensure("other")) == ["public.o1"]
 
 
 async def test_close_cancels_a_load_under_way() -> None:
