@@ -312,7 +312,7 @@ class Connection:
         t0 = time.perf_counter()
         try:
             self.ctx.audit.check_writable()
-            hooks, facts = self.ctx.hooks, self.session.facts
+            hooks, facts = self.ctx.hooks, self.session.deciding_facts()
             if a.function_oid is not None:
                 adm = await hooks.function_call(facts, a.function_oid)
             elif a.params is not None and a.token is not None:

@@ -41,6 +41,24 @@ class Blocked(ProxyError):
         self.reason = reason
 
 
+class PurposeRequired(ProxyError):
+    """defaults.require_purpose: a governed table is read without a fitting purpose (42501)."""
+
+    sqlstate = "42501"
+
+    def __init__(self, hint: str):
+        super().__init__("oversight: a purpose is required", hint=hint)
+
+
+class BadPurpose(ProxyError):
+    """A purpose the proxy will not write in its records (too long, multi-line; 22023)."""
+
+    sqlstate = "22023"
+
+    def __init__(self, why: str):
+        super().__init__(f"oversight: invalid oversight.purpose: {why}")
+
+
 class NotUnderstood(ProxyError):
     """The policy engine could not fully parse the statement (42501)."""
 

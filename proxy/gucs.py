@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Settings whose value the proxy follows. The engine reports changes to these only.
-TRACKED = frozenset({"search_path"})
+# oversight.purpose (proxy/purpose.py) is one string, never split at commas.
+PURPOSE = "oversight.purpose"
+TRACKED = frozenset({"search_path", PURPOSE})
 
 Value = tuple[str, ...] | None  # None: unknown to the proxy
 Op = Literal["set", "local", "reset_all", "unknown", "savepoint", "release", "rollback_to"]
@@ -87,6 +89,8 @@ def set_config_change(args: Sequence[str | None]) -> Change | None:
     local = args[2].strip().lower()
     if local not in _BOOLS:
         return Change("unknown", name)
+    if name == PURPOSE:
+        return Change("local" if _BOOLS[local] else "set", name, (args[1],))
     parts = [p.strip() for p in args[1].split(",") if p.strip()]
     value = tuple(p[1:-1] if p.startswith('"') else p.lower() for p in parts)
     return Change("local" if _BOOLS[local] else "set", name, value)

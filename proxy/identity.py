@@ -28,6 +28,10 @@ class SessionFacts:
     # False when the proxy cannot follow the server's search_path (proxy/gucs.py):
     # under a policy, statements are refused until the client sets it again.
     search_path_known: bool = True
+    # The stated purpose (proxy/purpose.py), "" for none; False when the proxy cannot
+    # follow it (a computed set_config): require_purpose then refuses.
+    purpose: str = ""
+    purpose_known: bool = True
     # Wall clock for `hours` matching; None means "now" at decision time.
     now: datetime | None = field(default=None, compare=False)
     groups: frozenset[str] = frozenset()

@@ -40,6 +40,13 @@ class Tally:
     bytes: int = 0
 
 
+def stated(facts: SessionFacts) -> str | None:
+    """The purpose a record shows: the stated one, None for none, "?" when unknown."""
+    if not facts.purpose_known:
+        return "?"
+    return facts.purpose or None
+
+
 class Recorder:
     def __init__(self, audit: AuditLog, hooks: Hooks, *, redact: bool = True) -> None:
         self.audit = audit
@@ -54,6 +61,7 @@ class Recorder:
             "client": facts.client,
             "application": facts.application,
             "database": facts.database,
+            "purpose": stated(facts),
         }
 
     async def statement(self, facts: SessionFacts, stmt: Running, tally: Tally) -> None:
@@ -100,6 +108,7 @@ class Recorder:
             bytes=stmt.bytes,
             duration_ms=round(duration * 1000, 3),
             error=stmt.error,
+            purpose=stated(facts),
             extra=extra,
         )
         tally.statements += 1

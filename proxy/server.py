@@ -203,6 +203,7 @@ class ProxyServer:
             return
         if hs.search_path is not None:
             facts = replace(facts, search_path=hs.search_path)
+        facts = replace(facts, purpose=hs.purpose)
         facts = replace(facts, groups=hs.identity.groups, attributes=hs.identity.attributes)
         session = Session(facts, max_message=s.max_message_size)
         session.status = hs.status

@@ -55,7 +55,7 @@ from proxy import messages as m
 from proxy.actions import Action, Close, Decide, Plan, Running, Throttle, ToServer
 from proxy.encodings import EncodingError
 from proxy.errors import ProtocolViolation, ProxyError
-from proxy.gucs import SessionSettings
+from proxy.gucs import PURPOSE, SessionSettings
 from proxy.hooks import Admission, Effect
 from proxy.identity import SessionFacts
 from proxy.named import ExecuteCheck, Held, Names, QueryRuns, Run, admitted, in_query, unknown
@@ -74,7 +74,9 @@ class Session(UpstreamSide):
     def __init__(self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.facts = facts
         # The server's search_path, transactions included; the startup value is what RESET restores.
-        self.settings = SessionSettings.start({"search_path": facts.search_path})
+        self.settings = SessionSettings.start(
+            {"search_path": facts.search_path, PURPOSE: (facts.purpose,)}
+        )
         self.status = b"I"  # last transaction status the upstream reported
         self.queue: deque[Entry] = deque()
         self.statements: dict[str, Plan] = {}

@@ -16,7 +16,7 @@ from dataclasses import replace
 from proxy import messages as m
 from proxy.actions import Action, CancelUpstream, Finish, Plan, Running, ToClient
 from proxy.errors import FeatureNotSupported, ProxyError, ResultLimit
-from proxy.gucs import Change, SessionSettings
+from proxy.gucs import PURPOSE, Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
 from proxy.replies import Entry, next_stmt, room, statement_info, undo_parse
@@ -285,6 +285,26 @@ class UpstreamSide:
             self.facts = replace(facts, search_path_known=False)
         elif path is not None and (path != facts.search_path or not facts.search_path_known):
             self.facts = replace(facts, search_path=path, search_path_known=True)
+        purpose = self.settings.value(PURPOSE)
+        known = purpose is not None
+        text = purpose[0] if purpose else ""
+        if (text, known) != (self.facts.purpose, self.facts.purpose_known):
+            self.facts = replace(self.facts, purpose=text, purpose_known=known)
+
+    def deciding_facts(self) -> SessionFacts:
+        """The facts a statement arriving now is decided on.
+
+        A statement sent while a SET (or COMMIT, ROLLBACK...) is still in flight
+        runs after it: its purpose is not yet known, so require_purpose refuses.
+        """
+        for e in self.queue:
+            for s in e.stmts:
+                info = statement_info(s)
+                c = Change.from_json(info.get("change"))
+                moving = c is not None and (c.name in (PURPOSE, "*") or c.op not in _STILL)
+                if moving or info.get("kind") in ("commit", "rollback"):
+                    return replace(self.facts, purpose_known=False)
+        return self.facts
 
     def _skip_to_sync(self, out: list[Action]) -> None:
         """After an error in an extended batch the upstream skips to Sync; so do we."""
@@ -350,6 +370,10 @@ class UpstreamSide:
         self.queue.clear()
         self.closed = True
         return out
+
+
+# Changes that leave every setting's value alone.
+_STILL = frozenset({"set", "local", "savepoint", "release"})
 
 
 def changes_ahead(queue: deque[Entry]) -> bool:

@@ -28,6 +28,7 @@ from proxy.catalog import parse_search_path
 from proxy.encodings import ClientEncoding, lookup
 from proxy.errors import (
     AuthFailed,
+    BadPurpose,
     FeatureNotSupported,
     ProtocolViolation,
     ProxyError,
@@ -36,6 +37,7 @@ from proxy.errors import (
 from proxy.identity import Identity
 from proxy.idsrc import IdentityResolver, IdentityUnavailable
 from proxy.login import ProxyLogin, TooManyFailures
+from proxy.purpose import problem
 from proxy.settings import Upstream
 from proxy.streams import read_frame, read_startup_packet
 from proxy.textmode import parser_hazard
@@ -57,6 +59,7 @@ class Handshake:
     status: bytes = b"I"
     parameters: dict[str, str] = field(default_factory=dict)
     search_path: tuple[str, ...] | None = None
+    purpose: str = ""  # oversight.purpose as the session starts (startup options, role)
     identity: Identity = field(default_factory=Identity)
 
 
@@ -260,7 +263,7 @@ async def _upstream_login(
                 raise FeatureNotSupported(f"oversight: a database in {enc} is not supported")
             # Name resolution needs the session's real search_path (role and
             # database settings apply); ask before the client gets control.
-            hs.search_path = await _show_search_path(hs, max_message, codec)
+            hs.search_path, hs.purpose = await _show_search_path(hs, max_message, codec)
         client_writer.write(f.raw)
         if f.type == b"Z":
             return hs
@@ -272,19 +275,34 @@ def session_codec(parameters: dict[str, str]) -> ClientEncoding | None:
     return lookup(client, parameters.get("server_encoding", "UTF8"))
 
 
+# The purpose may come from `-c oversight.purpose=...` in the options, or the
+# role's or database's settings: the server has parsed them all, so ask it.
+# current_setting(..., true) is NULL, not an error, when nothing set it.
+_STARTUP_QUERY = "SHOW search_path; SELECT current_setting('oversight.purpose', true)"
+
+
 async def _show_search_path(
     hs: Handshake, max_message: int, codec: ClientEncoding
-) -> tuple[str, ...] | None:
-    hs.writer.write(m.query("SHOW search_path"))
-    value: str | None = None
+) -> tuple[tuple[str, ...] | None, str]:
+    """The session's search_path and stated purpose, before the client gets control."""
+    hs.writer.write(m.query(_STARTUP_QUERY))
+    values: list[str | None] = []
     while True:
         f = await read_frame(hs.reader, max_message)
         if f.type == b"D":
             r = m.Reader(f.body)
-            if r.i16() == 1 and (n := r.i32()) >= 0:
-                value = codec.read(r.take(n))  # in the client encoding, like any result
+            n = r.i32() if r.i16() == 1 else -1
+            # In the client encoding, like any result; invalid bytes become U+FFFD.
+            values.append(codec.read(r.take(n)) if n >= 0 else None)
         elif f.type == b"Z":
-            return tuple(parse_search_path(value)) if value is not None else None
+            break
+    path_text = values[0] if values else None
+    path = None if path_text is None else tuple(parse_search_path(path_text))
+    purpose = (values[1] if len(values) > 1 else None) or ""
+    why = problem(purpose)
+    if why is not None:
+        raise BadPurpose(f"{why} (from the startup options or the role's settings)")
+    return path, purpose
 
 
 async def _relay_auth(

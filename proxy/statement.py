@@ -26,6 +26,7 @@ CORE = (
     "client",
     "application",
     "database",
+    "purpose",
     "sql",
     "fingerprint",
     "kind",
@@ -65,7 +66,9 @@ class StatementRecord:
     bytes: int
     duration_ms: float
     error: str | None
-    # Later fields (subjects, purpose, client_encoding...) go in here first.
+    # The session's stated purpose when the statement ended (proxy/purpose.py); None: none.
+    purpose: str | None = None
+    # Later fields (subjects, client_encoding...) go in here first.
     extra: dict[str, Any] = field(default_factory=dict)
     event: str = "statement"
 
@@ -87,6 +90,7 @@ class StatementRecord:
             "client": self.client,
             "application": self.application,
             "database": self.database,
+            "purpose": self.purpose,
             "sql": self.sql,
             "fingerprint": self.fingerprint,
             "kind": self.kind,

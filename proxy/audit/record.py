@@ -35,6 +35,7 @@ FIELD_ORDER: tuple[str, ...] = (
     "client",
     "application",
     "database",
+    "purpose",
     "sql",
     "fingerprint",
     "kind",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlglot.tokenizer_core import Token, TokenType
 
-from proxy.gucs import TRACKED, Change
+from proxy.gucs import PURPOSE, TRACKED, Change
 from proxy.policy.kinds import Head
 from proxy.policy.split import Piece
 
@@ -37,6 +37,11 @@ def statement_change(h: Head, piece: Piece) -> Change | None:
             return None
         local = len(words) > 1 and words[0] == "SET" and words[1] == "LOCAL"
         default = h.reset or h.values in ((), ("default",))
+        if h.setting == PURPOSE and not h.reset:
+            # One string; a quoted 'default' is that text, not the keyword.
+            default = default and toks[-1].token_type != TokenType.STRING
+            if not default and len(h.values) != 1:
+                return Change("unknown", PURPOSE)  # the server refuses a list anyway
         return Change("local" if local else "set", h.setting, None if default else h.values)
     if not toks:
         return None

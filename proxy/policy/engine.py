@@ -82,6 +82,7 @@ from proxy.policy.context import Context, lower_functions
 from proxy.policy.decide import decide
 from proxy.policy.normcache import NormCache
 from proxy.policy.pathknown import PathInString
+from proxy.policy.purposecheck import PurposeInString
 from proxy.policy.rewrite import Masker
 from proxy.policy.split import Piece, SplitError, split
 from proxy.policy.verdict import Verdict
@@ -168,6 +169,7 @@ class PolicyEngine:
         self._shapes: NormCache[Decision] = NormCache(cache_size)
         self._user_functions = lower_functions(catalog)
         self._hours = rules.uses_hours
+        self._purpose = rules.uses_purpose
         self._dry = (
             rules.defaults.mode == "dry_run"
             or any(r.mode == "dry_run" for r in rules.rules)
@@ -218,6 +220,7 @@ class PolicyEngine:
             facts.client_ip,
             facts.search_path,
             facts.search_path_known,
+            (facts.purpose, facts.purpose_known) if self._purpose else None,
             when,
             self.rules.version,
             self.catalog.version,
@@ -276,12 +279,15 @@ class PolicyEngine:
             return Decision("block", sql, err, (), err.message, False, None, ())
         verdicts = []
         path = PathInString(ctx.facts.search_path_known)
+        purpose = PurposeInString.start(ctx, self.rules)
         for p in pieces:
             v = decide(p, ctx, self.masker, extended=extended)
             verdicts.append(v)
             if ctx.has_policy:
                 path.check(v)
+            purpose.check(v, ctx)
             if v.action != "block":
+                purpose.after(v)
                 # Later statements of the same string resolve names under the new path.
                 new = path.after(v)
                 if new is not None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from proxy import purpose
 from proxy.identity import SessionFacts
 
 _SYSTEM_PREFIXES = ("pg_catalog.", "information_schema.")
@@ -145,6 +146,7 @@ class Match(RuleModel):
     client_cidrs: StrList | None = None
     applications: StrList | None = None
     hours: Annotated[list[HourRange] | None, BeforeValidator(_parse_hours)] = None
+    purposes: StrList | None = None  # globs on the stated purpose (proxy/purpose.py)
 
     @model_validator(mode="after")
     def _check_cidrs(self) -> Match:
@@ -175,6 +177,10 @@ class Match(RuleModel):
                 ip = ip.ipv4_mapped  # ::ffff:10.1.2.3 from a dual-stack listener
             if not any(ip in net for net in self._networks):
                 return False
+        if self.purposes is not None and not (
+            facts.purpose_known and purpose.fits(facts.purpose, self.purposes)
+        ):
+            return False
         if self.hours is not None:
             t = (now or facts.now or datetime.now().astimezone()).time()
             if not any(h.contains(t) for h in self.hours):
@@ -207,8 +213,28 @@ ColumnPolicy = Annotated[
 ]
 
 
+class RequirePurpose(RuleModel):
+    """defaults.require_purpose: who must state a purpose, and what it must look like."""
+
+    match: Match | None = None
+    pattern: str = "."  # a regular expression searched in the purpose
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"bad pattern {v!r}: {e}") from e
+        return v
+
+    def satisfied(self, text: str) -> bool:
+        return bool(text) and re.search(self.pattern, text) is not None
+
+
 class Defaults(RuleModel):
     mode: Mode = "enforce"
+    require_purpose: RequirePurpose | None = None
     unknown_tables: Literal["allow", "block"] = "allow"
     unparsed: Literal["allow", "block"] = "block"
     statements: StrList = Field(default_factory=lambda: list(DEFAULT_STATEMENTS))

@@ -49,6 +49,18 @@ class RuleSet:
         return any(r.match is not None and r.match.hours is not None for r in items)
 
     @property
+    def matches_purpose(self) -> bool:
+        """Does any rule match on the stated purpose (`match: {purposes: ...}`)?"""
+        items: Iterable[TableRule | FunctionRule | ExtractionRule]
+        items = [*self.rules, *self.functions, *self.extraction]
+        return any(r.match is not None and r.match.purposes is not None for r in items)
+
+    @property
+    def uses_purpose(self) -> bool:
+        """Do decisions depend on the stated purpose (rules match on it, or require one)?"""
+        return self.matches_purpose or self.defaults.require_purpose is not None
+
+    @property
     def known_attributes(self) -> set[str]:
         return {"user"} | {a for u in self.users.values() for a in u.attributes}
 
