@@ -42,7 +42,8 @@ class PathInString:
             self.changed = True
             self.known = c.value is not None
             return c.value
-        if c is not None and (c.op in ("unknown", "reset_all") or c.op == "rollback_to"):
+        unknown = c is not None and c.op == "unknown" and c.name in ("search_path", "*")
+        if c is not None and (unknown or c.op in ("reset_all", "rollback_to")):
             self.known = self.known and c.op == "rollback_to" and not self.changed
             self.changed = True
             return None

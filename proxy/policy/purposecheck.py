@@ -4,7 +4,8 @@ Two checks, per statement, in the order the server will run them:
 
 - A SET (or set_config) of `oversight.purpose` to a value the proxy will not
   write in its records (proxy/purpose.py: too long, several lines, control
-  characters) is refused before it reaches the server, with 22023.
+  characters), or to one it cannot read (a computed set_config value, a list),
+  is refused before it reaches the server, with 22023.
 - `defaults.require_purpose`: a statement of a user the requirement matches that
   names a governed table (one any table rule names, whoever it is for) is
   refused with 42501 unless the purpose in force fits the pattern.
@@ -28,6 +29,7 @@ from proxy.policy.verdict import Verdict
 from proxy.purpose import MAX_LENGTH, problem
 from proxy.rules import RuleSet
 
+COMPUTED = "the proxy must be able to read it: give the purpose as a plain string literal"
 HINT = "State why you are looking, e.g.: SET oversight.purpose = 'CASE-1234 fraud review';"
 
 
@@ -55,6 +57,10 @@ class PurposeInString:
             if why is not None:
                 _refuse(v, "oversight.purpose", BadPurpose(why))
                 return
+        if c is not None and c.name == PURPOSE and c.op == "unknown":
+            # set_config('oversight.purpose', <computed>): a value no one can check.
+            _refuse(v, "oversight.purpose", BadPurpose(COMPUTED))
+            return
         if not v.tables or not self._governed(v.tables):
             return
         if self.changed and self.rules.matches_purpose:
@@ -83,9 +89,9 @@ class PurposeInString:
             # RESET goes back to the session's startup value: unknown here, so refused.
             self.changed, self.known = True, c.value is not None
             self.purpose = c.value[0] if c.value else ""
-        elif c is not None and c.op == "unknown" and c.name in (PURPOSE, "*"):
-            self.changed, self.known = True, False
-        elif c is not None and c.op in ("reset_all", "rollback_to"):
+        elif c is not None and (
+            (c.op == "unknown" and c.name in (PURPOSE, "*")) or c.op in ("reset_all", "rollback_to")
+        ):
             self.changed, self.known = True, False
         elif v.kind in ("commit", "rollback") and self.changed:
             self.known = False
