@@ -249,7 +249,9 @@ class Enforcer(Hooks):
             return statement
         # Running PREPARE or DECLARE itself returns no rows: only the rules are asked.
         defines = any(e.op != "run" for e in statement.effects.values())
-        if token.engine is not (self.engine_for(facts.database) or self._blind):
+        current = self.engine_for(facts.database) or self._blind
+        # Rules that read the purpose: it may have changed since the Parse (proxy/purpose.py).
+        if token.engine is not current or current.rules.uses_purpose:
             fresh = await self.decide(token.sql, facts, extended=True)
             changed = _upstream_sql(fresh, token) != _upstream_sql(statement, token)
             if fresh.error is None and changed:

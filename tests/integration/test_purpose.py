@@ -218,3 +218,28 @@ async def test_bad_startup_purpose_refuses_the_session(proxy: Any) -> None:
     long = "x" * 201
     with pytest.raises(psycopg.OperationalError, match="at most 200 characters"):
         await connect(proxy, options=f"-c oversight.purpose={long}")
+
+
+async def test_a_statement_sent_behind_a_purpose_change_is_refused(proxy: Any) -> None:
+    """Pipelined: the SELECT is decided while the RESET before it is still in flight."""
+    conn = await psycopg.AsyncConnection.connect(proxy.dsn(ANALYST, PASSWORD), autocommit=True)
+    await conn.execute(f"SET oversight.purpose = '{GOOD}'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        async with conn.pipeline():
+            await conn.execute("RESET oversight.purpose")
+            await conn.execute("SELECT id FROM public.cases")
+    await conn.close()
+
+
+async def test_a_prepared_statement_is_checked_again_when_it_runs(proxy: Any) -> None:
+    conn = await psycopg.AsyncConnection.connect(proxy.dsn(ANALYST, PASSWORD), autocommit=True)
+    await conn.execute(f"SET oversight.purpose = '{GOOD}'")
+    sql = "SELECT id FROM public.cases WHERE id = %s"
+    for _ in range(2):
+        cur = await conn.execute(sql, (1,), prepare=True)  # Parse once, then Bind/Execute
+        assert await cur.fetchall() == [(1,)]
+    await conn.execute("RESET oversight.purpose")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+        await conn.execute(sql, (1,), prepare=True)
+    assert e.value.diag.message_primary == "oversight: a purpose is required"
+    await conn.close()
