@@ -16,6 +16,7 @@ import pytest
 
 from proxy import purpose
 from proxy.catalog import Catalog
+from proxy.cli import main
 from proxy.errors import BadPurpose, PurposeRequired
 from proxy.gucs import PURPOSE, Change, SessionSettings, set_config_change
 from proxy.identity import SessionFacts
@@ -226,3 +227,13 @@ def test_a_bad_require_pattern_is_explained(tmp_path: Path) -> None:
     with pytest.raises(RulesError) as err:
         load_rules(f)
     assert any("require_purpose" in p and "bad pattern" in p for p in err.value.problems)
+
+
+def test_oversight_check_names_a_bad_pattern(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "rules.yaml"
+    f.write_text(REQUIRE.replace("^CASE-[0-9]+ .{5,}", "^CASE-[0-9"))
+    assert main(["check", str(f)]) == 1
+    out = capsys.readouterr()
+    assert "defaults.require_purpose.pattern: bad pattern '^CASE-[0-9'" in out.out + out.err
