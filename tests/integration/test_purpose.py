@@ -221,12 +221,12 @@ async def test_bad_startup_purpose_refuses_the_session(proxy: Any) -> None:
 
 
 async def test_a_statement_sent_behind_a_purpose_change_is_refused(proxy: Any) -> None:
-    """Pipelined: the SELECT is decided while the RESET before it is still in flight."""
+    """Pipelined: the SELECT is decided while the SET before it is still in flight."""
     conn = await psycopg.AsyncConnection.connect(proxy.dsn(ANALYST, PASSWORD), autocommit=True)
     await conn.execute(f"SET oversight.purpose = '{GOOD}'")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         async with conn.pipeline():
-            await conn.execute("RESET oversight.purpose")
+            await conn.execute("SET oversight.purpose = ''")
             await conn.execute("SELECT id FROM public.cases")
     await conn.close()
 
