@@ -21,7 +21,8 @@ start and restores them when rolled back:
 `SessionSettings` is driven by what the session sees: each statement's
 completion (its CommandComplete tag and the `Change` the engine read from its
 text), each error, and ReadyForQuery's transaction status. It is generic over
-setting names: `TRACKED` says which ones statements report.
+setting names: `TRACKED` says which ones statements report: search_path and
+oversight.purpose (proxy/purpose.py; its value is a 1-tuple, never split).
 
 A value of None means "unknown": something changed the setting in a way the
 proxy cannot follow (a computed set_config, a DO block, statements of a
