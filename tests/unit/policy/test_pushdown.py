@@ -16,7 +16,6 @@ from proxy.identity import SessionFacts
 from proxy.policy.engine import PolicyEngine
 from proxy.rules import RuleSet
 
-from .cases import FIXTURES
 
 ALICE = SessionFacts("alice", "db")
 SCHEMA = {
