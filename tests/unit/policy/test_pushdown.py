@@ -16,7 +16,6 @@ from proxy.identity import SessionFacts
 from proxy.policy.engine import PolicyEngine
 from proxy.rules import RuleSet
 
-
 ALICE = SessionFacts("alice", "db")
 SCHEMA = {
     "relations": [
