@@ -21,7 +21,7 @@ A condition is copied only when all of this holds:
   (integers, float4/float8, text/varchar, char, date, timestamp, timestamptz,
   boolean, uuid, from the catalog snapshot) and the constant is an untyped
   string literal (resolved to the column's own type), an integer literal that
-  fits int8 on an integer column (int2/int4/int8 cross-type operators are all
+  of at most 18 digits on an integer column (int2/int4/int8 cross-type operators are all
   leakproof), TRUE/FALSE on a boolean, or such a literal cast to a type of the
   column's family. numeric's operators are not leakproof, so decimal or larger
   numbers are never copied (nor is any comparison on a numeric column);
@@ -53,7 +53,6 @@ from proxy.policy.context import Context
 from proxy.rules import TableRule
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
-_INT8 = 2**63
 # The column types (pg_type.typname in pg_catalog) whose comparison operators are
 # leakproof, by family: within a family PostgreSQL has a leakproof operator for
 # every pair of types (int2/int4/int8 cross-type, float48/float84, varchar
@@ -283,13 +282,11 @@ def _string(node: exp.Expr | None) -> bool:
 
 def _integer(node: exp.Expr | None) -> bool:
     """An integer literal PostgreSQL types int4 or int8 (a larger one is numeric)."""
-    sign = 1
     if isinstance(node, exp.Neg):
-        node, sign = node.this, -1
+        node = node.this
     if type(node) is not exp.Literal or node.args.get("is_string"):
         return False
+    # At most 18 digits: always an int4 or int8, and the shape cache's class for such
+    # numbers (shape.py), so a cached template never carries a copied numeric.
     text = str(node.this)
-    if not text.isdigit() or not text.isascii():
-        return False
-    value = sign * int(text)
-    return -_INT8 <= value < _INT8
+    return text.isdigit() and text.isascii() and len(text) <= 18

@@ -184,6 +184,41 @@ def test_string_literal_template_hits_and_fills_both_places(engine: PolicyEngine
     assert eng._shapes.hits >= 2
 
 
+def test_number_literal_template_hits_and_fills_both_places(engine: PolicyEngine) -> None:
+    eng = PolicyEngine(engine.rules, Catalog.from_dict(SCHEMA))
+    for aid in (1, 2, 3, 4):
+        d = eng.decide(f"SELECT name FROM people WHERE id = {aid}", ALICE)
+        assert f'AND "id" = {aid} OFFSET 0' in d.sql, d.sql
+        assert d.sql.endswith(f"WHERE id = {aid}"), d.sql
+    assert eng._shapes.hits >= 2
+
+
+NUMBERS = ["7", "007", "123456789012345678", "1234567890123456789", "1.5", "1e3", "2."]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "SELECT name FROM people WHERE id = {}",
+        "SELECT name FROM people WHERE id BETWEEN {} AND {}",
+        "SELECT name FROM people WHERE id IN ({}, {}) AND name = 'x'",
+    ],
+)
+def test_warm_cache_agrees_with_a_fresh_engine_for_every_number_form(
+    engine: PolicyEngine, template: str
+) -> None:
+    """Integers of at most 18 digits are copied, other numbers (numeric) never; the shape
+    cache must not hand one form the other's template."""
+    warm = PolicyEngine(engine.rules, Catalog.from_dict(SCHEMA))
+    n = template.count("{}")
+    for first in NUMBERS:
+        for second in NUMBERS:
+            sql = template.format(*([first, second][:n]))
+            fresh = PolicyEngine(engine.rules, Catalog.from_dict(SCHEMA))
+            assert warm.decide(sql, ALICE) == fresh.decide(sql, ALICE), sql
+    assert warm._shapes.hits > 0
+
+
 def test_number_literal_every_value_gets_its_own_right_sql(engine: PolicyEngine) -> None:
     eng = PolicyEngine(engine.rules, Catalog.from_dict(SCHEMA))
     for aid in (1, 2, 3, 4):
