@@ -264,7 +264,7 @@ def _constant(node: exp.Expr | None, family: str) -> bool:
         sized = family in ("text", "bpchar")  # varchar(n), char(n); not timestamp(p)
         if not isinstance(to, exp.DataType) or (to.expressions and not sized):
             return False
-        if _CAST_FAMILY.get(to.this) != family:  # type: ignore[arg-type]
+        if _CAST_FAMILY.get(to.this) != family:
             return False
         return _string(inner) or _integer(inner)
     if _string(node):
