@@ -32,9 +32,11 @@ A condition is copied only when all of this holds:
 Constants are evaluated once, not per row, so a constant that fails to convert
 (`'x'::date`) raises whether or not hidden rows exist. Bound parameters ($1)
 are not copied: the client may declare their type in Parse, which the decision
-does not see, and a declared type can make PostgreSQL cast the *column* (e.g.
-a numeric parameter against a float column casts nothing, but against an
-integer column resolves to numeric's non-leakproof operators).
+does not see, and a declared type can make PostgreSQL cast the *column* or pick
+an operator that is not leakproof (a numeric parameter against an integer
+column compares as numeric; a timestamp one against a date column uses
+date_eq_timestamp). With Parse's types at hand, `col OP $n` whose type is
+unspecified or of the column's family would be as safe as a literal.
 
 Outer joins: a conjunct of the WHERE is safe even when this occurrence is on
 the nullable side. Every copied comparison is strict (NULL in, NULL out), so
