@@ -30,6 +30,9 @@ class Relation:
     name: str
     kind: str = "table"  # table | view | matview | foreign | partitioned
     columns: tuple[str, ...] = ()
+    # Each column's type name when the type is a pg_catalog one, else "" (domains,
+    # enums, user types); empty when unknown. policy/pushdown.py reads it.
+    types: tuple[str, ...] = ()
     reltuples: float = -1.0  # planner estimate; -1 unknown
     # Views: the base relations ("schema.name") the definition reads, transitively.
     depends_on: tuple[str, ...] = ()
@@ -86,6 +89,8 @@ class Catalog:
         for r in sorted(self.relations.values(), key=lambda r: r.qualified):
             d: dict[str, Any] = {"schema": r.schema, "name": r.name, "kind": r.kind}
             d["columns"] = list(r.columns)
+            if r.types:
+                d["types"] = list(r.types)
             if r.reltuples >= 0:
                 d["reltuples"] = r.reltuples
             if r.depends_on:
@@ -119,6 +124,7 @@ class Catalog:
                 name=name,
                 kind=str(item.get("kind", "table")),
                 columns=tuple(str(c) for c in item.get("columns", [])),
+                types=tuple(str(t or "") for t in item.get("types", [])),
                 reltuples=float(item.get("reltuples", -1)),
                 depends_on=tuple(_qual(x) for x in item.get("depends_on", [])),
                 parents=tuple(_qual(x) for x in item.get("parents", [])),
@@ -165,10 +171,14 @@ def _split(item: dict[str, Any]) -> tuple[str, str]:
 _RELATIONS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind, c.reltuples,
        coalesce(array_agg(a.attname ORDER BY a.attnum)
-                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns,
+       coalesce(array_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
+                               THEN t.typname::text ELSE '' END ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS types
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attribute a ON a.attrelid = c.oid
+LEFT JOIN pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
   AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
@@ -269,6 +279,7 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
             name=r["name"],
             kind=_KINDS.get(r["relkind"], "table"),
             columns=tuple(r["columns"]),
+            types=tuple(r["types"]),
             reltuples=float(r["reltuples"]),
             depends_on=all_deps.get(q, ()),
             parents=all_parents.get(q, ()),

@@ -23,7 +23,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import NotUnderstood
 from proxy.gucs import Change, set_config_change
-from proxy.policy import checks, views, writecheck
+from proxy.policy import checks, pushdown, views, writecheck
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
@@ -295,6 +295,7 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     for o in pinned:
         o.node.set("db", exp.to_identifier(o.qualified.split(".", 1)[0], quoted=True))
         changed = True
+    pushed = pushdown.plan(occs, ctx)  # before any FROM item is replaced
     for o in occs:
         rule = ctx.rule_for(o.qualified)
         if rule is None:
@@ -308,7 +309,14 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
                 changed |= writecheck.fence(tree, o, ctx, masker)
             elif rule.row_filter or rule.columns:
                 text = masker.subquery_text(
-                    rule, o.qualified, o.relation, ctx.who, ctx.pin, ctx.path, o.node
+                    rule,
+                    o.qualified,
+                    o.relation,
+                    ctx.who,
+                    ctx.pin,
+                    ctx.path,
+                    o.node,
+                    pushed.get(id(o), ()),
                 )
                 _unqualify_columns([c for c, _ in found.nodes.columns], o)
                 # Our own generated SQL, spliced in verbatim (a Var prints its text).

@@ -65,10 +65,13 @@ class Masker:
         pin: Callable[[exp.Table], None],
         path: tuple[str, ...],
         source: exp.Table,
+        pushed: tuple[exp.Expr, ...] = (),
     ) -> str:
         """The subquery's SQL, cached: it depends only on the key below, and building
-        and generating it is most of an uncached decision's cost."""
+        and generating it is most of an uncached decision's cost. `pushed`: the
+        query's own conditions that are safe below the fence (pushdown.py)."""
         sample = source.args.get("sample")
+        conds = tuple(_PG.generate(c) for c in pushed)
         key = (
             rule.id,
             qualified,
@@ -78,10 +81,11 @@ class Masker:
             path,
             bool(source.args.get("only")),
             _PG.generate(sample) if sample is not None else None,
+            conds,
         )
         text = self._texts.get(key)
         if text is None:
-            select = self.subquery(rule, qualified, relation, who, pin, source)
+            select = self.subquery(rule, qualified, relation, who, pin, source, pushed)
             text = _PG.generate(select, copy=False)
             if len(self._texts) > 10_000:
                 self._texts.clear()
@@ -125,6 +129,7 @@ class Masker:
         who: Principal,
         pin: Callable[[exp.Table], None],
         source: exp.Table | None = None,
+        pushed: tuple[exp.Expr, ...] = (),
     ) -> exp.Select:
         """SELECT <masked columns> FROM schema.table WHERE <bound row filter>."""
         schema, _, name = qualified.partition(".")
@@ -149,7 +154,10 @@ class Masker:
             projection = [exp.Star()]
         select = exp.Select(expressions=projection).from_(table)
         if rule.row_filter:
-            select = select.where(exp.Paren(this=self.snippet(rule.row_filter)))
+            # With the query's own conditions proven safe to run on hidden rows
+            # (pushdown.py), so an index on them can be used.
+            cond = exp.and_(exp.Paren(this=self.snippet(rule.row_filter)), *pushed, copy=True)
+            select = select.where(cond)
             # OFFSET 0 is PostgreSQL's optimization fence: the query's own WHERE and JOIN
             # conditions are not pushed below the row filter, so they never run on (and
             # cannot leak through errors from) rows the user may not see. The planner still

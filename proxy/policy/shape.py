@@ -16,7 +16,10 @@ of the same class can stand in for:
 - dollar-quoted strings `$tag$...$tag$` (the tag is part of the class);
 - unsigned decimal numbers `42`, `1.5`, `1.`, `1e5`, `00012`, not glued to a
   `.`, a letter or a digit group separator (`.5`, `0x1F` and `1_000`, which
-  sqlglot reads differently from PostgreSQL, stay in the key).
+  sqlglot reads differently from PostgreSQL, stay in the key); integers of at
+  most 18 digits (int4/int8 to PostgreSQL) are one class, every other number
+  (numeric) another, since the engine copies comparisons with the former only
+  below a row filter (pushdown.py).
 
 A slot is not yet a value the decision ignores: `free_slots` says which slots
 are, from where each sits in sqlglot's tree, on a copy of the text in which
@@ -51,6 +54,10 @@ from proxy.policy.split import Piece, SplitError, split
 from proxy.redact import redact
 
 STRING, NUMBER = "'", "9"  # slot classes; a dollar-quoted slot's class is its `$tag$`
+# Other numbers: decimals, exponents, integers of 19 digits or more. PostgreSQL types
+# an integer of at most 18 digits int4 or int8 and the others numeric, and the engine
+# copies comparisons with the former below a row filter (pushdown.py), never the latter.
+DECIMAL = "9."
 _SLOT_TYPES = frozenset({TokenType.STRING, TokenType.HEREDOC_STRING, TokenType.NUMBER})
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
 _PG = Postgres()
@@ -191,7 +198,7 @@ def _slot_class(kind: TokenType, src: str, t: Token, sql: str) -> str | None:
         before = sql[t.start - 1] if t.start > 0 else " "
         after = sql[t.end + 1] if t.end + 1 < len(sql) else " "
         if not (_glued(before) or _glued(after)):
-            return NUMBER
+            return NUMBER if src.isdigit() and len(src) <= 18 else DECIMAL
     return None
 
 
@@ -210,7 +217,9 @@ class Sentinels:
         """Slot i's sentinel as written in the statement text."""
         cls = shape.slot_class(i)
         if cls == NUMBER:
-            return f"{self.digits}{i:06d}"
+            return f"{self.digits[:12]}{i:06d}"  # 18 digits: an int8, like the values
+        if cls == DECIMAL:
+            return f"{self.digits}{i:06d}"  # 24 digits: a numeric, like the values
         if cls == STRING:
             return f"'{self.letters}s{i}'"
         return f"{cls}{self.letters}s{i}{cls}"
@@ -218,7 +227,7 @@ class Sentinels:
     def value(self, shape: Shape, i: int) -> str:
         """Slot i's sentinel as sqlglot holds it in a Literal."""
         src = self.source(shape, i)
-        if shape.slot_class(i) == NUMBER:
+        if shape.slot_class(i) in (NUMBER, DECIMAL):
             return src
         cut = 1 if src[0] == "'" else len(shape.slot_class(i))
         return src[cut:-cut]

@@ -392,3 +392,23 @@ CREATE TABLE stolen AS SELECT * FROM people
 SELECT * FROM people_mat ORDER BY id
 -- adversarial: materialized view schema-qualified
 SELECT count(*) FROM public.people_mat
+-- ordinary: point lookup (its condition is copied below the row filter's fence)
+SELECT id, name, ssn FROM people WHERE id = 3
+-- ordinary: range, IN list and text equality, copied below the fence
+SELECT id, name FROM people WHERE id BETWEEN 2 AND 60 AND dept_id IN (1, 2, 3) AND region <> 'x' ORDER BY id
+-- ordinary: date and boolean comparisons, copied below the fence
+SELECT id FROM people WHERE born >= '1970-01-01'::date AND active = true ORDER BY id
+-- ordinary: timestamp comparison on a row filter through a subquery
+SELECT id, status FROM orders WHERE placed_at < '2030-01-01 00:00' AND id > 1 ORDER BY id
+-- ordinary: point lookup on the nullable side of an outer join
+SELECT d.id, p.name FROM depts d LEFT JOIN people p ON p.dept_id = d.id WHERE p.id = 4 ORDER BY d.id
+-- ordinary: self-join, a condition for each occurrence
+SELECT a.id, b.id FROM people a JOIN people b ON a.dept_id = b.dept_id WHERE a.id = 5 AND b.id < 20 ORDER BY 1, 2
+-- adversarial: error side channel beside a copied condition (hidden rows would divide by zero)
+SELECT count(*) FROM people WHERE id > 0 AND 1 / (CASE WHEN region = 'north' THEN 1 ELSE 0 END + CASE WHEN region = 'south' THEN 0 ELSE 0 END) = 1
+-- adversarial: error side channel on a plain column beside a point lookup
+SELECT count(*) FROM people WHERE id >= 1 AND 1 / (length(region) - 4) > 0
+-- adversarial: cast error on hidden values beside a copied condition
+SELECT count(*) FROM people WHERE dept_id > 0 AND (CASE WHEN region = 'north' THEN '1' ELSE 'x' END)::int = 1
+-- adversarial: a masked column compared with a literal is not copied
+SELECT count(*) FROM people WHERE id > 0 AND salary = 100

@@ -313,7 +313,7 @@ def test_slot_classes() -> None:
     )
     assert shape is not None
     assert shape.sources == ("'a''b'", "$q$c$q$", "1", "1.5", "2e3", "1.")
-    assert [shape.slot_class(i) for i in range(6)] == ["'", "$q$", "9", "9", "9", "9"]
+    assert [shape.slot_class(i) for i in range(6)] == ["'", "$q$", "9", "9.", "9.", "9."]
     assert "E'x'" in shape.key[-1] and "0x1F" in shape.key[-1]
     assert shape.literals == (
         ("a'b", "c", "1", "1.5", "2e3", "1.", "x", "y", "z", "1", "F", "5", "1"),
