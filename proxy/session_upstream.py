@@ -327,6 +327,11 @@ class UpstreamSide:
         lim = s.plan.limits
         assert lim is not None
         s.cutoff = True
+        if s.portal is not None:
+            # A cursor or portal survives its cut-off when the cancel lands after the
+            # server finished: its later runs continue this count, so the cap holds.
+            lim.used_rows += s.rows
+            lim.used_bytes += s.bytes
         err = (
             ResultLimit(lim.max_rows, lim.rule)
             if lim.max_rows is not None and s.rows + lim.used_rows >= lim.max_rows

@@ -264,3 +264,20 @@ def test_a_refused_fetch_leaves_its_cursor_to_be_decided_afresh() -> None:
     pb.client(query("FETCH 1 FROM h"))
     assert pb.server(error("42601") + ready_for_query(b"E"))[-1] == "client E:53400 Z:E"
     assert pb.session.names.cursors["h"].plan is declared
+
+
+def test_a_cut_off_fetch_counts_so_the_cursor_cannot_be_read_past_the_cap() -> None:
+    # The cancel lands after the server finished: the cursor survives the cut-off
+    # inside the transaction, and looping FETCH cap+1 must not read the whole table.
+    pb, _ = hooked(CAP, status=b"T")
+    prepared(pb, DECLARE, "DECLARE CURSOR")
+    seen = []
+    for i in range(3):
+        pb.client(query("FETCH 6 FROM c"))
+        batch = rows(*map(str, range(6 * i, 6 * i + 6)))
+        out = pb.server(
+            row_description("x") + batch + command_complete("FETCH 6") + ready_for_query(b"T")
+        )
+        seen.append(next(o for o in out if o.startswith("client ")))
+        pb.cancel_done()
+    assert seen == ["client T D*5", "client T", "client T"]
