@@ -13,6 +13,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from proxy.catalog import SYSTEM_SCHEMAS
 from proxy.policy.analyze import Call, Occ, collect
+from proxy.policy.builtins import BUILTIN_FUNCTIONS, SQL_SYNTAX
 from proxy.policy.context import Context
 from proxy.policy.functions import (
     INFORMATION_SCHEMA_HELPERS,
@@ -172,10 +173,37 @@ def unknown_relations(v: Verdict, unknown: list[Occ], ctx: Context) -> None:
             v.block("defaults.catalog", f"relation {shown} is not in the proxy's catalog")
 
 
+def _ambiguous(v: Verdict, c: Call, q: str, ctx: Context) -> bool:
+    """An unqualified call of a name more than one schema defines is refused.
+
+    Which one the server calls depends on its search_path at the moment it runs,
+    which the proxy follows but cannot be sure of (a statement pipelined behind a
+    SET, a rolled-back SET, a set_config in a branch never taken, a prepared
+    statement re-planned under a later path, `$user` after SET ROLE). Qualified
+    calls and names only one schema defines leave nothing to guess.
+    """
+    name = q.partition(".")[2]
+    schemas = [s for s in ctx.user_functions.get(name.lower(), ()) if s != "pg_temp"]
+    if f"pg_catalog.{name}" in BUILTIN_FUNCTIONS or name in SQL_SYNTAX:
+        schemas = ["pg_catalog", *schemas]
+    schemas = list(dict.fromkeys(schemas))
+    if len(schemas) < 2:
+        return False
+    where = ", ".join(schemas)
+    v.block(
+        "defaults.functions",
+        f"function {c.names[0]} is defined in more than one schema ({where}); "
+        "which one runs depends on the search_path: qualify the call",
+    )
+    return True
+
+
 def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
     for c in calls:
         q = ctx.resolve_function(c.schema, c.names)
         schema, _, name = q.partition(".")
+        if not c.schema and _ambiguous(v, c, q, ctx):
+            return
         frule = ctx.function_rule(q)
         if frule is not None:
             v.note(frule.id)  # a rule naming it allows it, known to the snapshot or not

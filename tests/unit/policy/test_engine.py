@@ -24,15 +24,15 @@ def make(tmp_path: Path, text: str, catalog: Catalog) -> PolicyEngine:
 
 def test_statement_info(engine: PolicyEngine) -> None:
     d = engine.decide(
-        "SELECT name, lower(region) FROM people WHERE id = 42 LIMIT 10 OFFSET 20", ALICE
+        "SELECT name, upper(region) FROM people WHERE id = 42 LIMIT 10 OFFSET 20", ALICE
     )
     (s,) = d.statements
     assert s.kind == "select"
     assert s.tables == ("public.people",)
     assert set(s.columns) == {"public.people.name", "public.people.region", "public.people.id"}
-    assert s.functions == ("pg_catalog.lower",)
+    assert s.functions == ("pg_catalog.upper",)
     assert s.literals == ("42", "10", "20")
-    assert s.redacted == "SELECT name, lower(region) FROM people WHERE id = ? LIMIT ? OFFSET ?"
+    assert s.redacted == "SELECT name, upper(region) FROM people WHERE id = ? LIMIT ? OFFSET ?"
     assert s.has_where and s.has_limit and s.offset == 20
     assert not s.copy_out and not s.ddl and s.search_path is None
     assert s.action == "rewrite" and s.rewritten == d.sql
