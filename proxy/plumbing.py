@@ -83,6 +83,8 @@ def _effect(toks: Sequence[Token], kind: str, literals: tuple[str, ...]) -> Effe
     first, second = toks[0].text.upper(), _word(toks[1])
     if kind in ("create", "explain"):
         # CREATE TABLE t AS EXECUTE s and EXPLAIN ANALYZE EXECUTE s run s too.
+        if kind == "explain" and not any(t.text.upper() == "ANALYZE" for t in toks):
+            return None  # a plan only: EXECUTE s is not run, so nothing to admit
         name = _executed(toks, after_as=kind == "create")
         return None if name is None else Effect("run", name, params=literals)
     if kind == "prepare":

@@ -44,6 +44,8 @@ def read(sql: str) -> list[tuple[str, str | None, bool, bool, tuple[str, ...]]]:
         ("SELECT 1; BEGIN", []),
         ("CREATE TABLE t2 AS EXECUTE s(3)", [("run", "s", False, False, ("3",))]),
         ("EXPLAIN (ANALYZE, COSTS off) EXECUTE s", [("run", "s", False, False, ())]),
+        ("EXPLAIN EXECUTE s", []),
+        ("EXPLAIN (COSTS off) EXECUTE s", []),
         ("CREATE TABLE t2 (a int)", []),
         ("EXPLAIN SELECT 'execute' s", []),
         ("CREATE TABLE t2 AS SELECT 'as' execute", []),
