@@ -9,8 +9,11 @@ queue and drop counters account for every alert).
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -184,3 +187,39 @@ async def until(cond: Callable[[], Any], timeout: float = 15.0) -> None:
         return bool(cond())
 
     await eventually(probe, timeout=timeout)
+
+
+async def test_alerts_test_command_says_what_each_destination_answered(
+    tls_receiver: tuple[SyslogTlsReceiver, Path], tmp_path: Path
+) -> None:
+    syslog, ca_file = tls_receiver
+    web = await HttpReceiver().start()
+    broken = await HttpReceiver(status=500).start()
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(
+        "version: 1\nalerts:\n"
+        f"  - {{id: web, when: {{decisions: [block]}}, webhook: '{web.url}?token=s3cret',"
+        " format: ocsf}\n"
+        f"  - {{id: broken, when: {{decisions: [block]}}, webhook: '{broken.url}'}}\n"
+        f"  - {{id: tls, when: {{decisions: [block]}},"
+        f" syslog: 'tcp+tls://127.0.0.1:{syslog.port}', ca: '{ca_file}'}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERSIGHT_")}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "alerts", "test", str(rules),
+            stdout=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+    finally:
+        await web.stop()
+        await broken.stop()
+    text = out.decode()
+    assert proc.returncode == 1  # one destination failed
+    assert f"web: ocsf to http://127.0.0.1:{web.port}/alerts: ok: HTTP 202" in text
+    assert "broken: json to" in text and "FAILED: HTTP 500" in text
+    assert "tls: cef to tcp+tls://127.0.0.1" in text and ": ok: sent " in text
+    assert "s3cret" not in text
+    assert web.bodies[0]["class_uid"] == 2004 and web.bodies[0]["finding_info"]["uid"]
+    await until(lambda: syslog.messages)
+    assert cef_extension(syslog.messages[0])["suser"] == "oversight-test"
