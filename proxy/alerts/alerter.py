@@ -12,6 +12,7 @@ log as an `alert` event through `audit_event`, off the statement's path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ log = logging.getLogger("oversight.alerts")
 
 AuditEvent = Callable[[dict[str, Any]], Awaitable[None]]
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+CLOSE_S = 2.0  # closing a sink at shutdown
 TICK_S = 0.25  # how often closed suppression windows are flushed
 
 
@@ -194,13 +196,22 @@ class Alerter:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        """Stop the workers; what is still queued is lost (the process is going away).
+
+        Bounded: a receiver that never answers, or an audit log already
+        closed, cannot hold up shutdown.
+        """
         tasks = [d.task for d in self.destinations if d.task is not None]
         if self._ticker is not None:
             tasks.append(self._ticker)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tasks:  # audit events and retired sinks' closing: a moment, not forever
+            _, late = await asyncio.wait(set(self._tasks), timeout=CLOSE_S)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for d in self.destinations:
-            await d.sink.close()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(d.sink.close(), CLOSE_S)

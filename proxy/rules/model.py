@@ -365,6 +365,12 @@ class AlertWhen(RuleModel):
     )
     canaries: bool = False
 
+    @model_validator(mode="after")
+    def _check_something(self) -> AlertWhen:
+        if not (self.decisions or self.detectors or self.canaries):
+            raise ValueError("when: name decisions, detectors or canaries: true")
+        return self
+
 
 class AlertRoute(RuleModel):
     """One alert destination: a webhook (JSON or OCSF) or syslog over TCP/TLS (CEF)."""

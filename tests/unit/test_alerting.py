@@ -98,6 +98,7 @@ def test_rule_file_mistakes_name_file_alert_and_field(tmp_path: Any) -> None:
         "  - {id: c, when: {decisions: [block]}, webhook: 'https://h/', format: cef}\n"
         "  - {id: d, when: {decisions: [block]}, syslog: 'udp://h:514'}\n"
         "  - {id: e, when: {decisions: [nope]}, webhook: 'https://h/'}\n"
+        "  - {id: f, when: {}, webhook: 'https://h/'}\n"
         "  - {id: dup, when: {canaries: true}, webhook: 'https://h/'}\n"
         "  - {id: dup, when: {canaries: true}, webhook: 'https://h/'}\n"
     )
@@ -109,6 +110,7 @@ def test_rule_file_mistakes_name_file_alert_and_field(tmp_path: Any) -> None:
     assert f"{f}: alert c: " in text and "a webhook sends json or ocsf" in text
     assert f"{f}: alert d: " in text and "bad address 'udp://h:514'" in text
     assert f"{f}: alert e: when.decisions.0:" in text
+    assert f"{f}: alert f: when: " in text and "name decisions, detectors or canaries" in text
     assert "alert dup: id: duplicate" in text
 
 
