@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the first record may continue a chain (older files are gone)",
     )
 
+    al = sub.add_parser("alerts", help="alert destinations")
+    alsub = al.add_subparsers(dest="alerts_command", required=True, metavar="SUBCOMMAND")
+    at = alsub.add_parser(
+        "test", help="send one sample alert to every destination", parents=[config]
+    )
+    at.add_argument("rules", nargs="?", default=None, help="default: the rules setting")
+
     pw = sub.add_parser(
         "passwd", help="write a SCRAM-SHA-256 verifier for proxy auth mode", parents=[config]
     )
@@ -255,6 +262,13 @@ def _audit(args: argparse.Namespace) -> int:
     )
 
 
+def _alerts(args: argparse.Namespace) -> int:
+    from proxy.commands.alerts import cmd_alerts_test
+
+    settings = _settings(args)
+    return cmd_alerts_test(args.rules or settings.rules, settings.source_attributes)
+
+
 def _passwd(args: argparse.Namespace) -> int:
     from proxy.passwd import cmd_passwd
 
@@ -275,6 +289,7 @@ COMMANDS = {
     "identity": _identity,
     "tail": _tail,
     "audit": _audit,
+    "alerts": _alerts,
     "passwd": _passwd,
 }
 

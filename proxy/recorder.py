@@ -13,6 +13,7 @@ from typing import Any
 
 from proxy import metrics
 from proxy.actions import Running
+from proxy.alerts import Alerter
 from proxy.audit import AuditLog, redact_sql
 from proxy.errors import AuditUnavailable
 from proxy.hooks import Hooks, StatementResult
@@ -48,10 +49,13 @@ def stated(facts: SessionFacts) -> str | None:
 
 
 class Recorder:
-    def __init__(self, audit: AuditLog, hooks: Hooks, *, redact: bool = True) -> None:
+    def __init__(
+        self, audit: AuditLog, hooks: Hooks, *, redact: bool = True, alerts: Alerter | None = None
+    ) -> None:
         self.audit = audit
         self.hooks = hooks
         self.redact = redact
+        self.alerts = alerts
 
     def base(self, facts: SessionFacts, groups: list[str] | None = None) -> dict[str, Any]:
         return {
@@ -116,6 +120,8 @@ class Recorder:
         tally.bytes += stmt.bytes
         tally.blocked += decision == "block"
         metrics.statement(record, duration, stmt.plan.decide_s)
+        if self.alerts is not None:
+            self.alerts.observe(record)  # in memory only: delivery happens off this path
         await self._write(record)
 
     async def event(self, kind: str, facts: SessionFacts, **extra: Any) -> None:

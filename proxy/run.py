@@ -13,6 +13,7 @@ SIGTERM/SIGINT stop accepting and let sessions finish up to the grace period.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 from proxy import metrics
 from proxy.admin import AdminServer
+from proxy.alerts import Alerter, AlertStats
 from proxy.audit import AuditConfig, AuditLog
 from proxy.catalog import Catalog, load_catalog
 from proxy.catalogs import CatalogSet
@@ -64,13 +66,27 @@ def audit_config(settings: Settings) -> AuditConfig:
     )
 
 
+@functools.cache
+def alert_stats() -> AlertStats:
+    """The process's alert counters, registered once with the /metrics registry."""
+    stats = AlertStats()
+    metrics.METRICS.registry.register(stats)
+    return stats
+
+
 def build_server(
-    settings: Settings, hooks: Hooks | None = None, *, cancels: CancelDirectory | None = None
+    settings: Settings,
+    hooks: Hooks | None = None,
+    *,
+    cancels: CancelDirectory | None = None,
+    alerts: Alerter | None = None,
 ) -> ProxyServer:
     """The proxy with its audit log, recorder, logins and identity sources, composed here only."""
     hooks = hooks or ALLOW_ALL
     audit = AuditLog(audit_config(settings))
-    recorder = Recorder(audit, hooks, redact=settings.audit_redact)
+    if alerts is not None:
+        alerts.audit_event = audit.write  # `alert` events join the same hash chain
+    recorder = Recorder(audit, hooks, redact=settings.audit_redact, alerts=alerts)
     return ProxyServer(
         settings,
         hooks,
@@ -103,6 +119,7 @@ class Service:
         self._dirty: set[str] = set()  # databases DDL was seen in since the last refresh
         self.enforcer: Enforcer | None = None
         self.server: ProxyServer | None = None
+        self.alerter = Alerter(rules.alerts, stats=alert_stats())
         self._stop = asyncio.Event()
         self._refresh = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -117,8 +134,9 @@ class Service:
             self.rules, catalog, guard, hash_salt=salt, on_ddl=self._ddl, catalogs=self.catalogs
         )
         cancels = CancelDirectory(store) if s.redis_url else None
-        self.server = build_server(s, self.enforcer, cancels=cancels)
+        self.server = build_server(s, self.enforcer, cancels=cancels, alerts=self.alerter)
         await self.server.start()
+        await self.alerter.start()
         token = s.admin_token.get_secret_value() if s.admin_token else None
         self.admin = AdminServer(s.admin_listen, token, self.ready)
         await self.admin.start()
@@ -151,6 +169,7 @@ class Service:
         await self.catalogs.close()
         if self.server is not None:
             await self.server.stop()
+        await self.alerter.stop()
         await self.admin.stop()
 
     @property
@@ -184,6 +203,7 @@ class Service:
         self.rules = rules
         if self.enforcer is not None:
             self.enforcer.reload(rules=rules)
+        self.alerter.reload(rules.alerts)
         metrics.rules_reloaded(True)
         log.info("rules reloaded (version %s)", rules.version[:12])
         self._refresh.set()  # a reload refreshes the catalog too

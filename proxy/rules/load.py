@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from proxy.rules.model import (
+    AlertRoute,
     ExtractionRule,
     FunctionRule,
     RuleFile,
@@ -39,14 +40,15 @@ def _files(path: Path) -> list[Path]:
 def _locate(raw: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
     """Map a pydantic error location to ('rule <id>: ', 'field.path')."""
     prefix = ""
-    if len(loc) >= 2 and loc[0] in ("rules", "functions", "extraction", "tests"):
+    if len(loc) >= 2 and loc[0] in ("rules", "functions", "extraction", "tests", "alerts"):
         section, idx = loc[0], loc[1]
         try:
             item = raw[section][idx]
             ident = item.get("id") if section != "tests" else None
         except (KeyError, IndexError, TypeError, AttributeError):
             item, ident = None, None
-        prefix = f"rule {ident}: " if ident else f"{section}[{idx}]: "
+        noun = "alert" if section == "alerts" else "rule"
+        prefix = f"{noun} {ident}: " if ident else f"{section}[{idx}]: "
         loc = loc[2:]
     elif len(loc) >= 2 and loc[0] == "users":
         prefix = f"user {loc[1]}: "
@@ -61,6 +63,7 @@ _SECTIONS: dict[str, type[RuleModel]] = {
     "functions": FunctionRule,
     "extraction": ExtractionRule,
     "tests": RuleTest,
+    "alerts": AlertRoute,
 }
 
 
@@ -165,6 +168,10 @@ def load_rules(path: str | Path, source_attributes: Iterable[str] = ()) -> RuleS
         rs.functions += model.functions
         rs.extraction += model.extraction
         rs.tests += model.tests
+        for route in model.alerts:
+            if any(a.id == route.id for a in rs.alerts):
+                problems.append(f"{f}: alert {route.id}: id: duplicate alert destination")
+            rs.alerts.append(route)
     known = rs.known_attributes | set(source_attributes)
     for fname, rules in file_rules:
         problems += static_problems(fname, rules, known)

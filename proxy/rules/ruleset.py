@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from proxy.identity import SessionFacts
 from proxy.rules.model import (
+    AlertRoute,
     Defaults,
     ExtractionRule,
     FunctionRule,
@@ -39,6 +40,7 @@ class RuleSet:
     functions: list[FunctionRule] = field(default_factory=list)
     extraction: list[ExtractionRule] = field(default_factory=list)
     tests: list[RuleTest] = field(default_factory=list)
+    alerts: list[AlertRoute] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # rule id -> file
     version: str = ""
 

@@ -61,7 +61,7 @@ def test_every_subcommand_but_demo_takes_config() -> None:
     sub = next(a for a in _parser()._actions if a.dest == "command")
     leaves = {}
     for name, p in sub.choices.items():  # type: ignore[union-attr]
-        nested = [a for a in p._actions if a.dest == "audit_command"]
+        nested = [a for a in p._actions if a.dest.endswith("_command")]  # audit, alerts
         for n, q in nested[0].choices.items() if nested else [(None, p)]:  # type: ignore[union-attr]
             leaves[f"{name} {n}" if n else name] = q
     without = [n for n, p in leaves.items() if "--config" not in p._option_string_actions]
