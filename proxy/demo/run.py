@@ -113,8 +113,8 @@ USERS = (
                 "SELECT region, count(*) FROM people GROUP BY region ORDER BY region;",
             ),
             (
-                "mask: the supervisors' partial SSN; after REVOKE supervisors FROM dave, "
-                "his sessions lose that rule once the identity cache expires",
+                "mask: the supervisors' partial SSN; after REVOKE supervisors FROM dave, his "
+                "next login reads of people are refused (people-default-deny)",
                 "SELECT full_name, ssn FROM people ORDER BY id LIMIT 3;",
             ),
             (
