@@ -114,7 +114,7 @@ USERS = (
             ),
             (
                 "mask: the supervisors' partial SSN; after REVOKE supervisors FROM dave, his "
-                "next login reads of people are refused (people-default-deny)",
+                "next login's reads of people are refused (people-default-deny)",
                 "SELECT full_name, ssn FROM people ORDER BY id LIMIT 3;",
             ),
             (
