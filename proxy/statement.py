@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# The core fields in the audit line's order (proxy/audit/record.py FIELD_ORDER).
+# The core fields, in the order the audit line shows them (proxy/audit/record.py).
 CORE = (
     "ts",
     "event",

@@ -21,35 +21,12 @@ from typing import Any
 
 import orjson
 
-from proxy.statement import StatementRecord
+from proxy.statement import CORE, StatementRecord
 
 GENESIS = "0" * 64
 
 # Readability order of a line; fields not listed follow sorted, then prev, hash.
-FIELD_ORDER: tuple[str, ...] = (
-    "ts",
-    "event",
-    "session",
-    "user",
-    "groups",
-    "client",
-    "application",
-    "database",
-    "purpose",
-    "sql",
-    "fingerprint",
-    "kind",
-    "tables",
-    "columns",
-    "decision",
-    "rules",
-    "reason",
-    "rewritten",
-    "rows",
-    "bytes",
-    "duration_ms",
-    "error",
-)
+FIELD_ORDER: tuple[str, ...] = CORE  # the statement record's core fields, in order
 _ORDERED = frozenset(FIELD_ORDER) | {"prev", "hash"}
 
 
