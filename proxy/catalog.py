@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import yaml
 
+from proxy.gucs import parse_search_path
+
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
 
@@ -292,15 +294,3 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
     functions = {k: tuple(sorted(v)) for k, v in fmap.items()}
     path = tuple(parse_search_path(str(path_text or "")))
     return Catalog(rels, functions, tuple(s[0] for s in schemas), search_path=path)
-
-
-def parse_search_path(text: str) -> list[str]:
-    """`"$user", public, "Odd Name"` -> ['$user', 'public', 'Odd Name'] (as SHOW prints it)."""
-    out: list[str] = []
-    for part in text.split(","):
-        p = part.strip()
-        if len(p) >= 2 and p[0] == p[-1] == '"':
-            out.append(p[1:-1].replace('""', '"'))
-        elif p:
-            out.append(p.lower())
-    return out

@@ -92,9 +92,44 @@ def set_config_change(args: Sequence[str | None]) -> Change | None:
         return Change("unknown", name)
     if name == PURPOSE:
         return Change("local" if _BOOLS[local] else "set", name, (args[1],))
-    parts = [p.strip() for p in args[1].split(",") if p.strip()]
-    value = tuple(p[1:-1] if p.startswith('"') else p.lower() for p in parts)
+    value = tuple(parse_search_path(args[1]))
     return Change("local" if _BOOLS[local] else "set", name, value)
+
+
+def parse_search_path(text: str) -> list[str]:
+    """A search_path value as the server splits it: `"$user", public, "Odd, Name"` ->
+    ['$user', 'public', 'Odd, Name']. Commas inside double quotes do not split, `""`
+    inside quotes is one quote, unquoted names are folded to lower case."""
+    out: list[str] = []
+    name: list[str] = []
+    quoted = inside = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if inside:
+            if ch == '"' and text[i + 1 : i + 2] == '"':
+                name.append('"')
+                i += 1
+            elif ch == '"':
+                inside = False
+            else:
+                name.append(ch)
+        elif ch == '"':
+            inside = quoted = True
+        elif ch == ",":
+            _take(out, name, quoted)
+            name, quoted = [], False
+        elif not ch.isspace() or name:
+            name.append(ch if quoted else ch.lower())
+        i += 1
+    _take(out, name, quoted)
+    return out
+
+
+def _take(out: list[str], name: list[str], quoted: bool) -> None:
+    text = "".join(name) if quoted else "".join(name).rstrip()
+    if text or quoted:
+        out.append(text)
 
 
 _BOOLS = {"true": True, "t": True, "on": True, "1": True, "yes": True, "y": True}

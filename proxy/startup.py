@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import scramp
 
 from proxy import messages as m
-from proxy.catalog import parse_search_path
 from proxy.encodings import ClientEncoding, lookup
 from proxy.errors import (
     AuthFailed,
@@ -34,6 +33,7 @@ from proxy.errors import (
     ProxyError,
     UpstreamUnavailable,
 )
+from proxy.gucs import parse_search_path
 from proxy.identity import Identity
 from proxy.idsrc import IdentityResolver, IdentityUnavailable
 from proxy.login import ProxyLogin, TooManyFailures

@@ -12,6 +12,7 @@ from sqlglot import exp
 from sqlglot.tokenizer_core import TokenType
 
 from proxy.catalog import SYSTEM_SCHEMAS
+from proxy.gucs import parse_search_path
 from proxy.policy.analyze import Call, Occ, collect
 from proxy.policy.builtins import BUILTIN_FUNCTIONS, SQL_SYNTAX
 from proxy.policy.context import Context
@@ -233,8 +234,7 @@ def _literal_search_path(v: Verdict, c: Call) -> bool:
         return False
     if c.args[0].strip().lower() != "search_path":
         return False
-    parts = [p.strip() for p in c.args[1].split(",") if p.strip()]
-    v.search_path = tuple(p[1:-1] if p.startswith('"') else p.lower() for p in parts)
+    v.search_path = tuple(parse_search_path(c.args[1]))
     return True
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.gucs import Change, SessionSettings, set_config_change
+from proxy.gucs import Change, SessionSettings, parse_search_path, set_config_change
 from proxy.policy.changes import statement_change
 from proxy.policy.kinds import head
 from proxy.policy.split import split
@@ -342,3 +342,20 @@ def test_set_config_of_a_computed_setting_name_is_unknown_for_every_setting() ->
     assert s.value("search_path") is None
     assert set_config_change(["work_mem", "1", "false"]) is None
     assert set_config_change(["search_path", "x", None]) == Change("unknown", "search_path")
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('"$user", public', ["$user", "public"]),
+        ("Sandbox ,pg_catalog", ["sandbox", "pg_catalog"]),
+        ('a, "Odd, Name", "q""x"', ["a", "Odd, Name", 'q"x']),  # commas inside quotes stay
+        ('"Mixed Case"', ["Mixed Case"]),
+        ("", []),
+    ],
+)
+def test_search_path_is_split_as_the_server_splits_it(text: str, names: list[str]) -> None:
+    assert parse_search_path(text) == names
+    assert set_config_change(("search_path", text, "false")) == Change(
+        "set", "search_path", tuple(names)
+    )
