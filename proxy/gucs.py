@@ -119,7 +119,9 @@ def parse_search_path(text: str) -> list[str]:
         elif ch == ",":
             _take(out, name, quoted)
             name, quoted = [], False
-        elif not ch.isspace() or name:
+        elif ch.isspace() and (quoted or not name):
+            pass  # around a name, not in it
+        else:
             name.append(ch if quoted else ch.lower())
         i += 1
     _take(out, name, quoted)

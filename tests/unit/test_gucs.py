@@ -351,6 +351,7 @@ def test_set_config_of_a_computed_setting_name_is_unknown_for_every_setting() ->
         ("Sandbox ,pg_catalog", ["sandbox", "pg_catalog"]),
         ('a, "Odd, Name", "q""x"', ["a", "Odd, Name", 'q"x']),  # commas inside quotes stay
         ('"Mixed Case"', ["Mixed Case"]),
+        ('"$user" , public ,  "x y" ', ["$user", "public", "x y"]),
         ("", []),
     ],
 )
