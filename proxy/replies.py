@@ -9,7 +9,9 @@ it reaches the client exactly where PostgreSQL would have put it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from proxy.actions import Plan, Running
 from proxy.hooks import Effect
@@ -76,6 +78,10 @@ def room(stmt: Running | None) -> tuple[int, int]:
     return rows, nbytes
 
 
-def statement_info(s: Running) -> dict[str, object]:
+_NO_INFO: Mapping[str, object] = MappingProxyType({})
+
+
+def statement_info(s: Running) -> Mapping[str, object]:
+    """The engine's facts about `s`, read in place (read on every completion: no copy)."""
     sts = s.plan.admission.statements
-    return dict(sts[s.index]) if s.index < len(sts) else {}
+    return sts[s.index] if s.index < len(sts) else _NO_INFO
