@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from proxy.address import parse_address, parse_optional_address
+from proxy.ledger.hashing import DEFAULT_KEY as DEFAULT_LEDGER_KEY
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
     )
     audit_key: SecretStr | None = Field(
         None, description="HMAC-SHA256 key for the audit hash chain (plain SHA-256 without)."
+    )
+    ledger_key: SecretStr | None = Field(
+        None,
+        description="HMAC key for the subject ledger's hashes (default: the audit key); "
+        "see docs/ledger.md before rotating it.",
     )
     audit_redact: bool = Field(
         True, description="Replace literals in `sql` and `rewritten` by `?` in the audit log."
@@ -286,6 +292,12 @@ class Settings(BaseSettings):
         if not self.upstream:
             raise ValueError("no upstream: set OVERSIGHT_UPSTREAM to a postgresql:// URI")
         return Upstream(self.upstream)
+
+    @property
+    def ledger_secret(self) -> bytes:
+        """The subject ledger's HMAC key: its own, else the audit key, else a fixed one."""
+        chosen = self.ledger_key or self.audit_key
+        return chosen.get_secret_value().encode() if chosen else DEFAULT_LEDGER_KEY
 
 
 _LDAP_ATTR = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")

@@ -61,7 +61,8 @@ def cmd_check(
         return 1
     print(
         f"ok: {len(rs.rules)} table rules, {len(rs.functions)} function rules, "
-        f"{len(rs.extraction)} extraction rules, {len(rs.users)} users, "
+        f"{len(rs.extraction)} extraction rules, {len(rs.subjects)} subjects, "
+        f"{len(rs.canaries)} canaries, {len(rs.users)} users, "
         f"{len(rs.tests)} tests ({source}); version {rs.version}"
     )
     return 0

@@ -29,6 +29,7 @@ from proxy.rules.model import (
 )
 from proxy.rules.ruleset import RulesError, RuleSet
 from proxy.rules.sqlcheck import sql_problems
+from proxy.rules.subjects import CanaryRule, SubjectRule, subject_problems
 
 
 def _files(path: Path) -> list[Path]:
@@ -58,12 +59,14 @@ def _locate(raw: Any, loc: tuple[int | str, ...]) -> tuple[str, str]:
     return prefix, ".".join(parts) or "(rule)"
 
 
-_SECTIONS: dict[str, type[RuleModel]] = {
+_SECTIONS: dict[str, type[RuleModel | SubjectRule | CanaryRule]] = {
     "rules": TableRule,
     "functions": FunctionRule,
     "extraction": ExtractionRule,
     "tests": RuleTest,
     "alerts": AlertRoute,
+    "subjects": SubjectRule,
+    "canaries": CanaryRule,
 }
 
 
@@ -81,7 +84,7 @@ def _errors(path: Path, raw: Any, e: ValidationError, base: tuple[int | str, ...
 def _raw_ids(raw: dict[str, Any]) -> list[str]:
     """Ids as written, valid or not, so duplicates are reported even next to other errors."""
     out = []
-    for section in ("rules", "functions", "extraction"):
+    for section in ("rules", "functions", "extraction", "subjects", "canaries"):
         items = raw.get(section)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
@@ -172,6 +175,22 @@ def load_rules(path: str | Path, source_attributes: Iterable[str] = ()) -> RuleS
             if any(a.id == route.id for a in rs.alerts):
                 problems.append(f"{f}: alert {route.id}: id: duplicate alert destination")
             rs.alerts.append(route)
+        rs.subjects += model.subjects
+        rs.canaries += model.canaries
+    claimed: dict[tuple[str, str], str] = {}
+    for subj in rs.subjects:
+        for pair in subj.key_columns() + [(subj.table, c) for c in subj.lookups]:
+            if pair in claimed and claimed[pair] != subj.id:
+                problems.append(
+                    f"{rs.sources.get(subj.id, '?')}: subject {subj.id}: {'.'.join(pair)}:"
+                    f" already a column of subject {claimed[pair]}"
+                )
+            claimed.setdefault(pair, subj.id)
+    subject_ids = {s.id for s in rs.subjects}
+    for subj in rs.subjects:
+        problems += subject_problems(rs.sources.get(subj.id, "?"), [subj], [], subject_ids)
+    for can in rs.canaries:
+        problems += subject_problems(rs.sources.get(can.id, "?"), [], [can], subject_ids)
     known = rs.known_attributes | set(source_attributes)
     for fname, rules in file_rules:
         problems += static_problems(fname, rules, known)

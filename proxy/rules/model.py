@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from proxy import purpose
 from proxy.identity import SessionFacts
+from proxy.rules.subjects import CanaryRule, SubjectRule
 
 _SYSTEM_PREFIXES = ("pg_catalog.", "information_schema.")
 
@@ -423,3 +424,5 @@ class RuleFile(RuleModel):
     extraction: list[ExtractionRule] = Field(default_factory=list)
     tests: list[RuleTest] = Field(default_factory=list)
     alerts: list[AlertRoute] = Field(default_factory=list)
+    subjects: list[SubjectRule] = Field(default_factory=list)
+    canaries: list[CanaryRule] = Field(default_factory=list)

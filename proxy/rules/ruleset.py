@@ -20,6 +20,7 @@ from proxy.rules.model import (
     TableRule,
     UserEntry,
 )
+from proxy.rules.subjects import CanaryRule, SubjectRule
 
 
 class RulesError(Exception):
@@ -41,6 +42,8 @@ class RuleSet:
     extraction: list[ExtractionRule] = field(default_factory=list)
     tests: list[RuleTest] = field(default_factory=list)
     alerts: list[AlertRoute] = field(default_factory=list)
+    subjects: list[SubjectRule] = field(default_factory=list)
+    canaries: list[CanaryRule] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # rule id -> file
     version: str = ""
 
@@ -61,6 +64,9 @@ class RuleSet:
     def uses_purpose(self) -> bool:
         """Do decisions depend on the stated purpose (rules match on it, or require one)?"""
         return self.matches_purpose or self.defaults.require_purpose is not None
+
+    def subject(self, sid: str) -> SubjectRule | None:
+        return next((s for s in self.subjects if s.id == sid), None)
 
     @property
     def known_attributes(self) -> set[str]:

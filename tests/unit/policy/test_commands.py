@@ -15,7 +15,7 @@ RULES, SCHEMA = str(FIX / "rules.yaml"), str(FIX / "schema.yaml")
 def test_check_clean(capsys: pytest.CaptureFixture[str]) -> None:
     assert cmd_check(RULES, SCHEMA, None) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("ok: 5 table rules, 1 function rules, 3 extraction rules")
+    assert out[-1].startswith("ok: 5 table rules, 1 function rules, 3 extraction rules, 0 subjects")
     assert any("user dave has no attribute :region" in line for line in out)  # a warning
 
 
