@@ -1,10 +1,11 @@
 """What the operator sees: Prometheus metrics plus a short in-memory memory for the dashboard.
 
-The server calls the small functions at the bottom (`session_opened`,
-`statement_done`, `blocked`, ...); they update prometheus-client metrics in a
-private registry (so importing Oversight never pollutes the global one) and
-keep what the dashboard draws: a bounded ring of recent events, rows read per
-user in one-minute buckets over the last hours, and how often each rule fired.
+The recorder calls `statement` with each finished statement's record, the
+server the small functions at the bottom (`session_opened`, `blocked`, ...);
+they update prometheus-client metrics in a private registry (so importing
+Oversight never pollutes the global one) and keep what the dashboard draws:
+a bounded ring of recent events, rows read per user in one-minute buckets
+over the last hours, and how often each rule fired.
 Everything here is bounded, so a long-running proxy cannot grow without limit.
 """
 
@@ -14,7 +15,7 @@ import itertools
 import time
 from collections import Counter as TallyCounter
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -138,34 +139,6 @@ class Metrics:
         self.sessions_active.dec()
         self._active -= 1
 
-    def statement_done(
-        self,
-        user: str,
-        decision: str,
-        rules: Sequence[str],
-        rows: int,
-        nbytes: int,
-        duration_s: float,
-        decision_s: float,
-    ) -> None:
-        self.statements.add(user, decision, rules, rows, nbytes, duration_s, decision_s)
-        for rule in rules:
-            if rule in self._tally or len(self._tally) < MAX_RULES:
-                self._tally[rule] += 1
-        if rows:
-            self._add_rows(user, rows)
-        self._push(
-            "statement",
-            {
-                "user": user,
-                "decision": decision,
-                "rules": list(rules),
-                "rows": rows,
-                "bytes": nbytes,
-                "duration_ms": round(duration_s * 1000, 3),
-            },
-        )
-
     def statement(self, rec: StatementRecord, duration_s: float, decision_s: float) -> None:
         """A finished statement: counters, the rows chart, the recent feeds."""
         self.statements.add(
@@ -273,18 +246,6 @@ def session_opened() -> None:
 
 def session_closed() -> None:
     METRICS.session_closed()
-
-
-def statement_done(
-    user: str,
-    decision: str,
-    rules: Sequence[str],
-    rows: int,
-    nbytes: int,
-    duration_s: float,
-    decision_s: float,
-) -> None:
-    METRICS.statement_done(user, decision, rules, rows, nbytes, duration_s, decision_s)
 
 
 def blocked(record: dict[str, Any]) -> None:

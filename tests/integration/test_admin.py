@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from records import done
 
 from proxy import metrics as metrics_module
 from proxy.admin import AdminServer
@@ -82,9 +83,9 @@ async def test_metrics_count_what_happened(admin: tuple[AdminServer, Metrics, Pr
     m.session_opened()
     m.session_opened()
     m.session_closed()
-    m.statement_done("alice", "rewrite", ["people-by-region"], 120, 4800, 0.02, 0.0004)
-    m.statement_done("alice", "cutoff", ["analyst-result-cap"], 1000, 40000, 0.3, 0.0002)
-    m.statement_done("bob", "block", ["cases-by-region"], 0, 0, 0.001, 0.0003)
+    done(m, "alice", "rewrite", ["people-by-region"], 120, 4800, 0.02, 0.0004)
+    done(m, "alice", "cutoff", ["analyst-result-cap"], 1000, 40000, 0.3, 0.0002)
+    done(m, "bob", "block", ["cases-by-region"], 0, 0, 0.001, 0.0003)
     m.upstream_latency(0.004)
     m.rules_reloaded(True)
     m.rules_reloaded(False)
@@ -119,7 +120,7 @@ async def test_module_functions_feed_the_process_metrics() -> None:
     try:
         before = samples((await http(server.port, "/metrics"))[2])
         metrics_module.session_opened()
-        metrics_module.statement_done("zed", "allow", [], 7, 70, 0.01, 0.001)
+        done(metrics_module.METRICS, "zed", "allow", [], 7, 70, 0.01, 0.001)
         metrics_module.blocked({"user": "zed", "sql": "SELECT 1", "decision": "block"})
         metrics_module.session_closed()
         after = samples((await http(server.port, "/metrics"))[2])
@@ -192,7 +193,7 @@ async def test_api_serves_recent_events(admin: tuple[AdminServer, Metrics, Probe
         }
     )
     m.blocked({"user": "bob", "sql": "COPY people TO STDOUT", "decision": "block"})
-    m.statement_done("alice", "rewrite", ["people-by-region"], 5, 50, 0.01, 0.001)
+    done(m, "alice", "rewrite", ["people-by-region"], 5, 50, 0.01, 0.001)
     _, _, body = await http(server.port, "/api/blocked", bearer())
     events = orjson.loads(body)
     assert [e["user"] for e in events] == ["alice", "bob"]
@@ -251,15 +252,11 @@ def _feed_dashboard(m: Metrics, clock: list[float]) -> None:
     now = clock[0]
     for minute in range(0, 300, 3):
         clock[0] = now - 300 * 60 + minute * 60
-        m.statement_done(
-            "alice", "rewrite", ["people-by-region"], 200 + minute * 3, 9000, 0.02, 0.0003
-        )
+        done(m, "alice", "rewrite", ["people-by-region"], 200 + minute * 3, 9000, 0.02, 0.0003)
         if minute % 2 == 0:
-            m.statement_done(
-                "bob", "rewrite", ["cases-by-region"], 1500 - minute * 4, 40000, 0.05, 0.0004
-            )
+            done(m, "bob", "rewrite", ["cases-by-region"], 1500 - minute * 4, 40000, 0.05, 0.0004)
         if minute > 200:
-            m.statement_done("carol", "allow", ["people-supervisors"], 4000, 1_000_000, 0.4, 0.0002)
+            done(m, "carol", "allow", ["people-supervisors"], 4000, 1_000_000, 0.4, 0.0002)
     clock[0] = now
     m.session_opened()
     for i, (user, sql, rule, decision, reason) in enumerate(
@@ -288,9 +285,7 @@ def _feed_dashboard(m: Metrics, clock: list[float]) -> None:
             ("bob", "COPY people TO STDOUT", "analyst-no-copy-out", "block", "copy_out detected"),
         ]
     ):
-        m.statement_done(
-            user, decision, [rule], 1000 if decision == "cutoff" else 0, 0, 0.01, 0.001
-        )
+        done(m, user, decision, [rule], 1000 if decision == "cutoff" else 0, 0, 0.01, 0.001)
         m.blocked(
             {
                 "ts": now - 60 + i * 10,
@@ -355,12 +350,12 @@ def test_dashboard_memory_is_bounded() -> None:
     assert events[-1]["user"] == f"u{mod.RING_SIZE + 49}"
     assert len(events[0]["sql"]) == mod.SQL_CHARS + 1  # cut, with an ellipsis
     # Rows older than the history fall out of the chart; users beyond the cap are evicted.
-    m.statement_done("old", "allow", [], 10, 0, 0, 0)
+    done(m, "old", "allow", [], 10, 0, 0, 0)
     clock[0] += mod.HISTORY_S + 3600
-    m.statement_done("new", "allow", [], 20, 0, 0, 0)
+    done(m, "new", "allow", [], 20, 0, 0, 0)
     chart = m.rows_by_user(hours=6)
     assert chart["users"] == {"new": [0] * 71 + [20]}
     assert chart["bucket_s"] == 300
     for i in range(mod.MAX_USERS + 5):
-        m.statement_done(f"user{i}", "allow", [], 1, 0, 0, 0)
+        done(m, f"user{i}", "allow", [], 1, 0, 0, 0)
     assert len(m.rows_by_user(hours=1)["users"]) == mod.MAX_USERS

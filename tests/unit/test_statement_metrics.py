@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from records import done
 
 from proxy.metrics import DURATION_BUCKETS, LATENCY_BUCKETS, Metrics
 from proxy.statement_metrics import StatementMetrics
@@ -68,8 +69,8 @@ def test_same_samples_as_prometheus_client() -> None:
 
 def test_process_metrics_and_summary_read_the_counters() -> None:
     m = Metrics(clock=lambda: 1000.0)
-    m.statement_done("alice", "allow", ["r1"], 5, 50, 0.01, 0.001)
-    m.statement_done("alice", "block", ["r1"], 0, 0, 0.01, 0.001)
+    done(m, "alice", "allow", ["r1"], 5, 50, 0.01, 0.001)
+    done(m, "alice", "block", ["r1"], 0, 0, 0.01, 0.001)
     text = m.exposition()
     assert b'oversight_statements_total{decision="allow"} 1.0' in text
     assert b'oversight_blocks_total{rule="r1"} 1.0' in text
