@@ -98,7 +98,8 @@ def cef_extension(message: str) -> dict[str, str]:
     """The extension of a CEF message as key -> unescaped value (for assertions)."""
     cef = message[message.index("CEF:0|") :]
     # Seven header fields; the header escapes `|`, so split on unescaped ones.
-    parts, cur, i = [], "", 0
+    parts: list[str] = []
+    cur, i = "", 0
     while i < len(cef) and len(parts) < 7:
         ch = cef[i]
         if ch == "\\" and i + 1 < len(cef):

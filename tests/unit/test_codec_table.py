@@ -199,7 +199,7 @@ def test_a_change_reported_for_a_cycle_before_the_first_foreseen_one_ends_the_se
     params = {"client_encoding": "UTF8", "server_encoding": "UTF8"}
     tc = TextCodec(params)
     assert tc.name == "UTF8"
-    tc.forwarded(b"Q", "SELECT f()", None)  # changes it, unforeseeably
+    tc.forwarded(b"Q", "SELECT f()", (None,))  # changes it, unforeseeably
     tc.forwarded(b"Q", "SET client_encoding TO 'LATIN1'")  # read in UTF8 meanwhile
     assert tc.uncertain
     params["client_encoding"] = "LATIN1"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from proxy.identity import Identity, SessionFacts, from_source
-from proxy.idsrc import resolver as resolver_mod
 from proxy.idsrc.resolver import IdentityResolver, IdentityUnavailable, Source
 from proxy.rules import load_rules
 
@@ -46,7 +46,7 @@ async def test_answers_are_cached_for_the_ttl_then_asked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(resolver_mod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     src = Counting("roles", {"dave": {"analysts"}}, {})
     r = IdentityResolver([Source("roles", src.lookup)], ttl=60, timeout=5)
     await r.resolve("dave")

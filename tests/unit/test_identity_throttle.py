@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from proxy.idsrc import throttle as throttle_mod
 from proxy.idsrc.throttle import LoginThrottle
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr(throttle_mod.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     return now
 
 

@@ -17,6 +17,7 @@ from playbook import (
 
 from proxy import messages as m
 from proxy.actions import ToServer
+from proxy.wire import frame
 
 SET_SJIS = "SET client_encoding TO 'SJIS'"
 SET_DONE = command_complete("SET") + parameter_status("client_encoding", "SJIS")
@@ -52,7 +53,7 @@ def test_text_in_the_same_batch_after_a_change_is_refused() -> None:
     batch = parse("", SET_SJIS) + bind() + execute() + parse("", "SELECT 1") + bind() + execute()
     # The second Parse goes nowhere: a sure-to-fail Execute stands in for it.
     assert pb.client(batch + SYNC) == [f"decide {SET_SJIS!r}", "server P B E*2 S"]
-    reply = m.frame(b"1") + m.frame(b"2") + SET_DONE + m.error_response({"C": "34000"})
+    reply = frame(b"1") + frame(b"2") + SET_DONE + m.error_response({"C": "34000"})
     assert pb.server(reply + ready_for_query()) == [
         "client 1 2",
         f"finish {SET_SJIS!r} rows=0 SET",

@@ -135,7 +135,12 @@ def test_execute_in_a_query_runs_the_prepared_statement_with_its_arguments() -> 
     seen: list[tuple[str, ...]] = []
     runs = pb.runs
     assert runs is not None
-    pb.runs = lambda a: (seen.append(a.params or ()), runs(a))[1]
+
+    def spy(a: Any) -> Any:
+        seen.append(a.params or ())
+        return runs(a)
+
+    pb.runs = spy
     assert pb.client(query("EXECUTE s(42)"))[-1] == "server Q"
     assert seen == [("42",)]  # the detectors see EXECUTE's values as a Bind's
     assert pb.server(ten())[0] == "client T D*5"

@@ -27,7 +27,7 @@ from proxy.policy.kinds import head
 from proxy.policy.split import split
 from proxy.wire import frame
 
-START = ("$user", "public")
+START: tuple[str, ...] = ("$user", "public")
 PARSE_COMPLETE, BIND_COMPLETE = frame(b"1"), frame(b"2")
 
 

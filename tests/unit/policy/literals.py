@@ -72,7 +72,7 @@ TRICKY = [
 _TEXT = st.one_of(
     st.sampled_from(TRICKY),
     st.sampled_from(TRICKY[:20]),  # the names, twice as often
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12),
     st.lists(st.sampled_from(TRICKY), min_size=2, max_size=3).map("".join),
 )
 

@@ -141,7 +141,9 @@ def test_set_config_of_the_purpose_is_one_string() -> None:
         ),
     ],
 )
-def test_purpose_follows_transactions(script: list[object], expected: str) -> None:
+def test_purpose_follows_transactions(
+    script: list[str | tuple[str, Change | None]], expected: str
+) -> None:
     s = SessionSettings.start({"search_path": ("public",), PURPOSE: ("S",)})
     for step in script:
         if step == "!error":
@@ -149,7 +151,7 @@ def test_purpose_follows_transactions(script: list[object], expected: str) -> No
         elif isinstance(step, str):
             s.ready(step.encode())
         else:
-            tag, change = step  # type: ignore[misc]
+            tag, change = step
             s.completed(tag, change)
     assert s.value(PURPOSE) == (expected,)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlglot import exp
 
-from proxy.catalog import Catalog
+from proxy.catalog import Catalog, Relation
 from proxy.identity import SessionFacts
 from proxy.policy import views
 from proxy.policy.engine import PolicyEngine
@@ -46,7 +47,9 @@ RULES = {
 }
 
 
-def _view(name: str, columns: list[str], definition: str, deps: list[str], **kw: object) -> dict:
+def _view(
+    name: str, columns: list[str], definition: str, deps: list[str], **kw: object
+) -> dict[str, object]:
     return {
         "schema": "public",
         "name": name,
@@ -145,9 +148,11 @@ def engine(rules: RuleSet) -> PolicyEngine:
     return PolicyEngine(rules, Catalog.from_dict(SCHEMA))
 
 
-def _deep(n: int) -> dict:
+def _deep(n: int) -> dict[str, object]:
     """A catalog with views v0 <- v1 <- ... <- v{n-1}, v0 over people."""
-    rels: list[dict] = [{"schema": "public", "name": "people", "columns": ["id", "region"]}]
+    rels: list[dict[str, object]] = [
+        {"schema": "public", "name": "people", "columns": ["id", "region"]}
+    ]
     prev = "public.people"
     for i in range(n):
         deps = ["public.people"] + [f"public.v{j}" for j in range(i)]
@@ -244,7 +249,7 @@ def test_tablesample_on_a_view_is_refused(engine: PolicyEngine) -> None:
 
 def test_bare_names_in_a_definition_are_pg_catalog() -> None:
     rel = Catalog.from_dict(SCHEMA).relations["public.catalog_view"]
-    sub = views._from_item(rel, views.exp.to_table("catalog_view"))
+    sub = views._from_item(rel, exp.to_table("catalog_view"))
     assert "pg_catalog.pg_class" in sub.sql("postgres").replace('"', "")
 
 
@@ -288,8 +293,8 @@ def test_joins_inside_parentheses_are_kept(engine: PolicyEngine) -> None:
 )
 def test_security_barrier_option_spellings(option: str, fenced: bool) -> None:
     rel = Catalog.from_dict(SCHEMA).relations["public.barrier_view"]
-    rel = views.Relation(**{**{f: getattr(rel, f) for f in rel.__slots__}, "options": (option,)})
-    sub = views._from_item(rel, views.exp.to_table("barrier_view"))
+    rel = Relation(**{**{f: getattr(rel, f) for f in rel.__slots__}, "options": (option,)})
+    sub = views._from_item(rel, exp.to_table("barrier_view"))
     assert ("OFFSET 0" in sub.sql("postgres")) is fenced
 
 
