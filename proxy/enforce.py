@@ -70,8 +70,9 @@ def _info(s: StatementInfo) -> dict[str, Any]:
     d["columns"] = list(d["columns"])
     if s.search_path is not None:
         d["search_path"] = list(s.search_path)
-    if s.change is not None:
-        d["change"] = s.change.to_json()
+    if s.change is not None:  # shown in the record's detail; the session reads Admission.changes
+        c = s.change
+        d["change"] = {"op": c.op, "name": c.name, "value": list(c.value) if c.value else c.value}
     return d
 
 
@@ -165,6 +166,7 @@ class Enforcer(Hooks):
             audit["dry_run"] = True
             audit["would"] = d.would
         statements = [_info(s) for s in d.statements]
+        changes = {i: s.change for i, s in enumerate(d.statements) if s.change is not None}
         if d.action == "block":
             return Admission(
                 action="block",
@@ -172,6 +174,7 @@ class Enforcer(Hooks):
                 rules=d.rules,
                 reason=d.reason,
                 statements=statements,
+                changes=changes,
                 audit=audit,
                 token=_Token(d, None, sql, engine),
             )
@@ -181,6 +184,7 @@ class Enforcer(Hooks):
             rules=d.rules,
             reason=d.reason,
             statements=statements,
+            changes=changes,
             audit=audit,
             token=_Token(d, None, sql, engine),
         )
@@ -213,6 +217,7 @@ class Enforcer(Hooks):
             rules=d.rules,
             reason=d.reason,
             statements=[_info(info)],
+            changes={0: info.change} if info.change is not None else {},
             audit=dict(audit),
             token=_Token(alone, None, text, engine),
             per_execute=True,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 # Settings whose value the proxy follows. The engine reports changes to these only.
 # oversight.purpose (proxy/purpose.py) is one string, never split at commas.
@@ -58,23 +58,6 @@ class Change:
     op: Op
     name: str = ""
     value: tuple[str, ...] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"op": self.op, "name": self.name}
-        if self.value is not None:
-            d["value"] = list(self.value)
-        return d
-
-    @classmethod
-    def from_json(cls, d: object) -> Change | None:
-        """Read back `to_json`'s output; anything else is no change."""
-        if not isinstance(d, dict) or d.get("op") not in _OPS:
-            return None
-        value = d.get("value")
-        return cls(d["op"], str(d.get("name", "")), tuple(value) if value is not None else None)
-
-
-_OPS = frozenset({"set", "local", "reset_all", "unknown", "savepoint", "release", "rollback_to"})
 
 
 def set_config_change(args: Sequence[str | None]) -> Change | None:

@@ -13,11 +13,12 @@ cached underneath.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.errors import ProxyError
+from proxy.gucs import Change
 from proxy.identity import SessionFacts
 
 Action = Literal["allow", "rewrite", "block", "throttle"]
@@ -91,6 +92,8 @@ class Admission:
     per_execute: bool = False
     # By statement index: what it does to SQL-level prepared statements and cursors.
     effects: dict[int, Effect] = field(default_factory=dict)
+    # By statement index: what it does to a tracked setting or the savepoints (proxy/gucs.py).
+    changes: Mapping[int, Change] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -174,7 +174,7 @@ def in_query(query: Plan, index: int, run: Plan) -> Plan:
         inner = adm.statements[0]
         infos[index] = {**infos[index], "tables": inner.get("tables", [])}
         infos[index]["columns"] = inner.get("columns", [])
-    shown = replace(adm, statements=infos, sql=query.admission.sql)
+    shown = replace(adm, statements=infos, changes=query.admission.changes, sql=query.admission.sql)
     return Plan(query.sql, shown, False, decide_s=query.decide_s)
 
 

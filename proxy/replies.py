@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from proxy.actions import Plan, Running
+from proxy.gucs import Change
 from proxy.hooks import Effect
 
 
@@ -79,6 +80,11 @@ def room(stmt: Running | None) -> tuple[int, int]:
 
 
 _NO_INFO: Mapping[str, object] = MappingProxyType({})
+
+
+def statement_change(s: Running) -> Change | None:
+    """What `s` does to a tracked setting or the savepoints, as the engine decided it."""
+    return s.plan.admission.changes.get(s.index)
 
 
 def statement_info(s: Running) -> Mapping[str, object]:

@@ -19,7 +19,7 @@ from proxy.errors import FeatureNotSupported, ProxyError, ResultLimit
 from proxy.gucs import PURPOSE, Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
-from proxy.replies import Entry, next_stmt, room, statement_info, undo_parse
+from proxy.replies import Entry, next_stmt, room, statement_change, statement_info, undo_parse
 from proxy.transcode import TextCodec
 from proxy.wire import unpack_len
 
@@ -258,7 +258,7 @@ class UpstreamSide:
             self.settings.completed("", Change("unknown", "*"))
             self._follow_settings()
         elif tag:
-            change = Change.from_json(statement_info(s).get("change"))
+            change = statement_change(s)
             self.settings.completed(tag.rstrip(b"\0").decode("ascii", "replace"), change)
             self._follow_settings()
 
@@ -300,7 +300,7 @@ class UpstreamSide:
         for e in self.queue:
             for s in e.stmts:
                 info = statement_info(s)
-                c = Change.from_json(info.get("change"))
+                c = statement_change(s)
                 moving = c is not None and (c.name in (PURPOSE, "*") or c.op not in _STILL)
                 if moving or info.get("kind") in ("commit", "rollback"):
                     return replace(self.facts, purpose_known=False)
@@ -360,7 +360,7 @@ class UpstreamSide:
         if t in b"CIE" and len(t) == 1 and head.stmts:
             s = head.stmts.popleft()
             if t == b"C":  # the cancel came too late: what ran still counts (a SET too)
-                change = Change.from_json(statement_info(s).get("change"))
+                change = statement_change(s)
                 self.settings.completed(body.rstrip(b"\0").decode("ascii", "replace"), change)
                 self._follow_settings()
             out.append(Finish(s))
@@ -386,6 +386,6 @@ def changes_ahead(queue: deque[Entry]) -> bool:
     for e in queue:
         if e.kind == b"S":
             return False
-        if any(statement_info(s).get("change") is not None for s in e.stmts):
+        if any(statement_change(s) is not None for s in e.stmts):
             return True
     return False

@@ -329,13 +329,6 @@ def test_change_read_from_the_statement(sql: str, change: Change | None) -> None
     assert change_of(sql) == change
 
 
-def test_change_round_trips_through_the_statement_info() -> None:
-    for c in (Change("set", "search_path", ("a",)), Change("reset_all"), Change("local", "x")):
-        assert Change.from_json(c.to_json()) == c
-    assert Change.from_json({"op": "drop everything"}) is None
-    assert Change.from_json(None) is None
-
-
 def test_set_config_of_a_computed_setting_name_is_unknown_for_every_setting() -> None:
     s = SessionSettings.start({"search_path": START})
     s.completed("SELECT 1", set_config_change([None, "x", "false"]))

@@ -52,6 +52,7 @@ from playbook import (
 
 from proxy.actions import Close, ToClient, ToServer
 from proxy.errors import Blocked, VolumeLimit
+from proxy.gucs import Change
 from proxy.hooks import Admission, StreamLimits
 from proxy.session import REFUSED_QUERY
 from proxy.wire import frame
@@ -879,8 +880,8 @@ def test_cap_counts_rows_already_fetched_by_earlier_statements() -> None:
 
 
 def test_search_path_follows_a_successful_set() -> None:
-    change = {"op": "set", "name": "search_path", "value": ["sales", "public"]}
-    adm = Admission(statements=[{"search_path": ["sales", "public"], "change": change}])
+    change = Change("set", "search_path", ("sales", "public"))
+    adm = Admission(statements=[{"search_path": ["sales", "public"]}], changes={0: change})
     pb = Playbook(lambda sql, ext: adm)
     pb.client(query("set search_path = sales, public"))
     pb.server(error("42501") + ready_for_query())

@@ -6,6 +6,8 @@ as the Enforcer hands it over in the statement info.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from playbook import (
     SYNC,
     Playbook,
@@ -21,6 +23,7 @@ from playbook import (
 )
 
 from proxy.errors import Blocked
+from proxy.gucs import Change
 from proxy.hooks import Admission, StreamLimits
 from proxy.policy.changes import statement_change
 from proxy.policy.kinds import head
@@ -33,10 +36,13 @@ PARSE_COMPLETE, BIND_COMPLETE = frame(b"1"), frame(b"2")
 
 def changes(sql: str, extended: bool) -> Admission:
     infos: list[dict[str, object]] = []
-    for piece in split(sql):
+    found: dict[int, Change] = {}
+    for i, piece in enumerate(split(sql)):
+        infos.append({})
         c = statement_change(head(piece), piece)
-        infos.append({"change": c.to_json()} if c is not None else {})
-    return Admission(statements=infos)
+        if c is not None:
+            found[i] = c
+    return Admission(statements=infos, changes=found)
 
 
 def replies(*tags: str, status: bytes = b"I") -> bytes:
@@ -113,8 +119,8 @@ def test_rollback_to_savepoint_and_reset_follow_the_server() -> None:
 
 
 def test_a_path_the_proxy_cannot_follow_is_marked_unknown_until_set() -> None:
-    unknown = {"op": "unknown", "name": "search_path"}
-    pb = Playbook(lambda sql, ext: Admission(statements=[{"change": unknown}]))
+    unknown = Change("unknown", "search_path")
+    pb = Playbook(lambda sql, ext: Admission(statements=[{}], changes={0: unknown}))
     pb.client(query("select set_config('search_path', current_user, false)"))
     pb.server(replies("SELECT 1"))
     assert not pb.session.facts.search_path_known
@@ -135,7 +141,7 @@ def test_a_fast_path_call_leaves_the_path_unknown() -> None:
 def capped(sql: str, ext: bool) -> Admission:
     adm = changes(sql, ext)
     if "big" in sql:
-        adm = Admission(statements=adm.statements, limits=StreamLimits(max_rows=1, rule="cap"))
+        adm = replace(adm, limits=StreamLimits(max_rows=1, rule="cap"))
     return adm
 
 
