@@ -110,10 +110,12 @@ def mark(tree: exp.Expr, tokens: Sequence[Token]) -> None:
     if not calls:
         return
     at: dict[int, list[exp.Expr]] = {}
-    for node in tree.walk():
-        start = node.meta_get("start")
-        if start is not None and start in calls:
-            at.setdefault(start, []).append(node)
+    for node in tree.walk():  # the one pass over the tree: read _meta in place
+        meta = node._meta
+        if meta is not None:
+            start = meta.get("start")
+            if start in calls:
+                at.setdefault(start, []).append(node)
     extra: list[Written] = []
     for start, i in calls.items():
         t = tokens[i]
