@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from proxy.reports.api import ReportConfig, run_subject, run_user
+from proxy.reports.errors import ReportError
 from proxy.reports.render_html import subject_html, user_html
 from proxy.reports.render_text import subject_text, user_text
-from proxy.reports.subject import ReportError
 from proxy.rules import RulesError, RuleSet, load_rules
 from proxy.settings import Settings
 

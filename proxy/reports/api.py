@@ -16,9 +16,10 @@ from typing import Any
 from proxy.audit.record import format_ts
 from proxy.audit.tail import parse_since
 from proxy.reports.chain import verify_all
+from proxy.reports.errors import ReportError
 from proxy.reports.files import resolve
 from proxy.reports.source import Source
-from proxy.reports.subject import ReportError, search_for, subject_report
+from proxy.reports.subject import search_for, subject_report
 from proxy.reports.user import user_report
 from proxy.rules import RuleSet
 
@@ -55,7 +56,7 @@ def run_subject(
     """Lines of `report subject` (ReportError for a bad subject, column or since)."""
     search = search_for(config.rules(), subject, key, lookup)
     cutoff = since_ts(since, config.now() if config.now else None)
-    files = _files(config)
+    files = resolve(config.audit)
     with Source(files) as source:
         return subject_report(source, search, config.ledger_keys, cutoff)
 
@@ -63,7 +64,7 @@ def run_subject(
 def run_user(config: ReportConfig, user: str, since: str | None) -> dict[str, Any]:
     """`report user` as one dict, with the chain verdicts of the files read."""
     cutoff = since_ts(since, config.now() if config.now else None)
-    files = _files(config)
+    files = resolve(config.audit)
     with Source(files) as source:
         report = user_report(source, user, cutoff)
     verdicts = verify_all(files, config.audit_key, partial=config.partial)
@@ -71,10 +72,3 @@ def run_user(config: ReportConfig, user: str, since: str | None) -> dict[str, An
     report["chains"] = verdicts
     report["files"] = files
     return report
-
-
-def _files(config: ReportConfig) -> list[str]:
-    try:
-        return resolve(config.audit)
-    except ValueError as exc:
-        raise ReportError(str(exc)) from None

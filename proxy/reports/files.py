@@ -14,12 +14,9 @@ import os
 from collections.abc import Iterable
 
 from proxy.audit.rotate import chain_order, discover, live_name
+from proxy.reports.errors import ReportError
 
 _GLOB_CHARS = frozenset("*?[")
-
-
-class NoAuditFiles(ValueError):
-    """Nothing to read: the message says which paths or patterns matched nothing."""
 
 
 def resolve(patterns: Iterable[str]) -> list[str]:
@@ -36,7 +33,7 @@ def resolve(patterns: Iterable[str]) -> list[str]:
         found.update(dict.fromkeys(matches))
     if not found:
         named = ", ".join(empty) or "(none given)"
-        raise NoAuditFiles(f"no audit files found: {named}")
+        raise ReportError(f"no audit files found: {named}")
     return chain_order(list(found))
 
 

@@ -1,6 +1,6 @@
 """`report subject`: every user who received or searched for one subject.
 
-The compliance officer's "accounting of disclosures".
+It is the compliance officer's "accounting of disclosures".
 
 The audit log holds no plaintext key or search value, only the ledger's keyed
 hashes (proxy/ledger/hashing.py). So the search value is hashed here, under
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.ledger.hashing import subject_hash
+from proxy.reports.errors import ReportError
 from proxy.reports.source import SUBJECTS_TYPE, Source
 from proxy.rules import RuleSet
 
@@ -40,10 +41,6 @@ FIELDS = (
     "decision",
     "rows",
 )
-
-
-class ReportError(ValueError):
-    """A report that cannot be made as asked; the message says why, for the user."""
 
 
 @dataclass(frozen=True, slots=True)
