@@ -12,6 +12,7 @@ report is still printed, and says so), or 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> ReportConfig:
         ledger_keys=keys,
         rules=rules,
         partial=args.partial,
+        verify_workers=os.cpu_count() or 1,
     )
 
 

@@ -33,6 +33,7 @@ class ReportConfig:
     ledger_keys: Sequence[bytes]  # the current ledger key first, then older ones still accepted
     rules: Callable[[], RuleSet]  # the rule set subject ids and columns are checked against
     partial: bool = False  # chains may start mid-way (older files archived elsewhere)
+    verify_workers: int = 1  # processes walking hash chains (the CLI uses every core)
     now: Callable[[], datetime] | None = field(default=None, compare=False)
 
 
@@ -67,7 +68,9 @@ def run_user(config: ReportConfig, user: str, since: str | None) -> dict[str, An
     files = resolve(config.audit)
     with Source(files) as source:
         report = user_report(source, user, cutoff)
-    verdicts = verify_all(files, config.audit_key, partial=config.partial)
+    verdicts = verify_all(
+        files, config.audit_key, partial=config.partial, workers=config.verify_workers
+    )
     report["chain_ok"] = all(v["ok"] for v in verdicts)
     report["chains"] = verdicts
     report["files"] = files
