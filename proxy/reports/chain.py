@@ -16,6 +16,7 @@ one walk, in a fraction of the time on several cores.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -55,10 +56,8 @@ def _tasks(group: list[str], key: bytes | None, partial: bool) -> list[_Task]:
 def _size(files: list[str]) -> int:
     total = 0
     for path in files:
-        try:
+        with contextlib.suppress(OSError):  # the check says it cannot be read
             total += os.path.getsize(path)
-        except OSError:
-            pass  # the check says it cannot be read
     return total
 
 
