@@ -40,6 +40,9 @@ td.sql{font-family:ui-monospace,Menlo,Consolas,monospace}
 """
 
 
+_CHAIN = {True: ("ok", "intact"), False: ("bad", "BROKEN"), None: ("none", "not verified")}
+
+
 def e(value: Any) -> str:
     return html.escape(cell(value), quote=True)
 
@@ -107,9 +110,7 @@ def user_html(report: dict[str, Any]) -> str:
         f'<p class="sub">since {e(since)}; records from {e(report.get("first") or "-")} to '
         f"{e(report.get('last') or '-')}</p>",
         f'<div class="tiles">{tiles}</div>',
-        '<h2>Audit chain: <span id="chain" class="'
-        + ('ok">intact' if ok else 'bad">BROKEN')
-        + "</span></h2>",
+        f'<h2>Audit chain: <span id="chain" class="{_CHAIN[ok][0]}">{_CHAIN[ok][1]}</span></h2>',
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in chain_summary(report)) + "</ul>",
         "<h2>Statements by hour of day (UTC)</h2>",
         _hours(report["hours"]),

@@ -19,6 +19,7 @@ from proxy.reports.layout import (
     subjects_figure,
 )
 
+_CHAIN = {True: "intact", False: "BROKEN", None: "not verified (--no-verify)"}
 WIDTH = 60  # longest cell shown (the --json output has every value whole)
 
 
@@ -71,6 +72,6 @@ def user_text(report: dict[str, Any]) -> str:
         rows = report.get(key) or []
         out += ["", f"{title} ({len(rows)})"]
         out += ["  " + line for line in table(columns, rows)] if rows else ["  none"]
-    out += ["", "Audit chain: " + ("intact" if report["chain_ok"] else "BROKEN")]
+    out += ["", "Audit chain: " + _CHAIN[report["chain_ok"]]]
     out += ["  " + clean(line, 400) for line in chain_summary(report)]
     return "\n".join(out) + "\n"

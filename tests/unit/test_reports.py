@@ -190,6 +190,8 @@ async def test_a_tampered_file_gives_chain_ok_false(
     broken = [c for c in report["chains"] if not c["ok"]]
     assert len(broken) == 1 and "hash mismatch" in broken[0]["problem"]
     assert oldest in broken[0]["problem"]
+    assert 'id="chain" class="bad">BROKEN' in user_html(report)
+    assert "Audit chain: BROKEN" in user_text(report)
     _env(monkeypatch, logs)
     assert main(["report", "user", "alice", "--since", "all", "--json"]) == 1
     assert orjson.loads(capsys.readouterr().out)["chain_ok"] is False
@@ -308,3 +310,16 @@ def test_parallel_chain_verification_agrees_with_one_walk(
     assert [c["ok"] for c in serial] == [damage == "none", True]
     if damage == "drop_last":
         assert "prev mismatch" in serial[0]["problem"] and files[1] in serial[0]["problem"]
+
+
+def test_no_verify_leaves_chain_ok_null(
+    logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    oldest = resolve([str(logs["a"])])[0]
+    Path(oldest).write_bytes(Path(oldest).read_bytes().replace(b'"rows":2,', b'"rows":0,', 1))
+    _env(monkeypatch, logs)
+    assert main(["report", "user", "alice", "--since", "all", "--no-verify", "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["chain_ok"] is None and report["chains"] == []
+    assert main(["report", "user", "alice", "--since", "all", "--no-verify"]) == 0
+    assert "Audit chain: not verified" in capsys.readouterr().out
