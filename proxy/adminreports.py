@@ -50,6 +50,9 @@ class ReportRoutes:
 
     def __init__(self, config: ReportConfig | None) -> None:
         self.config = config
+        # One report at a time: a dashboard user (or a script with the token) clicking
+        # repeatedly over gigabytes queues, rather than piling scans onto the proxy's CPU.
+        self._one = asyncio.Lock()
 
     async def get(self, path: str, query: dict[str, list[str]]) -> Answer:
         config = self.config
@@ -108,10 +111,10 @@ class ReportRoutes:
         ]
         return {"subjects": subjects, "layout": LAYOUT}
 
-    @staticmethod
-    async def _run(fn: Any, *args: Any) -> Answer:
+    async def _run(self, fn: Any, *args: Any) -> Answer:
         try:
-            return 200, await asyncio.to_thread(fn, *args)
+            async with self._one:
+                return 200, await asyncio.to_thread(fn, *args)
         except ReportError as e:
             return 400, {"error": str(e)}
         except Exception as e:  # unreadable files, a DuckDB failure: say so, keep serving

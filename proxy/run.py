@@ -157,6 +157,7 @@ class Service:
             audit_key=key.get_secret_value().encode() if key else None,
             ledger_keys=s.ledger_secrets,
             rules=lambda: self.rules,
+            threads=1,  # a report must not take the cores the proxy's sessions run on
         )
 
     async def run(self) -> int:

@@ -34,6 +34,7 @@ class ReportConfig:
     rules: Callable[[], RuleSet]  # the rule set subject ids and columns are checked against
     partial: bool = False  # chains may start mid-way (older files archived elsewhere)
     verify_workers: int = 1  # processes walking hash chains (the CLI uses every core)
+    threads: int = 0  # DuckDB threads; 0: one per core (the dashboard uses 1)
     now: Callable[[], datetime] | None = field(default=None, compare=False)
 
 
@@ -58,7 +59,7 @@ def run_subject(
     search = search_for(config.rules(), subject, key, lookup)
     cutoff = since_ts(since, config.now() if config.now else None)
     files = resolve(config.audit)
-    with Source(files) as source:
+    with Source(files, config.threads) as source:
         return subject_report(source, search, config.ledger_keys, cutoff)
 
 
@@ -72,7 +73,7 @@ def run_user(
     """
     cutoff = since_ts(since, config.now() if config.now else None)
     files = resolve(config.audit)
-    with Source(files) as source:
+    with Source(files, config.threads) as source:
         report = user_report(source, user, cutoff)
     verdicts = (
         verify_all(files, config.audit_key, partial=config.partial, workers=config.verify_workers)

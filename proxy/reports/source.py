@@ -74,12 +74,16 @@ def audit_relation(files: Sequence[str]) -> str:
 class Source:
     """One in-memory DuckDB connection over a fixed list of audit files."""
 
-    def __init__(self, files: Sequence[str]) -> None:
+    def __init__(self, files: Sequence[str], threads: int = 0) -> None:
+        """`threads` > 0 caps DuckDB's threads (the proxy's own process must keep a core)."""
         import duckdb  # imported here: only reports need it, and it takes a moment to load
 
         self.files = list(files)
         self.relation = audit_relation(self.files)
-        self.db = duckdb.connect(":memory:")
+        config: dict[str, str | bool | int | float | list[str]] = {}
+        if threads > 0:
+            config["threads"] = threads
+        self.db = duckdb.connect(":memory:", config=config)
 
     def close(self) -> None:
         self.db.close()

@@ -32,6 +32,7 @@ from proxy.reports.errors import ReportError
 from proxy.reports.files import resolve
 from proxy.reports.render_html import subject_html, user_html
 from proxy.reports.render_text import user_text
+from proxy.reports.source import Source
 from proxy.rules import load_rules
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -323,3 +324,11 @@ def test_no_verify_leaves_chain_ok_null(
     assert report["chain_ok"] is None and report["chains"] == []
     assert main(["report", "user", "alice", "--since", "all", "--no-verify"]) == 0
     assert "Audit chain: not verified" in capsys.readouterr().out
+
+
+def test_duckdb_threads_can_be_capped(logs: dict[str, Path]) -> None:
+    """The dashboard runs reports on one DuckDB thread, beside the proxy's sessions."""
+    files = resolve(both(logs))
+    with Source(files, threads=1) as source:
+        assert source.rows("SELECT current_setting('threads') AS n") == [{"n": 1}]
+        assert source.rows("SELECT count(*) AS n FROM {audit}") == [{"n": len(read_records(files))}]
