@@ -47,11 +47,23 @@ COLUMNS: dict[str, str] = {
     "action": "JSON",
 }
 
-# The `subjects` field as DuckDB types it (proxy/ledger/tally.py writes it).
-SUBJECTS_TYPE = (
-    'MAP(VARCHAR, STRUCT(seen VARCHAR[], seen_count BIGINT, looked_up STRUCT("column" VARCHAR, '
-    "hash VARCHAR)[], looked_up_count BIGINT))"
+# One subject's entry of the `subjects` field (proxy/ledger/tally.py writes it), as a
+# json_transform structure: lenient, so an entry with a field added by a later version,
+# or a damaged one, reads as what it has (NULL for the rest) instead of failing the report.
+SUBJECT_SHAPE = (
+    '{"seen": ["VARCHAR"], "seen_count": "BIGINT", '
+    '"looked_up": [{"column": "VARCHAR", "hash": "VARCHAR"}], "looked_up_count": "BIGINT"}'
 )
+
+
+def subject_entry(subjects: str, key: str) -> str:
+    """SQL for the entry of subject id `key` (SQL text) in the JSON `subjects`, transformed.
+
+    A JSON Pointer, escaped, reaches any id, also one with dots, slashes or quotes.
+    """
+    pointer = f"'/' || replace(replace({key}, '~', '~0'), '/', '~1')"
+    return f"json_transform({subjects} -> ({pointer}), '{SUBJECT_SHAPE}')"
+
 
 # A statement's SQL can be long; a record over this is skipped like a broken line.
 MAX_RECORD = 64 * 2**20

@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy.ledger.hashing import subject_hash
 from proxy.reports.errors import ReportError
-from proxy.reports.source import SUBJECTS_TYPE, Source
+from proxy.reports.source import Source, subject_entry
 from proxy.rules import RuleSet
 
 # The fields of one line of the report, in order (DESIGN.md, "Audit log").
@@ -120,7 +120,7 @@ def subject_report(
     sql = f"""
     WITH cand AS (
         SELECT ts, "user", session, purpose, fingerprint, sql, decision, rows,
-               CAST(subjects AS {SUBJECTS_TYPE})[$subject] AS s
+               {subject_entry("subjects", "$subject")} AS s
         FROM {{audit}}
         WHERE event = 'statement' AND subjects IS NOT NULL
           AND ($since IS NULL OR ts >= $since)

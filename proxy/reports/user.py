@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.reports.source import SUBJECTS_TYPE, Source
+from proxy.reports.source import Source, subject_entry
 
 REFUSED = ("block", "cutoff")
 LIST_LIMIT = 200  # sessions, refusals, canaries listed (the totals count them all)
@@ -47,16 +47,17 @@ GROUP BY name ORDER BY statements DESC, name
 
 _SUBJECT_ENTRIES = f"""
 CREATE TEMP TABLE entries AS
-SELECT e.key AS subject, e.value AS v
-FROM (SELECT unnest(map_entries(CAST(subjects AS {SUBJECTS_TYPE}))) AS e
-      FROM mine WHERE subjects IS NOT NULL)
+SELECT subject, {subject_entry("subjects", "subject")} AS v
+FROM (SELECT subjects, unnest(json_keys(subjects)) AS subject
+      FROM mine WHERE subjects IS NOT NULL AND json_type(subjects) = 'OBJECT')
 """
 
 _SUBJECTS = """
 WITH caps AS (
     SELECT subject,
-           bool_or(v.seen_count > len(v.seen)) AS seen_capped,
-           bool_or(v.looked_up_count > len(v.looked_up)) AS looked_up_capped
+           coalesce(bool_or(v.seen_count > coalesce(len(v.seen), 0)), false) AS seen_capped,
+           coalesce(bool_or(v.looked_up_count > coalesce(len(v.looked_up), 0)), false)
+               AS looked_up_capped
     FROM entries GROUP BY subject
 ), seen AS (
     SELECT subject, count(DISTINCT h) AS n

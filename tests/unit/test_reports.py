@@ -26,6 +26,7 @@ from auditdata import (
 )
 
 from proxy.cli import main
+from proxy.ledger.hashing import subject_hash
 from proxy.reports.api import ReportConfig, run_subject, run_user
 from proxy.reports.chain import verify_all
 from proxy.reports.errors import ReportError
@@ -332,3 +333,31 @@ def test_duckdb_threads_can_be_capped(logs: dict[str, Path]) -> None:
     with Source(files, threads=1) as source:
         assert source.rows("SELECT current_setting('threads') AS n") == [{"n": 1}]
         assert source.rows("SELECT count(*) AS n FROM {audit}") == [{"n": len(read_records(files))}]
+
+
+async def test_odd_subjects_fields_are_read_not_fatal(tmp_path: Path) -> None:
+    """A later version's extra field, a damaged entry, an id with / and . : read what is there."""
+    path = tmp_path / "audit.jsonl"
+    h42 = subject_hash(NEW_KEY, "person", "42")
+    odd = {
+        "person": {"seen": [h42], "seen_count": 1, "looked_up": [], "looked_up_count": 0,
+                   "canary": True},
+        "a/b.c~d": {"seen": ["f" * 32], "seen_count": 1},
+        "broken": 5,
+    }  # fmt: skip
+    await write_log(
+        path,
+        [
+            Stmt("erin", "s1", DAY1, rows=1, extra={"subjects": odd}),
+            Stmt("erin", "s1", DAY1, rows=1, extra={"subjects": ["not", "an", "object"]}),
+        ],
+    )
+    lines = run_subject(config([str(path)]), "person", "42", None, None)
+    assert [(x["user"], x["how"]) for x in lines] == [("erin", "seen")]
+    report = run_user(config([str(path)]), "erin", None)
+    assert {s["subject"]: s["seen"] for s in report["subjects"]} == {
+        "person": 1,
+        "a/b.c~d": 1,
+        "broken": 0,
+    }
+    assert report["subjects_seen"] == 2 and report["statements"] == 2
