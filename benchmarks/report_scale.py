@@ -12,11 +12,12 @@ detector hits and canary events. Person 42 is planted in three users'
 statements, and the subject report must find exactly those (a check, not a
 timing).
 
-Each report runs --runs times in a fresh process state (new DuckDB
-connection); the median is printed. The user report's DuckDB part and its
-chain verification (every file's hash chain walked in Python: one process,
-then one per core as `oversight report user` does) are timed apart, because
-the two scale differently.
+Each report runs --runs times, each on a new DuckDB connection; the median
+run's wall time is printed with its CPU time (this process and the verify
+processes), which says more than wall time on a shared machine. The user
+report's DuckDB part and its chain verification (every file's hash chain
+walked in Python: one process, then one per core as `oversight report user`
+does) are timed apart, because the two scale differently.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
+import resource
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -172,13 +173,29 @@ def generate(directory: Path, gigabytes: float, seed: int = 7) -> list[str]:
     return resolve([str(live)])
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the verify processes)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+CPU: list[float] = []  # the CPU seconds of the last _median's median run
+
+
 def _median(fn: Any, runs: int) -> tuple[float, Any]:
+    """Median wall time of `runs` calls; its CPU time goes to CPU (wall time depends on load)."""
     times, result = [], None
     for _ in range(runs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        times.append((time.perf_counter() - start, _cpu() - cpu))
+    times.sort()
+    wall, cpu = times[len(times) // 2]
+    CPU[:] = [cpu]
+    return wall, result
 
 
 def main() -> None:
@@ -200,7 +217,8 @@ def main() -> None:
         files = generate(directory, args.gb)
         print(f"generated in {time.perf_counter() - start:.1f} s")
     size = sum(os.path.getsize(f) for f in files)
-    print(f"{len(files)} files, {size / 2**30:.2f} GB")
+    load = os.getloadavg()[0]
+    print(f"{len(files)} files, {size / 2**30:.2f} GB; {os.cpu_count()} cores, load {load:.1f}")
     rules = load_rules(Path(__file__).resolve().parents[1] / "rules")
     config = ReportConfig([str(directory / "oversight-audit.jsonl")], AUDIT_KEY, [LEDGER_KEY],
                           lambda: rules)  # fmt: skip
@@ -208,19 +226,22 @@ def main() -> None:
     t, lines = _median(lambda: run_subject(config, "person", "42", None, None), args.runs)
     found = {line["user"] for line in lines}
     assert found == PLANTED, f"the subject report found {found}, planted {PLANTED}"
-    print(f"report subject person 42:          {t:6.2f} s  ({len(lines)} lines)")
+    print(
+        f"report subject person 42:           {t:6.2f} s, {CPU[0]:6.2f} s CPU ({len(lines)} lines)"
+    )
 
     def user_only() -> dict[str, Any]:
         with Source(files) as source:
             return user_report(source, "analyst042", None)
 
     t, report = _median(user_only, args.runs)
-    print(f"report user (without chain verify):  {t:6.2f} s  ({report['statements']} statements)")
+    n = report["statements"]
+    print(f"report user (without chain verify): {t:6.2f} s, {CPU[0]:6.2f} s CPU ({n} statements)")
     cores = os.cpu_count() or 1
     for workers in dict.fromkeys((1, cores)):
         t, verdicts = _median(lambda w=workers: verify_all(files, AUDIT_KEY, workers=w), 1)
         assert all(v["ok"] for v in verdicts)
-        print(f"chain verify, {workers} process(es):        {t:6.2f} s  (once)")
+        print(f"chain verify, {workers} process(es):       {t:6.2f} s, {CPU[0]:6.2f} s CPU (once)")
     if tmp is not None:
         tmp.cleanup()
 

@@ -43,11 +43,6 @@ def add_arguments(sub: Any, config: argparse.ArgumentParser) -> None:
     )
     common.add_argument("--json", action="store_true", help="JSON instead of text")
     common.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
-    common.add_argument(
-        "--partial",
-        action="store_true",
-        help="a chain may start mid-way (its older rotated files are archived elsewhere)",
-    )
     r = sub.add_parser("report", help="reports over the audit files: subject, user")
     rsub = r.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     s = rsub.add_parser(
@@ -69,6 +64,11 @@ def add_arguments(sub: Any, config: argparse.ArgumentParser) -> None:
         "user", help="one person's activity: a supervisor's report", parents=[config, common]
     )
     u.add_argument("user")
+    u.add_argument(
+        "--partial",
+        action="store_true",
+        help="a chain may start mid-way (its older rotated files are archived elsewhere)",
+    )
     u.add_argument(
         "--no-verify",
         action="store_true",
@@ -114,7 +114,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> ReportConfig:
         audit_key=key.get_secret_value().encode() if key else None,
         ledger_keys=keys,
         rules=rules,
-        partial=args.partial,
+        partial=getattr(args, "partial", False),
         verify_workers=os.cpu_count() or 1,
     )
 

@@ -361,3 +361,14 @@ async def test_odd_subjects_fields_are_read_not_fatal(tmp_path: Path) -> None:
         "broken": 0,
     }
     assert report["subjects_seen"] == 2 and report["statements"] == 2
+
+
+def test_partial_accepts_a_chain_whose_start_is_archived(logs: dict[str, Path]) -> None:
+    oldest, *rest = resolve([str(logs["a"])])
+    Path(oldest).unlink()  # archived elsewhere
+    strict = run_user(config([str(logs["a"])]), "alice", None)
+    assert strict["chain_ok"] is False
+    assert "not the start of the chain" in strict["chains"][0]["problem"]
+    cfg = config([str(logs["a"])])
+    loose = ReportConfig(cfg.audit, AUDIT_KEY, cfg.ledger_keys, cfg.rules, partial=True)
+    assert run_user(loose, "alice", None)["chain_ok"] is True
