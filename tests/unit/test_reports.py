@@ -364,7 +364,7 @@ async def test_odd_subjects_fields_are_read_not_fatal(tmp_path: Path) -> None:
 
 
 def test_partial_accepts_a_chain_whose_start_is_archived(logs: dict[str, Path]) -> None:
-    oldest, *rest = resolve([str(logs["a"])])
+    oldest = resolve([str(logs["a"])])[0]
     Path(oldest).unlink()  # archived elsewhere
     strict = run_user(config([str(logs["a"])]), "alice", None)
     assert strict["chain_ok"] is False
