@@ -11,6 +11,10 @@ blocked), so they need `Authorization: Bearer <OVERSIGHT_ADMIN_TOKEN>`;
 without a configured token they are off and say so. Only the HTML page also
 takes `?token=`, so a browser can open it; the page then strips the token
 from its address and sends it as a header on every API call.
+
+/api/report/* are the reports over the audit files (proxy/adminreports.py);
+the subject search is the one POST, so the value searched for travels in a
+body, never in an address.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.address import parse_optional_address
+from proxy.adminreports import MAX_BODY, ReportRoutes
 from proxy.metrics import METRICS, Metrics
+from proxy.reports.api import ReportConfig
 
 MAX_HEAD = 8192
+POST_PATHS = frozenset({"/api/report/subject"})
 READ_TIMEOUT = 5.0
 READY_TIMEOUT = 3.0
 REASONS = {
@@ -39,7 +46,10 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 # The page is self-contained: inline script and style, no third-party origin.
@@ -76,8 +86,8 @@ class Response:
         return cls(status, text.encode(), "text/plain; charset=utf-8", headers)
 
     @classmethod
-    def json(cls, data: Any) -> Response:
-        return cls(200, orjson.dumps(data), "application/json")
+    def json(cls, data: Any, status: int = 200) -> Response:
+        return cls(status, orjson.dumps(data), "application/json")
 
 
 class AdminServer:
@@ -89,11 +99,13 @@ class AdminServer:
         token: str | None,
         ready: Callable[[], Awaitable[bool]],
         metrics: Metrics | None = None,
+        reports: ReportConfig | None = None,
     ) -> None:
         self.listen = listen
         self.token = token or None
         self.ready = ready
         self.metrics = metrics or METRICS
+        self.reports = ReportRoutes(reports)
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -123,7 +135,12 @@ class AdminServer:
                 resp = Response.text(431, "request head too large\n")
             else:
                 method, target, headers = self._parse(head)
-                resp = await self._route(method, target, headers)
+                body = await self._body(reader, method, target, headers)
+                resp = (
+                    body
+                    if isinstance(body, Response)
+                    else await self._route(method, target, headers, body)
+                )
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
@@ -154,6 +171,20 @@ class AdminServer:
         return parts[0], parts[1], headers
 
     @staticmethod
+    async def _body(
+        reader: asyncio.StreamReader, method: str, target: str, headers: dict[str, str]
+    ) -> bytes | Response:
+        """The body of a POST to the one path that takes one (small, with a Content-Length)."""
+        if method != "POST" or urlsplit(target).path not in POST_PATHS:
+            return b""  # a 405 from _route; a body, if any, is never read
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            return Response.text(411, "a Content-Length is required\n")
+        if int(length) > MAX_BODY:
+            return Response.text(413, f"the body is limited to {MAX_BODY} bytes\n")
+        return await asyncio.wait_for(reader.readexactly(int(length)), READ_TIMEOUT)
+
+    @staticmethod
     def _serialize(resp: Response, head_only: bool) -> bytes:
         lines = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Error')}"]
         headers = {
@@ -167,12 +198,20 @@ class AdminServer:
         out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return out if head_only else out + resp.body
 
-    async def _route(self, method: str, target: str, headers: dict[str, str]) -> Response:
+    async def _route(
+        self, method: str, target: str, headers: dict[str, str], body: bytes = b""
+    ) -> Response:
+        url = urlsplit(target)
+        path = url.path
+        if method == "POST" and path in POST_PATHS:
+            denied = self._check_token(headers, None)
+            if denied is not None:
+                return denied
+            status, data = await self.reports.post(path, body)
+            return Response.json(data, status)
         if method not in ("GET", "HEAD"):
             return Response.text(405, "only GET and HEAD\n", Allow="GET, HEAD")
-        url = urlsplit(target)
         query = parse_qs(url.query)
-        path = url.path
         if path == "/metrics":
             return Response(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
         if path == "/healthz":
@@ -183,6 +222,9 @@ class AdminServer:
             denied = self._check_token(headers, query if path in ("/", "/dashboard") else None)
             if denied is not None:
                 return denied
+            if path.startswith("/api/report/"):
+                status, data = await self.reports.get(path, query)
+                return Response.json(data, status)
             if path.startswith("/api/"):
                 return self._api(path, query)
             return Response(200, dashboard_html(), "text/html; charset=utf-8", PAGE_HEADERS)

@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     at.add_argument("rules", nargs="?", default=None, help="default: the rules setting")
 
+    from proxy.commands.report import add_arguments as add_report
+
+    add_report(sub, config)
+
     pw = sub.add_parser(
         "passwd", help="write a SCRAM-SHA-256 verifier for proxy auth mode", parents=[config]
     )
@@ -269,6 +273,12 @@ def _alerts(args: argparse.Namespace) -> int:
     return cmd_alerts_test(args.rules or settings.rules, settings.source_attributes)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from proxy.commands.report import cmd_report
+
+    return cmd_report(args, _settings(args))
+
+
 def _passwd(args: argparse.Namespace) -> int:
     from proxy.passwd import cmd_passwd
 
@@ -291,6 +301,7 @@ COMMANDS = {
     "audit": _audit,
     "alerts": _alerts,
     "passwd": _passwd,
+    "report": _report,
 }
 
 if __name__ == "__main__":

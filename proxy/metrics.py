@@ -47,6 +47,7 @@ EVENT_FIELDS = (
     "client",
     "application",
     "database",
+    "purpose",
     "sql",
     "kind",
     "tables",
@@ -84,6 +85,7 @@ def _shape(
         else:
             out = {
                 "user": event.user,
+                "purpose": event.purpose,
                 "decision": event.decision,
                 "rules": list(event.rules),
                 "rows": event.rows,

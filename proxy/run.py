@@ -34,6 +34,7 @@ from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.idsrc.setup import identity_resolver
 from proxy.login import proxy_login
 from proxy.recorder import Recorder
+from proxy.reports.api import ReportConfig
 from proxy.rules import RulesError, RuleSet, load_rules
 from proxy.server import ProxyServer
 from proxy.settings import Settings
@@ -138,12 +139,26 @@ class Service:
         await self.server.start()
         await self.alerter.start()
         token = s.admin_token.get_secret_value() if s.admin_token else None
-        self.admin = AdminServer(s.admin_listen, token, self.ready)
+        self.admin = AdminServer(s.admin_listen, token, self.ready, reports=self._report_config())
         await self.admin.start()
         self._tasks = [
             asyncio.create_task(self._catalog_loop(), name="catalog-refresh"),
             asyncio.create_task(self._watch_rules(), name="rules-watch"),
         ]
+
+    def _report_config(self) -> ReportConfig | None:
+        """The dashboard's reports read this instance's audit files, with the live rule set."""
+        s = self.settings
+        if not s.audit_log:
+            return None
+        key = s.audit_key
+        return ReportConfig(
+            audit=[s.audit_log],
+            audit_key=key.get_secret_value().encode() if key else None,
+            ledger_keys=s.ledger_secrets,
+            rules=lambda: self.rules,
+            threads=1,  # a report must not take the cores the proxy's sessions run on
+        )
 
     async def run(self) -> int:
         await self.start()

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="HMAC key for the subject ledger's hashes (default: the audit key); "
         "see docs/ledger.md before rotating it.",
     )
+    ledger_previous_keys: list[SecretStr] = Field(
+        [],
+        description="Older ledger keys reports still accept (records hashed before a key "
+        "rotation), a JSON list in the environment; docs/ledger.md.",
+    )
     audit_redact: bool = Field(
         True, description="Replace literals in `sql` and `rewritten` by `?` in the audit log."
     )
@@ -298,6 +303,12 @@ class Settings(BaseSettings):
         """The subject ledger's HMAC key: its own, else the audit key, else a fixed one."""
         chosen = self.ledger_key or self.audit_key
         return chosen.get_secret_value().encode() if chosen else DEFAULT_LEDGER_KEY
+
+    @property
+    def ledger_secrets(self) -> list[bytes]:
+        """Every ledger key a report accepts: the current one first, then the older ones."""
+        older = [k.get_secret_value().encode() for k in self.ledger_previous_keys]
+        return list(dict.fromkeys([self.ledger_secret, *older]))
 
 
 _LDAP_ATTR = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")

@@ -79,6 +79,12 @@ def chain_order(files: list[str]) -> list[str]:
     return [name for _, name in sorted(enumerate(files), key=key)]
 
 
+def live_name(name: str) -> str:
+    """The live file `name` was rotated from (`name` itself when it is not a rotated file)."""
+    match = _ROTATED.match(name)
+    return match.group(1) if match else name
+
+
 def discover(path: str) -> list[str]:
     """Every file of the chain that `path` is the live file of, oldest first."""
     files = rotated_siblings(path)

@@ -84,14 +84,17 @@ def _check(
     return None, digest
 
 
-def verify_files(files: list[str], key: bytes | None, *, partial: bool = False) -> Verdict:
+def verify_files(
+    files: list[str], key: bytes | None, *, partial: bool = False, after: str | None = None
+) -> Verdict:
     """Check the chain across `files` (oldest first).
 
     With `partial`, the first record may continue a chain whose start is not
     given (older rotated files archived elsewhere); otherwise it must be the
-    chain's first record.
+    chain's first record. `after`: the first record must continue the chain
+    from this hash (the last one of the file before, checked on its own).
     """
-    expected: str | None = None if partial else GENESIS
+    expected: str | None = after if after is not None else None if partial else GENESIS
     count, first = 0, True
     last = expected or GENESIS
     for path in files:

@@ -77,12 +77,14 @@ def test_dashboard_feeds_shape_the_record_when_read() -> None:
     m = Metrics(clock=lambda: 60.0)
     blocked = record()
     blocked.decision, blocked.sql = "block", "SELECT " + "x" * 5000
+    blocked.purpose = "CASE-7 review"  # the dashboard shows purposes (#17)
     m.statement(record(), 0.0015, 0.0001)
     m.statement(blocked, 0.002, 0.0001)
     stmts = m.recent("statement")
     assert [s["decision"] for s in stmts] == ["rewrite", "block"]
     assert stmts[0] == {
         "user": "alice",
+        "purpose": None,
         "decision": "rewrite",
         "rules": ["r1"],
         "rows": 3,
@@ -93,6 +95,7 @@ def test_dashboard_feeds_shape_the_record_when_read() -> None:
     }
     (feed,) = m.recent("blocked")
     assert feed["ts"] == blocked.ts and feed["decision"] == "block"
+    assert feed["purpose"] == "CASE-7 review" and stmts[1]["purpose"] == "CASE-7 review"
     assert len(feed["sql"]) == 2001 and feed["sql"].endswith("…")
     assert m.summary()["statements"] == {"rewrite": 1, "block": 1}
     assert m.rows_by_user(hours=1)["users"]["alice"][-1] == 6
