@@ -31,6 +31,7 @@ from proxy.watching import Watching
 from proxy.wire import frame
 
 Reader = RowReader | CopyReader
+NO_COLUMNS = b"\x00\x00"  # a RowDescription body of no columns: what NoData says
 MAX_PORTALS = 256  # portal descriptions kept per session (clients reuse a few names)
 
 
@@ -96,6 +97,20 @@ class SeenSide:
         shape.asked = True
         out.append(ToServer(frame(b"D", b"P" + portal.encode() + b"\0")))
         self.queue.append(Entry(b"D", shape=shape, hidden=True))
+
+    def _seen_hidden(self, head: Entry, body: bytes) -> None:
+        """The answer to the proxy's own Describe of a portal: its statement's too.
+
+        A client that never describes (batches of one prepared INSERT or
+        SELECT) then costs one Describe per statement, not one per run.
+        """
+        shape = head.shape
+        if shape is None:
+            return
+        shape.describe(body)
+        st = shape.statement
+        if st is not None and st.body is None:
+            st.describe(body)  # formats are applied per Bind, from whichever description
 
     def _seen_execute(self, stmt: Running, portal: str) -> None:
         """An Execute went upstream: its rows are read as its portal was described."""

@@ -20,7 +20,7 @@ from proxy.gucs import PURPOSE, Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
 from proxy.replies import Entry, next_stmt, room, statement_change, statement_info, undo_parse
-from proxy.session_seen import SeenSide
+from proxy.session_seen import NO_COLUMNS, SeenSide
 from proxy.transcode import TextCodec
 from proxy.wire import unpack_len
 
@@ -219,8 +219,7 @@ class UpstreamSide(SeenSide):
                 self.queue.popleft()
             return
         if kind == b"D" and head.hidden and t in b"Tn":
-            if t == b"T" and head.shape is not None:
-                head.shape.describe(body)
+            self._seen_hidden(head, body if t == b"T" else NO_COLUMNS)
             self.queue.popleft()  # the proxy's own Describe: the client never asked
             return
         if t == b"T" and self.watching is not None:

@@ -265,6 +265,19 @@ def test_a_run_nobody_described_is_described_by_the_proxy_unseen_by_the_client()
     assert seen(finished(pb)[0])[1] == 3
 
 
+def test_a_statement_run_again_undescribed_is_described_once() -> None:
+    pb = playbook()
+    pb.client(parse("q", "SELECT name, id, 'x' FROM people") + SYNC)
+    pb.server(PARSE_COMPLETE + ready_for_query())
+    assert pb.client(bind("", "q") + execute() + SYNC)[-1] == "server B D E S"
+    pb.server(BIND_COMPLETE + PEOPLE_T + people_rows(range(2)) + command_complete("SELECT 2"))
+    pb.server(ready_for_query())
+    assert pb.client(bind("", "q", formats=[1]) + execute() + SYNC)[-1] == "server B E S"
+    pb.server(BIND_COMPLETE + people_rows(range(5, 8), binary=True) + command_complete("SELECT 3"))
+    pb.server(ready_for_query())
+    assert seen(finished(pb)[1]) == ({h("5"), h("6"), h("7")}, 3)
+
+
 def test_the_proxys_own_describe_fails_as_the_execute_would() -> None:
     pb = playbook()
     pb.client(bind("p", "gone") + execute("p") + SYNC, auto=True)
