@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from proxy.gucs import parse_search_path
+from proxy.ledger.origins import view_origins
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
@@ -45,6 +46,20 @@ class Relation:
     # through it means (security_barrier, security_invoker, check_option=...).
     definition: str = ""
     options: tuple[str, ...] = ()
+    # Runtime identity, from the upstream only (never in a schema file): the
+    # table's OID and each column's attnum, which a RowDescription names a
+    # result column's origin by (proxy/watching.py). 0 and () when unknown.
+    oid: int = 0
+    attnums: tuple[int, ...] = ()
+    # Views and matviews: (attnum, table OID, attnum) of each column that passes a
+    # table's column through, as PostgreSQL traces it (proxy/ledger/origins.py).
+    origins: tuple[tuple[int, int, int], ...] = ()
+
+    def attnum(self, column: str) -> int | None:
+        """The attnum of `column`, when known."""
+        if column not in self.columns or len(self.attnums) != len(self.columns):
+            return None
+        return self.attnums[self.columns.index(column)]
 
     @property
     def qualified(self) -> str:
@@ -75,7 +90,11 @@ class Catalog:
             r.name for r in self.relations.values() if r.kind in ("view", "matview")
         )
         if not self.version:
-            self.version = hashlib.sha256(orjson.dumps(self.to_dict())).hexdigest()[:16]
+            # OIDs are not in the file shape but tell a table dropped and made
+            # again apart: a fresh load that differs only in them is a new snapshot.
+            ids = [(q, r.oid, r.attnums, r.origins) for q, r in self.relations.items() if r.oid]
+            data = [self.to_dict(), sorted(ids)] if ids else self.to_dict()
+            self.version = hashlib.sha256(orjson.dumps(data)).hexdigest()[:16]
 
     def get(self, schema: str, name: str) -> Relation | None:
         return self.relations.get(f"{schema}.{name}")
@@ -172,8 +191,11 @@ def _split(item: dict[str, Any]) -> tuple[str, str]:
 
 _RELATIONS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind, c.reltuples,
+       c.oid::int8 AS oid,
        coalesce(array_agg(a.attname ORDER BY a.attnum)
                 FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns,
+       coalesce(array_agg(a.attnum::int ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS attnums,
        coalesce(array_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
                                THEN t.typname::text ELSE '' END ORDER BY a.attnum)
                 FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS types
@@ -184,7 +206,7 @@ LEFT JOIN pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
   AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3, 4, 5
 """
 
 # Run under `SET search_path = ''`, so pg_get_viewdef qualifies every name
@@ -218,6 +240,16 @@ JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relname
 JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
 """
 
+# The stored query of each view and matview, for its columns' origins.
+_VIEW_TREES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name, r.ev_action::text AS tree
+FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND r.rulename = '_RETURN'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_temp%'
+"""
+
 _FUNCTIONS_SQL = """
 SELECT DISTINCT n.nspname AS schema, p.proname AS name
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -225,6 +257,12 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 _KINDS = {"r": "table", "v": "view", "m": "matview", "f": "foreign", "p": "partitioned"}
+
+
+def _origins(tree: str | None) -> tuple[tuple[int, int, int], ...]:
+    if not tree:
+        return ()
+    return tuple(sorted((att, tbl, col) for att, (tbl, col) in view_origins(tree).items()))
 
 
 def _closure(direct: dict[str, set[str]]) -> dict[str, tuple[str, ...]]:
@@ -254,6 +292,7 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
         rows = await conn.fetch(_RELATIONS_SQL)
         deps = await conn.fetch(_VIEW_DEPS_SQL)
         inh = await conn.fetch(_INHERITS_SQL)
+        trees = {f"{t['schema']}.{t['name']}": t["tree"] for t in await conn.fetch(_VIEW_TREES_SQL)}
         funcs = await conn.fetch(_FUNCTIONS_SQL)
         schemas = await conn.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
         path_text = await conn.fetchval("SELECT current_setting('search_path')")
@@ -287,6 +326,9 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
             parents=all_parents.get(q, ()),
             definition=str(vd["definition"] or "") if vd else "",
             options=tuple(vd["options"]) if vd else (),
+            oid=int(r["oid"]),
+            attnums=tuple(r["attnums"]),
+            origins=_origins(trees.get(q)),
         )
     fmap: dict[str, list[str]] = {}
     for f in funcs:
