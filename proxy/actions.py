@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ProxyError
 from proxy.hooks import Admission, StreamLimits
+from proxy.ledger.tally import Tally
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Running:
     blocked: ProxyError | None = None
     tag: str = ""
     paused: float = 0.0  # seconds its stream was held back by throttling
+    subjects: Tally | None = None  # the subject ledger's tally of this execution
 
     @property
     def duration(self) -> float:
