@@ -89,6 +89,8 @@ class Recorder:
         duration = stmt.duration
         extra = {k: v for k, v in adm.audit.items() if k != "groups"} if adm.audit else {}
         extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
+        if stmt.subjects:  # the ledger: whose rows it received or searched for (docs/ledger.md)
+            extra["subjects"] = stmt.subjects.field()
         if len(info) > len(_INFO_KEYS & info.keys()):
             extra["detail"] = {k: v for k, v in info.items() if k not in _INFO_KEYS}
         record = StatementRecord(
