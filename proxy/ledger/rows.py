@@ -16,9 +16,11 @@ its type's output function, so it is not read (`undecodable` says which).
 
 Cost: nothing for a statement without watched columns (the session never
 makes a reader). Per row of one with them: walking the lengths up to the
-last watched field, decoding it and, for a value not met before in the
-statement, one HMAC. Past the tally's cap the reader remembers which values
-it listed, so it counts further distinct values without hashing them.
+last watched field and a dictionary look-up of its raw bytes; a value not
+met before in the statement is decoded and hashed (one HMAC), until the
+tally's list is full; past that, new values are only counted. So past
+1,000 the count is approximate: a value listed through another column of
+the same subject, or repeated after the list filled, may count again.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class Owner(Protocol):
     subjects: Tally | None
 
 
-_Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[str, None]]
+_Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[bytes, None]]
 
 
 class RowReader:
@@ -156,7 +158,6 @@ class RowReader:
     def __init__(self, cols: tuple[Column, ...], key: bytes, read: Read, owner: Owner) -> None:
         self._owner = owner
         bases: dict[str, hmac.HMAC] = {}
-        memos: dict[str, dict[str, None]] = {}  # per subject: the values listed so far
         plan: list[_Plan] = []
         for c in sorted(cols, key=lambda c: c.index):
             decode = decoder(c, read)
@@ -167,14 +168,19 @@ class RowReader:
             if base is None:
                 prefix = c.subject.encode() + b"\x00\x00"
                 base = bases[c.subject] = hmac.new(key, prefix, hashlib.sha256)
-            plan.append((c.index, c.subject, decode, base, memos.setdefault(c.subject, {})))
+            plan.append((c.index, c.subject, decode, base, {}))
         self._plan = tuple(plan)
 
     def __bool__(self) -> bool:
         return bool(self._plan)
 
     def row(self, buf: bytes, pos: int) -> None:
-        """Read the DataRow whose body starts at `buf[pos]` (its 5-byte header skipped)."""
+        """Read the DataRow whose body starts at `buf[pos]` (its 5-byte header skipped).
+
+        Each column remembers the raw values it handed to the tally, up to
+        the cap: a repeat costs a dictionary look-up; past the cap a new
+        value is counted without being decoded or hashed.
+        """
         try:
             (count,) = _I16(buf, pos)
             p = pos + 2
@@ -191,22 +197,22 @@ class RowReader:
                 i += 1
                 if n < 0:
                     continue  # NULL
-                value = decode(buf[p : p + n])
+                raw = buf[p : p + n]
                 p += n
-                if value is None or value in memo:
+                if raw in memo:
                     continue
-                self._seen(subject, value, base, memo)
+                tally = self._owner.subjects
+                if len(memo) >= CAP and tally is not None:
+                    tally.seen_unlisted(subject)
+                    continue
+                value = decode(raw)
+                if value is None:
+                    continue
+                if tally is None:
+                    tally = self._owner.subjects = Tally()
+                h = base.copy()
+                h.update(value.encode("utf-8", "surrogatepass"))
+                tally.seen(subject, h.hexdigest()[:32])
+                memo[raw] = None
         except (ValueError, struct.error):
             return  # a malformed row: what was read counts, the rest is not guessed at
-
-    def _seen(self, subject: str, value: str, base: hmac.HMAC, memo: dict[str, None]) -> None:
-        tally = self._owner.subjects
-        if tally is None:
-            tally = self._owner.subjects = Tally()
-        if len(memo) >= CAP:
-            tally.seen_unlisted(subject)  # listed values are all in `memo`: this one is not
-            return
-        h = base.copy()
-        h.update(value.encode("utf-8", "surrogatepass"))
-        tally.seen(subject, h.hexdigest()[:32])
-        memo[value] = None

@@ -68,7 +68,9 @@ def tables(pg: PgCluster) -> Iterator[None]:
         # A dropped column first: attnums are not column positions.
         conn.execute("CREATE TABLE public.led_people (gone int, id int PRIMARY KEY, name text)")
         conn.execute("ALTER TABLE public.led_people DROP COLUMN gone")
-        conn.execute("INSERT INTO public.led_people SELECT i, 'p' || i FROM generate_series(1, 400) i")
+        conn.execute(
+            "INSERT INTO public.led_people SELECT i, 'p' || i FROM generate_series(1, 400) i"
+        )
         conn.execute("CREATE TABLE public.led_cases (id int, person_id int)")
         conn.execute("INSERT INTO public.led_cases VALUES (1, 42), (2, 42), (3, 7), (4, NULL)")
         conn.execute(f"GRANT SELECT ON public.led_people, public.led_cases TO {USER}, {MASKED}")
