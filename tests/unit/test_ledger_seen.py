@@ -45,7 +45,7 @@ from proxy.ledger.rows import (
     undecodable,
     with_formats,
 )
-from proxy.ledger.tally import CAP
+from proxy.ledger.tally import CAP, Tally
 from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule, Via
 from proxy.watching import Watching, subject_problems, watch_map
@@ -299,7 +299,8 @@ def test_bind_result_formats_and_how_they_apply() -> None:
 
 
 class _Owner:
-    subjects = None
+    def __init__(self) -> None:
+        self.subjects: Tally | None = None
 
 
 @pytest.mark.parametrize(
