@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ProxyError
 from proxy.hooks import Admission, StreamLimits
+from proxy.ledger.rows import RowReader
 from proxy.ledger.tally import Tally
+from proxy.ledger.watch import Shape
 
 
 @dataclass(slots=True)
@@ -24,6 +26,7 @@ class Plan:
     extended: bool
     decide_s: float = 0.0  # time the hooks took to decide
     encoding: str = "UTF8"  # the client encoding the text arrived in
+    shape: Shape | None = None  # a prepared statement: its Describe's answer (ledger)
 
     @property
     def limits(self) -> StreamLimits | None:
@@ -45,7 +48,10 @@ class Running:
     blocked: ProxyError | None = None
     tag: str = ""
     paused: float = 0.0  # seconds its stream was held back by throttling
-    subjects: Tally | None = None  # the subject ledger's tally of this execution
+    # The subject ledger (docs/ledger.md): hashes of the subjects it saw and looked up.
+    subjects: Tally | None = None
+    reader: RowReader | None = None  # reads its rows' watched columns into `subjects`
+    shape: Shape | None = None  # a portal's run: its description, read when its rows start
 
     @property
     def duration(self) -> float:

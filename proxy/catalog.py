@@ -45,6 +45,17 @@ class Relation:
     # through it means (security_barrier, security_invoker, check_option=...).
     definition: str = ""
     options: tuple[str, ...] = ()
+    # Runtime identity, from the upstream only (never in a schema file): the
+    # table's OID and each column's attnum, which a RowDescription names a
+    # result column's origin by (proxy/watching.py). 0 and () when unknown.
+    oid: int = 0
+    attnums: tuple[int, ...] = ()
+
+    def attnum(self, column: str) -> int | None:
+        """The attnum of `column`, when known."""
+        if column not in self.columns or len(self.attnums) != len(self.columns):
+            return None
+        return self.attnums[self.columns.index(column)]
 
     @property
     def qualified(self) -> str:
@@ -75,7 +86,11 @@ class Catalog:
             r.name for r in self.relations.values() if r.kind in ("view", "matview")
         )
         if not self.version:
-            self.version = hashlib.sha256(orjson.dumps(self.to_dict())).hexdigest()[:16]
+            # OIDs are not in the file shape but tell a table dropped and made
+            # again apart: a fresh load that differs only in them is a new snapshot.
+            ids = [(q, r.oid, r.attnums) for q, r in self.relations.items() if r.oid]
+            data = [self.to_dict(), sorted(ids)] if ids else self.to_dict()
+            self.version = hashlib.sha256(orjson.dumps(data)).hexdigest()[:16]
 
     def get(self, schema: str, name: str) -> Relation | None:
         return self.relations.get(f"{schema}.{name}")
@@ -172,8 +187,11 @@ def _split(item: dict[str, Any]) -> tuple[str, str]:
 
 _RELATIONS_SQL = """
 SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind, c.reltuples,
+       c.oid::int8 AS oid,
        coalesce(array_agg(a.attname ORDER BY a.attnum)
                 FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns,
+       coalesce(array_agg(a.attnum::int ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS attnums,
        coalesce(array_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
                                THEN t.typname::text ELSE '' END ORDER BY a.attnum)
                 FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS types
@@ -184,7 +202,7 @@ LEFT JOIN pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
   AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
-GROUP BY 1, 2, 3, 4
+GROUP BY 1, 2, 3, 4, 5
 """
 
 # Run under `SET search_path = ''`, so pg_get_viewdef qualifies every name
@@ -287,6 +305,8 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
             parents=all_parents.get(q, ()),
             definition=str(vd["definition"] or "") if vd else "",
             options=tuple(vd["options"]) if vd else (),
+            oid=int(r["oid"]),
+            attnums=tuple(r["attnums"]),
         )
     fmap: dict[str, list[str]] = {}
     for f in funcs:

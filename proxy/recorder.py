@@ -95,6 +95,8 @@ class Recorder:
         extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
         if late:  # detectors that judged what the statement did (a new list: adm.audit is shared)
             extra["detectors"] = [*extra.get("detectors", ()), *late]
+        if stmt.subjects:  # the ledger: whose rows it received or searched for (docs/ledger.md)
+            extra["subjects"] = stmt.subjects.field()
         if len(info) > len(_INFO_KEYS & info.keys()):
             extra["detail"] = {k: v for k, v in info.items() if k not in _INFO_KEYS}
         record = StatementRecord(

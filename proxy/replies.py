@@ -16,6 +16,7 @@ from types import MappingProxyType
 from proxy.actions import Plan, Running
 from proxy.gucs import Change
 from proxy.hooks import Effect
+from proxy.ledger.watch import Shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Entry:
     name: str = ""  # Parse: the statement name it (re)defines
     prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
     effect: Effect | None = None  # Execute: what its statement does to SQL-made names
+    shape: Shape | None = None  # Describe: where its RowDescription is kept (ledger)
 
 
 def next_stmt(head: Entry) -> Running:

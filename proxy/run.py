@@ -17,7 +17,7 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,8 +35,10 @@ from proxy.idsrc.setup import identity_resolver
 from proxy.login import proxy_login
 from proxy.recorder import Recorder
 from proxy.rules import RulesError, RuleSet, load_rules
+from proxy.rules.subjects import SubjectRule
 from proxy.server import ProxyServer
 from proxy.settings import Settings
+from proxy.watching import Watching
 
 log = logging.getLogger("oversight")
 T = TypeVar("T")
@@ -95,7 +97,25 @@ def build_server(
         login=proxy_login(settings),
         identities=identity_resolver(settings) if settings.upstream else None,
         cancels=cancels,
+        watching=ledger_watching(settings, hooks),
     )
+
+
+def ledger_watching(settings: Settings, hooks: Hooks) -> Watching | None:
+    """The subject ledger's watched columns, following the enforcer's rules and catalogs.
+
+    Read at each use, so a rules reload and a catalog refresh apply to
+    sessions already open; without an enforcer (no rules) nothing is watched.
+    """
+    if not isinstance(hooks, Enforcer):
+        return None
+    enforcer = hooks
+
+    def inputs(database: str) -> tuple[Sequence[SubjectRule], Catalog | None]:
+        cats = enforcer.catalogs
+        return enforcer.rules.subjects, cats.get(database) if cats is not None else enforcer.catalog
+
+    return Watching(settings.ledger_secret, inputs)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

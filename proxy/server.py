@@ -33,6 +33,7 @@ from proxy.session import Session
 from proxy.settings import Settings
 from proxy.startup import AuthFailure, check_startup, connect_upstream, negotiate
 from proxy.upstream import send_cancel
+from proxy.watching import Watching
 
 log = logging.getLogger("oversight")
 T = TypeVar("T")
@@ -61,6 +62,7 @@ class ProxyServer:
         login: ProxyLogin | None = None,
         identities: IdentityResolver | None = None,
         cancels: CancelDirectory | None = None,
+        watching: Watching | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = settings.upstream_target
@@ -79,6 +81,7 @@ class ProxyServer:
         self._clients = 0
         self.login = login  # proxy auth mode's checks; None in passthrough mode
         self.identities = identities  # groups and attributes from identity sources
+        self.watching = watching  # the subject ledger's watched columns, per database
 
     @property
     def port(self) -> int:
@@ -205,7 +208,7 @@ class ProxyServer:
             facts = replace(facts, search_path=hs.search_path)
         facts = replace(facts, purpose=hs.purpose)
         facts = replace(facts, groups=hs.identity.groups, attributes=hs.identity.attributes)
-        session = Session(facts, max_message=s.max_message_size)
+        session = Session(facts, max_message=s.max_message_size, watching=self.watching)
         session.status = hs.status
         session.parameters.update(hs.parameters)
         conn = Connection(self.context, reader, writer, hs, session)

@@ -58,11 +58,13 @@ from proxy.errors import ProtocolViolation, ProxyError
 from proxy.gucs import PURPOSE, SessionSettings
 from proxy.hooks import Admission, Effect
 from proxy.identity import SessionFacts
+from proxy.ledger.watch import Shape
 from proxy.named import ExecuteCheck, Held, Names, QueryRuns, Run, admitted, in_query, unknown
 from proxy.replies import Entry, FunctionCall, for_portal
 from proxy.session_upstream import UpstreamSide
 from proxy.textmode import parser_hazard
 from proxy.transcode import TextCodec, UnsettledEncoding, kinds_of
+from proxy.watching import Watching
 from proxy.wire import DEFAULT_MAX_MESSAGE, Frame, FrameReader
 
 # Sent upstream in place of a refused simple Query or FunctionCall: it fails at
@@ -71,8 +73,16 @@ REFUSED_QUERY = "OVERSIGHT REFUSED THIS STATEMENT"
 
 
 class Session(UpstreamSide):
-    def __init__(self, facts: SessionFacts, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self,
+        facts: SessionFacts,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        watching: Watching | None = None,
+    ) -> None:
         self.facts = facts
+        self.watching = watching  # the subject ledger's watched columns (session_seen.py)
+        self.portal_shapes: dict[str, Shape] = {}
         # The server's search_path, transactions included; the startup value is what RESET restores.
         self.settings = SessionSettings.start(
             {"search_path": facts.search_path, PURPOSE: (facts.purpose,)}
@@ -245,6 +255,7 @@ class Session(UpstreamSide):
                 self._ask_unknown(Held(t, raw, portal, stmt), out)
                 return
             self.portals[portal] = for_portal(plan)
+            self._seen_bind(portal, plan, body)
             if plan.admission.per_execute:
                 self.params[portal] = m.parse_bind_params(body, self.text.codec.read)
             out.append(ToServer(raw))
@@ -258,11 +269,16 @@ class Session(UpstreamSide):
             elif t == b"C":
                 self.names.drop_portal(name, self.portals)
                 self.params.pop(name, None)
+                self.portal_shapes.pop(name, None)
             elif not self._known(kind, name):
                 self._ask_unknown(Held(t, raw, "", name, cursor=kind != b"S"), out)
                 return
             out.append(ToServer(raw))
-            self.queue.append(Entry(t))
+            shape = None
+            if t == b"D":
+                plan = self.statements.get(name) or self.names.statement(name)
+                shape = self._seen_describe(kind, name, plan)
+            self.queue.append(Entry(t, shape=shape))
         elif t == b"S":
             self._discard = False
             out.append(ToServer(raw))
@@ -337,8 +353,9 @@ class Session(UpstreamSide):
         else:
             out.append(ToServer(raw))
             self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
-            stmts = deque([Running(plan, portal=portal)])
-            self.queue.append(Entry(b"E", stmts=stmts, effect=effect))
+            stmt = Running(plan, portal=portal)
+            self._seen_execute(stmt, portal)
+            self.queue.append(Entry(b"E", stmts=deque([stmt]), effect=effect))
             return
         self._waiting = ExecuteCheck(portal, run, raw, effect)
         self._ask(run, out)
@@ -363,6 +380,7 @@ class Session(UpstreamSide):
         self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
         if waiting.effect is not None:
             self.names.sent(waiting.effect)
+        self._seen_execute(stmt, portal)
         self.queue.append(Entry(b"E", stmts=deque([stmt]), effect=waiting.effect))
 
     def _admitted(self, run: Run, adm: Admission, decide_s: float) -> Plan:
@@ -388,6 +406,7 @@ class Session(UpstreamSide):
             return
         if held.kind == b"B":
             self.portals[held.portal] = plan
+            self.portal_shapes.pop(held.portal, None)
         out.append(ToServer(held.raw))
         self.queue.append(Entry(held.kind))
 

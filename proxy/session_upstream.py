@@ -20,6 +20,7 @@ from proxy.gucs import PURPOSE, Change, SessionSettings
 from proxy.identity import SessionFacts
 from proxy.named import Names
 from proxy.replies import Entry, next_stmt, room, statement_change, statement_info, undo_parse
+from proxy.session_seen import SeenSide
 from proxy.transcode import TextCodec
 from proxy.wire import unpack_len
 
@@ -27,7 +28,7 @@ D, d = 68, 100  # DataRow, CopyData: the only messages counted per row
 ASYNC = frozenset(b"SNA")  # ParameterStatus, Notice, Notification: may come any time
 
 
-class UpstreamSide:
+class UpstreamSide(SeenSide):
     """Server-side methods of `Session`; the attributes are the session's."""
 
     facts: SessionFacts
@@ -66,6 +67,7 @@ class UpstreamSide:
         head = self.queue[0] if self.queue else None
         stmt = head.stmts[0] if head and head.stmts else None
         room_rows, room_bytes = room(stmt)
+        reader = self._reader_of(stmt)  # None unless its rows carry subjects' keys
         cutting = self._dropping(head)
         while n - pos >= 5:
             t = buf[pos]
@@ -84,6 +86,7 @@ class UpstreamSide:
                             continue
                         stmt = next_stmt(head)
                         room_rows, room_bytes = room(stmt)
+                        reader = None
                     rows += 1
                     nbytes += end - pos
                     if rows > room_rows or nbytes > room_bytes:
@@ -96,6 +99,8 @@ class UpstreamSide:
                         self._cutting = stmt
                         self._held = True
                         out.append(CancelUpstream())
+                    elif reader is not None and t == D:
+                        reader.row(buf, pos + 5)  # the client gets this row: its subjects count
                 pos = end
                 continue
             if t in ASYNC:
@@ -126,6 +131,7 @@ class UpstreamSide:
             head = self.queue[0] if self.queue else None
             stmt = head.stmts[0] if head and head.stmts else None
             room_rows, room_bytes = room(stmt)
+            reader = self._reader_of(stmt)
             cutting = self._dropping(head)
         if stmt is not None:
             stmt.rows += rows
@@ -212,6 +218,8 @@ class UpstreamSide:
             if kind == b"E":
                 self.queue.popleft()
             return
+        if t == b"T" and self.watching is not None:
+            self._seen_description(head, body)
         out.append(ToClient(raw))
         if (
             (kind == b"P" and t == b"1")

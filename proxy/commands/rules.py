@@ -17,6 +17,7 @@ from proxy.identity import Identity, SessionFacts
 from proxy.policy.catalogcheck import attribute_problems, catalog_problems
 from proxy.policy.engine import Decision, PolicyEngine
 from proxy.rules import RulesError, RuleSet, load_rules
+from proxy.watching import subject_problems
 
 
 def _catalog(schema: str | None, upstream: str | None) -> tuple[Catalog | None, str]:
@@ -54,6 +55,7 @@ def cmd_check(
         return 1
     if catalog is not None:
         problems += catalog_problems(rs, catalog)
+        problems += subject_problems(rs, catalog)
     for p in problems:
         print(p)
     if problems:

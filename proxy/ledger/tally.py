@@ -47,6 +47,14 @@ class Tally:
         if len(s.seen) < CAP:
             s.seen[h] = None
 
+    def seen_unlisted(self, subject: str) -> None:
+        """One more distinct key past the cap, known by its reader not to be listed.
+
+        The row reader (rows.py) remembers which values it listed, so past the
+        cap it counts the others without hashing them: same count as `seen`.
+        """
+        self._of(subject).seen_count += 1
+
     def looked_up(self, subject: str, column: str, h: str) -> None:
         s = self._of(subject)
         k = (column, h)
