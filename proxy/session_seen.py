@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from proxy.actions import Plan, Running
 from proxy.identity import SessionFacts
+from proxy.ledger.copyout import CopyReader
 from proxy.ledger.rows import RowReader, bind_result_formats, described
 from proxy.ledger.watch import Shape, Watch
-from proxy.replies import Entry, next_stmt
+from proxy.replies import Entry, next_stmt, statement_info
 from proxy.transcode import TextCodec
 from proxy.watching import Watching
 
+Reader = RowReader | CopyReader
 MAX_PORTALS = 256  # portal descriptions kept per session (clients reuse a few names)
 
 
@@ -89,7 +91,24 @@ class SeenSide:
         stmt = head.stmts[0] if head.stmts else next_stmt(head)
         stmt.reader = w.reader(described(body, w.columns), self.text.codec.read, stmt)
 
-    def _reader_of(self, stmt: Running | None) -> RowReader | None:
+    def _seen_copy(self, head: Entry, body: bytes) -> None:
+        """A CopyOutResponse arrived: read the COPY's rows if it copies a watched table."""
+        w = self._watch()
+        if w is None or not w.tables or head.kind not in b"QE":
+            return
+        stmt = head.stmts[0] if head.stmts else next_stmt(head) if head.kind == b"Q" else None
+        if stmt is None or statement_info(stmt).get("kind") != "copy":
+            return
+        adm = stmt.plan.admission
+        if len(adm.statements) > 1:
+            return  # one COPY of a multi-statement string: its own text is not at hand
+        sql = adm.sql if adm.sql is not None else stmt.plan.sql
+        facts = self.facts
+        path = [facts.user if s == "$user" else s for s in facts.search_path]
+        binary = body[:1] == b"\x01"
+        stmt.reader = w.copy_reader(sql, binary, path, self.text.codec.read, stmt)
+
+    def _reader_of(self, stmt: Running | None) -> Reader | None:
         """The reader of `stmt`'s rows; a portal's run gets its own when its rows start."""
         if stmt is None:
             return None

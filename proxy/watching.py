@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from proxy.catalog import Catalog
+from proxy.ledger.copyout import CopyTable
+from proxy.ledger.rows import TYPE_OIDS
 from proxy.ledger.watch import Watch
 from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule
@@ -78,6 +80,19 @@ def subject_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
     return out
 
 
+def copy_tables(columns: dict[tuple[int, int], str], catalog: Catalog) -> dict[str, CopyTable]:
+    """The tables holding watched columns, by name, for reading COPY TO STDOUT (copyout.py)."""
+    out: dict[str, CopyTable] = {}
+    for q, rel in catalog.relations.items():
+        if not rel.oid or len(rel.attnums) != len(rel.columns):
+            continue
+        subjects = tuple(columns.get((rel.oid, a)) for a in rel.attnums)
+        if any(subjects):
+            types = rel.types if len(rel.types) == len(rel.columns) else ("",) * len(rel.columns)
+            out[q] = CopyTable(rel.columns, subjects, tuple(TYPE_OIDS.get(t, 0) for t in types))
+    return out
+
+
 class Watching:
     """The sessions' source of `Watch`es: one per database, following reloads and refreshes."""
 
@@ -100,6 +115,9 @@ class Watching:
             if (database, why) not in self._warned:
                 self._warned.add((database, why))
                 log.warning("ledger: database %r: %s; not watched", database, why)
-        watch = Watch(columns, self.key) if columns else None
+        watch = None
+        if columns:
+            tables = copy_tables(columns, catalog)
+            watch = Watch(columns, self.key, tables, catalog.schemas_with)
         self._cache[database] = (subjects, catalog, watch)
         return watch

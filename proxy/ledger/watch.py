@@ -15,18 +15,49 @@ statements prepared before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proxy.ledger.copyout import CopyReader, CopyTable, copy_plan
 from proxy.ledger.rows import Column, Owner, Read, RowReader, described, with_formats
+
+
+def _nowhere(name: str) -> Sequence[str]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Watch:
-    """One database's watched columns: (table OID, attnum) -> subject id."""
+    """One database's watched columns: (table OID, attnum) -> subject id.
+
+    For COPY, which names no origins: the watched tables by name, and which
+    schemas hold a relation of a given name (to resolve an unqualified one).
+    """
 
     columns: Mapping[tuple[int, int], str]
     key: bytes
+    tables: Mapping[str, CopyTable] = field(default_factory=dict)
+    schemas_with: Callable[[str], Sequence[str]] = _nowhere
+
+    def copy_reader(
+        self,
+        sql: str,
+        binary: bool,
+        search_path: Sequence[str],
+        read: Read,
+        owner: Owner,
+    ) -> CopyReader | None:
+        """A reader of a COPY TO STDOUT's rows, if it copies watched columns of a table."""
+
+        def resolve(name: str) -> list[str]:
+            have = self.schemas_with(name)
+            return [f"{s}.{name}" for s in search_path if s in have]
+
+        plan = copy_plan(sql, self.tables, resolve, binary)
+        if plan is None:
+            return None
+        reader = CopyReader(plan, binary, self.key, read, owner)
+        return reader if reader else None
 
     def reader(self, cols: tuple[Column, ...], read: Read, owner: Owner) -> RowReader | None:
         """A reader of the rows of a statement with these columns; None if nothing to read."""

@@ -202,3 +202,24 @@ async def test_a_cursor_fetch_loop_counts_each_page(proxy: Any) -> None:
     assert counts == [150, 150, 100, 0]
     assert h("42") in seen(fetches[0])["seen"]  # type: ignore[index]
     assert h("400") in seen(fetches[2])["seen"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY led_people TO STDOUT",
+        "COPY public.led_people (name, id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY led_people TO STDOUT (FORMAT binary)",
+    ],
+)
+async def test_copy_to_stdout_of_the_subject_table_counts(proxy: Any, sql: str) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        proxy.dsn(USER, PASSWORD), autocommit=True
+    ) as conn:
+        cur = conn.cursor()
+        async with cur.copy(sql) as copy:
+            got = b"".join([bytes(chunk) async for chunk in copy])
+    assert got
+    (rec,) = [r for r in await records(proxy) if r["sql"].startswith("COPY")]
+    person = seen(rec)
+    assert person is not None and person["seen_count"] == 400 and h("42") in person["seen"]

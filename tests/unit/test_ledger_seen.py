@@ -62,7 +62,12 @@ PERSON = SubjectRule(
 CATALOG = Catalog(
     {
         "public.people": Relation(
-            "public", "people", columns=("id", "name"), oid=PEOPLE, attnums=(1, 3)
+            "public",
+            "people",
+            columns=("id", "name"),
+            types=("int4", "text"),
+            oid=PEOPLE,
+            attnums=(1, 3),
         ),
         "public.cases": Relation(
             "public", "cases", columns=("id", "person_id"), oid=CASES, attnums=(1, 2)
