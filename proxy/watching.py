@@ -66,7 +66,29 @@ def watch_map(
                 attnum = rel.attnum(column)
                 if rel.oid and attnum is not None:
                     out[(rel.oid, attnum)] = s.id
+    out.update(_through_views(out, catalog))
     return out, missing
+
+
+def _through_views(
+    base: dict[tuple[int, int], str], catalog: Catalog
+) -> dict[tuple[int, int], str]:
+    """View and matview columns that pass a watched column through, over views of views too."""
+    origin = {
+        (rel.oid, att): (tbl, col)
+        for rel in catalog.relations.values()
+        if rel.oid
+        for att, tbl, col in rel.origins
+    }
+    out: dict[tuple[int, int], str] = {}
+    for column, cur in origin.items():
+        for _ in range(32):  # views nest; a cycle cannot exist, but is not trusted either
+            if cur in base or cur not in origin:
+                break
+            cur = origin[cur]
+        if cur in base:
+            out[column] = base[cur]
+    return out
 
 
 def subject_problems(rs: RuleSet, catalog: Catalog) -> list[str]:

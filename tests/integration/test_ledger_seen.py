@@ -57,7 +57,7 @@ def h(value: str) -> str:
 @pytest.fixture(scope="module")
 def tables(pg: PgCluster) -> Iterator[None]:
     def drop(conn: psycopg.Connection[Any]) -> None:
-        conn.execute("DROP TABLE IF EXISTS public.led_people, public.led_cases")
+        conn.execute("DROP TABLE IF EXISTS public.led_people, public.led_cases CASCADE")
         for role in (USER, MASKED):
             conn.execute(f"DROP ROLE IF EXISTS {role}")
 
@@ -73,7 +73,13 @@ def tables(pg: PgCluster) -> Iterator[None]:
         )
         conn.execute("CREATE TABLE public.led_cases (id int, person_id int)")
         conn.execute("INSERT INTO public.led_cases VALUES (1, 42), (2, 42), (3, 7), (4, NULL)")
-        conn.execute(f"GRANT SELECT ON public.led_people, public.led_cases TO {USER}, {MASKED}")
+        conn.execute("CREATE VIEW led_v AS SELECT id AS who, name FROM public.led_people")
+        conn.execute("CREATE VIEW led_vv AS SELECT who FROM led_v WHERE who < 100")
+        conn.execute("CREATE VIEW led_calc AS SELECT id + 1 AS n FROM public.led_people")
+        conn.execute(
+            f"GRANT SELECT ON public.led_people, public.led_cases, led_v, led_vv, led_calc "
+            f"TO {USER}, {MASKED}"
+        )
     yield
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         drop(conn)
@@ -223,3 +229,17 @@ async def test_copy_to_stdout_of_the_subject_table_counts(proxy: Any, sql: str) 
     (rec,) = [r for r in await records(proxy) if r["sql"].startswith("COPY")]
     person = seen(rec)
     assert person is not None and person["seen_count"] == 400 and h("42") in person["seen"]
+
+
+async def test_a_view_passing_the_key_through_counts(proxy: Any) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        proxy.dsn(USER, PASSWORD), autocommit=True
+    ) as conn:
+        await conn.execute("SELECT who FROM led_v WHERE who <= 50")
+        await conn.execute("SELECT who FROM led_vv")
+        await conn.execute("SELECT n FROM led_calc WHERE n <= 50")
+    recs = await records(proxy)
+    v, vv, calc = (by_sql(recs, f"FROM {name}")[0] for name in ("led_v", "led_vv", "led_calc"))
+    assert (seen(v) or {})["seen_count"] == 50 and h("42") in (seen(v) or {})["seen"]
+    assert (seen(vv) or {})["seen_count"] == 99
+    assert seen(calc) is None  # computed: not the key

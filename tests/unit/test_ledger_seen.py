@@ -32,6 +32,7 @@ from proxy.actions import Running
 from proxy.catalog import Catalog, Relation
 from proxy.hooks import Admission, StreamLimits
 from proxy.ledger.hashing import subject_hash
+from proxy.ledger.origins import view_origins
 from proxy.ledger.rows import (
     INT4,
     INT8,
@@ -412,3 +413,51 @@ def test_oids_stay_out_of_the_schema_file_but_change_the_version() -> None:
     assert a.to_dict() == b.to_dict() == plain.to_dict()
     assert len({a.version, b.version, plain.version}) == 3
     assert Catalog.from_dict(a.to_dict()).version == Catalog.from_dict(plain.to_dict()).version
+
+
+# A view's stored query as pg_rewrite.ev_action holds it, abridged: a sublink's own
+# query (a target list at another depth), a quoted and escaped name, a computed
+# column, a junk (ORDER BY) column.
+TREE = (
+    "({QUERY :commandType 1 :rtable ({RANGETBLENTRY :eref {ALIAS :aliasname pp :colnames "
+    '("x" "id" "name")} :relid 16400}) :jointree {FROMEXPR :fromlist ({RANGETBLREF :rtindex 1}) '
+    ":quals {SUBLINK :subselect {QUERY :targetList ({TARGETENTRY :expr {VAR :varno 1} :resno 1 "
+    ":resname id :ressortgroupref 0 :resorigtbl 16400 :resorigcol 2 :resjunk false})}}} "
+    ":targetList ({TARGETENTRY :expr {VAR :varno 1 :varattno 3} :resno 1 "
+    r":resname we\{ird\)\ n :ressortgroupref 0 :resorigtbl 16400 :resorigcol 3 :resjunk false} "
+    "{TARGETENTRY :expr {OPEXPR :args ({VAR :varno 1} {CONST :constvalue 4 [ 1 0 0 0 ]})} "
+    ":resno 2 :resname id2 :resorigtbl 0 :resorigcol 0 :resjunk false} "
+    "{TARGETENTRY :expr {VAR :varno 1 :varattno 1} :resno 3 :resname k :resorigtbl 16400 "
+    ":resorigcol 1 :resjunk false} "
+    "{TARGETENTRY :expr {VAR :varno 1} :resno 4 :resname name :resorigtbl 16400 "
+    ":resorigcol 3 :resjunk true}) :setOperations <>})"
+)
+
+
+def test_view_origins_read_the_top_level_target_list() -> None:
+    assert view_origins(TREE) == {1: (PEOPLE, 3), 3: (PEOPLE, 1)}
+    assert view_origins(TREE[: len(TREE) // 2]) == {}  # cut short: nothing trusted
+    assert view_origins("") == {} and view_origins("({QUERY :targetList <>})") == {}
+
+
+def test_views_and_views_of_views_pass_the_key_through() -> None:
+    cat = Catalog(
+        {
+            **CATALOG.relations,
+            "public.v": Relation(
+                "public", "v", "view", ("who", "n"), oid=17000, attnums=(1, 2),
+                origins=((1, PEOPLE, 1),),  # who = people.id; n computed
+            ),
+            "public.vv": Relation(
+                "public", "vv", "view", ("who",), oid=17001, attnums=(1,),
+                origins=((1, 17000, 1),),
+            ),
+            "public.vn": Relation(
+                "public", "vn", "view", ("name",), oid=17002, attnums=(1,),
+                origins=((1, PEOPLE, 3),),  # people.name: not a key
+            ),
+        }
+    )  # fmt: skip
+    columns, _ = watch_map([PERSON], cat)
+    assert columns[(17000, 1)] == columns[(17001, 1)] == "person"
+    assert (17000, 2) not in columns and (17002, 1) not in columns
