@@ -18,7 +18,9 @@ no subjects are configured for the session's database.
 
 from __future__ import annotations
 
-from proxy.actions import Plan, Running
+from collections import deque
+
+from proxy.actions import Action, Plan, Running, ToServer
 from proxy.identity import SessionFacts
 from proxy.ledger.copyout import CopyReader
 from proxy.ledger.rows import RowReader, bind_result_formats, described
@@ -26,6 +28,7 @@ from proxy.ledger.watch import Shape, Watch
 from proxy.replies import Entry, next_stmt, statement_info
 from proxy.transcode import TextCodec
 from proxy.watching import Watching
+from proxy.wire import frame
 
 Reader = RowReader | CopyReader
 MAX_PORTALS = 256  # portal descriptions kept per session (clients reuse a few names)
@@ -36,6 +39,7 @@ class SeenSide:
 
     facts: SessionFacts
     text: TextCodec
+    queue: deque[Entry]
     watching: Watching | None
     portal_shapes: dict[str, Shape]
 
@@ -66,11 +70,32 @@ class SeenSide:
         if kind == b"S":
             if plan is not None and plan.shape is None:
                 plan.shape = Shape()
-            return plan.shape if plan is not None else None
-        shape = self.portal_shapes.get(name)
-        if shape is None:
-            shape = self.portal_shapes[name] = Shape()
+            shape = plan.shape if plan is not None else None
+        else:
+            shape = self.portal_shapes.get(name)
+            if shape is None:
+                shape = self.portal_shapes[name] = Shape()
+        if shape is not None:
+            shape.asked = True
         return shape
+
+    def _seen_undescribed(self, portal: str, out: list[Action]) -> None:
+        """An Execute of a portal described nowhere: ask the upstream for its description first.
+
+        A client need not Describe what it runs (it may know the columns); the
+        proxy then sends a Describe of its own, whose answer the client never
+        sees, so that no run escapes the ledger by skipping it.
+        """
+        if self.watching is None or self._watch() is None:
+            return
+        shape = self.portal_shapes.get(portal)
+        if shape is not None and shape.known:
+            return
+        if shape is None:
+            shape = self.portal_shapes[portal] = Shape()
+        shape.asked = True
+        out.append(ToServer(frame(b"D", b"P" + portal.encode() + b"\0")))
+        self.queue.append(Entry(b"D", shape=shape, hidden=True))
 
     def _seen_execute(self, stmt: Running, portal: str) -> None:
         """An Execute went upstream: its rows are read as its portal was described."""

@@ -72,11 +72,18 @@ class Shape:
     """A prepared statement's or portal's result description, once the upstream gave it."""
 
     body: bytes | None = None  # the RowDescription's body; None: not described (yet)
+    asked: bool = False  # a Describe of it is on its way
     statement: Shape | None = None  # a portal: the statement it was bound from
     formats: tuple[int, ...] = ()  # a portal: its Bind's result-format codes
     _cache: tuple[Mapping[tuple[int, int], str], tuple[Column, ...]] | None = field(
         default=None, repr=False
     )
+
+    @property
+    def known(self) -> bool:
+        """Is (or will) its description be at hand when its rows come?"""
+        st = self.statement
+        return self.asked or self.body is not None or (st is not None and st.known)
 
     def describe(self, body: bytes) -> None:
         """The upstream's RowDescription for it arrived."""

@@ -21,7 +21,9 @@ import psycopg
 import pytest
 from openrules import OPEN_RULES
 from pgcluster import PgCluster
+from rawclient import SYNC, Raw, bind
 
+from proxy import messages as m
 from proxy.catalog import load_catalog
 from proxy.enforce import Enforcer
 from proxy.ledger.hashing import subject_hash
@@ -243,3 +245,19 @@ async def test_a_view_passing_the_key_through_counts(proxy: Any) -> None:
     assert (seen(v) or {})["seen_count"] == 50 and h("42") in (seen(v) or {})["seen"]
     assert (seen(vv) or {})["seen_count"] == 99
     assert seen(calc) is None  # computed: not the key
+
+
+async def test_a_run_the_client_never_described_is_read_and_the_client_sees_no_extra_reply(
+    proxy: Any, pg: PgCluster
+) -> None:
+    raw = await Raw.open(proxy.port)
+    try:
+        await raw.login(USER, PASSWORD, pg.dbname)
+        sql = "SELECT id FROM led_people WHERE id <= 20"
+        raw.send(m.parse("", sql) + bind() + m.execute("") + SYNC)
+        kinds = [t for t, _ in await raw.until(b"Z")]
+    finally:
+        raw.close()
+    assert kinds == [b"1", b"2", *[b"D"] * 20, b"C", b"Z"]  # no RowDescription: not asked for
+    (rec,) = by_sql(await records(proxy), "FROM led_people")
+    assert (seen(rec) or {})["seen_count"] == 20

@@ -20,6 +20,7 @@ from playbook import (
     Playbook,
     command_complete,
     describe,
+    error,
     execute,
     finishes,
     parameter_description,
@@ -28,7 +29,7 @@ from playbook import (
     ready_for_query,
 )
 
-from proxy.actions import Running
+from proxy.actions import Running, ToClient
 from proxy.catalog import Catalog, Relation
 from proxy.hooks import Admission, StreamLimits
 from proxy.ledger.hashing import subject_hash
@@ -282,6 +283,32 @@ def test_a_reload_applies_to_statements_prepared_before_it() -> None:
     pb.server(BIND_COMPLETE + people_rows(range(2)) + command_complete("SELECT 2"))
     pb.server(ready_for_query())
     assert seen(finished(pb)[0])[1] == 2
+
+
+def test_a_run_nobody_described_is_described_by_the_proxy_unseen_by_the_client() -> None:
+    pb = playbook()
+    sent = pb.client(parse("", "SELECT name, id, 'x' FROM people") + bind() + execute() + SYNC)
+    assert sent[-1] == "server P B D E S"  # a Describe of the portal, before its Execute
+    got = pb.server(PARSE_COMPLETE + BIND_COMPLETE + PEOPLE_T + people_rows(range(1, 4)))
+    got += pb.server(command_complete("SELECT 3") + ready_for_query())
+    assert got[0] == "client 1 2 D*3" and got[2] == "client C Z:I"  # no T: not the client's
+    assert seen(finished(pb)[0])[1] == 3
+
+
+def test_the_proxys_own_describe_fails_as_the_execute_would() -> None:
+    pb = playbook()
+    pb.client(bind("p", "gone") + execute("p") + SYNC, auto=True)
+    pb.server(error("26000", "prepared statement does not exist") + ready_for_query())
+    assert [s.error for s in finished(pb)][-1] is not None
+    assert b"26000" in b"".join(a.data for a in pb.actions if isinstance(a, ToClient))
+
+
+def test_no_describe_is_added_when_nothing_is_watched_or_one_is_coming() -> None:
+    pb = playbook(subjects=[])
+    assert pb.client(parse("", "SELECT 1") + bind() + execute() + SYNC)[-1] == "server P B E S"
+    pb = playbook()
+    sent = pb.client(parse("q", "SELECT 1") + describe(b"S", "q") + bind("", "q") + execute())
+    assert sent[-1] == "server P D B E"
 
 
 # ---------------------------------------------------------------- rows.py
