@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from ledger_helpers import CATALOG, KEY, PERSON, h
 from playbook import Playbook, command_complete, finishes, query, ready_for_query
-from test_ledger_seen import CATALOG, KEY, PERSON, h
 
 from proxy.actions import Running
 from proxy.hooks import Admission

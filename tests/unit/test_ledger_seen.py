@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
+from ledger_helpers import CASES, CATALOG, KEY, OTHER, PEOPLE, PERSON, h
 from playbook import (
     BIND_COMPLETE,
     PARSE_COMPLETE,
@@ -32,7 +33,6 @@ from playbook import (
 from proxy.actions import Running, ToClient
 from proxy.catalog import Catalog, Relation
 from proxy.hooks import Admission, StreamLimits
-from proxy.ledger.hashing import subject_hash
 from proxy.ledger.origins import view_origins
 from proxy.ledger.rows import (
     INT4,
@@ -52,36 +52,6 @@ from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule, Via
 from proxy.watching import Watching, subject_problems, watch_map
 from proxy.wire import frame
-
-KEY = b"ledger-test-key"
-PEOPLE, CASES, OTHER = 16400, 16410, 16420  # table OIDs
-PERSON = SubjectRule(
-    id="person",
-    table="public.people",
-    key="id",
-    via=[Via(table="public.cases", column="person_id")],
-)
-CATALOG = Catalog(
-    {
-        "public.people": Relation(
-            "public",
-            "people",
-            columns=("id", "name"),
-            types=("int4", "text"),
-            oid=PEOPLE,
-            attnums=(1, 3),
-        ),
-        "public.cases": Relation(
-            "public", "cases", columns=("id", "person_id"), oid=CASES, attnums=(1, 2)
-        ),
-        "public.other": Relation("public", "other", columns=("id",), oid=OTHER, attnums=(1,)),
-    }
-)
-
-
-def h(value: str) -> str:
-    return subject_hash(KEY, "person", value)
-
 
 # ---------------------------------------------------------------- wire helpers
 
