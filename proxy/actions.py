@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from proxy.errors import ProxyError
 from proxy.hooks import Admission, StreamLimits
+from proxy.ledger.copyout import CopyReader
 from proxy.ledger.rows import RowReader
 from proxy.ledger.tally import Tally
 from proxy.ledger.watch import Shape
@@ -50,7 +51,7 @@ class Running:
     paused: float = 0.0  # seconds its stream was held back by throttling
     # The subject ledger (docs/ledger.md): hashes of the subjects it saw and looked up.
     subjects: Tally | None = None
-    reader: RowReader | None = None  # reads its rows' watched columns into `subjects`
+    reader: RowReader | CopyReader | None = None  # reads its rows' watched keys into `subjects`
     shape: Shape | None = None  # a portal's run: its description, read when its rows start
 
     @property

@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from proxy.gucs import parse_search_path
+from proxy.ledger.origins import view_origins
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
@@ -50,6 +51,9 @@ class Relation:
     # result column's origin by (proxy/watching.py). 0 and () when unknown.
     oid: int = 0
     attnums: tuple[int, ...] = ()
+    # Views and matviews: (attnum, table OID, attnum) of each column that passes a
+    # table's column through, as PostgreSQL traces it (proxy/ledger/origins.py).
+    origins: tuple[tuple[int, int, int], ...] = ()
 
     def attnum(self, column: str) -> int | None:
         """The attnum of `column`, when known."""
@@ -88,7 +92,7 @@ class Catalog:
         if not self.version:
             # OIDs are not in the file shape but tell a table dropped and made
             # again apart: a fresh load that differs only in them is a new snapshot.
-            ids = [(q, r.oid, r.attnums) for q, r in self.relations.items() if r.oid]
+            ids = [(q, r.oid, r.attnums, r.origins) for q, r in self.relations.items() if r.oid]
             data = [self.to_dict(), sorted(ids)] if ids else self.to_dict()
             self.version = hashlib.sha256(orjson.dumps(data)).hexdigest()[:16]
 
@@ -236,6 +240,16 @@ JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relname
 JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
 """
 
+# The stored query of each view and matview, for its columns' origins.
+_VIEW_TREES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name, r.ev_action::text AS tree
+FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND r.rulename = '_RETURN'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_temp%'
+"""
+
 _FUNCTIONS_SQL = """
 SELECT DISTINCT n.nspname AS schema, p.proname AS name
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -243,6 +257,12 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 _KINDS = {"r": "table", "v": "view", "m": "matview", "f": "foreign", "p": "partitioned"}
+
+
+def _origins(tree: str | None) -> tuple[tuple[int, int, int], ...]:
+    if not tree:
+        return ()
+    return tuple(sorted((att, tbl, col) for att, (tbl, col) in view_origins(tree).items()))
 
 
 def _closure(direct: dict[str, set[str]]) -> dict[str, tuple[str, ...]]:
@@ -272,6 +292,7 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
         rows = await conn.fetch(_RELATIONS_SQL)
         deps = await conn.fetch(_VIEW_DEPS_SQL)
         inh = await conn.fetch(_INHERITS_SQL)
+        trees = {f"{t['schema']}.{t['name']}": t["tree"] for t in await conn.fetch(_VIEW_TREES_SQL)}
         funcs = await conn.fetch(_FUNCTIONS_SQL)
         schemas = await conn.fetch("SELECT nspname FROM pg_namespace ORDER BY 1")
         path_text = await conn.fetchval("SELECT current_setting('search_path')")
@@ -307,6 +328,7 @@ async def load_catalog(dsn: str, database: str | None = None) -> Catalog:
             options=tuple(vd["options"]) if vd else (),
             oid=int(r["oid"]),
             attnums=tuple(r["attnums"]),
+            origins=_origins(trees.get(q)),
         )
     fmap: dict[str, list[str]] = {}
     for f in funcs:

@@ -40,6 +40,7 @@ class Entry:
     prev: Plan | None = None  # Parse: what that name meant before, restored if it fails
     effect: Effect | None = None  # Execute: what its statement does to SQL-made names
     shape: Shape | None = None  # Describe: where its RowDescription is kept (ledger)
+    hidden: bool = False  # a Describe the proxy sent itself: its reply is not the client's
 
 
 def next_stmt(head: Entry) -> Running:

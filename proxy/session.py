@@ -351,6 +351,7 @@ class Session(UpstreamSide):
             # Values bound to $n are what lookup and paging detectors need.
             run = Run(plan, self.params.get(portal, ()), name=portal, store=True)
         else:
+            self._seen_undescribed(portal, out)
             out.append(ToServer(raw))
             self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
             stmt = Running(plan, portal=portal)
@@ -376,6 +377,7 @@ class Session(UpstreamSide):
             return
         if adm.delay > 0 and adm is not run.target.admission:  # not a cursor's later run
             out.append(Throttle(adm.delay))
+        self._seen_undescribed(portal, out)
         out.append(ToServer(waiting.raw))
         self.text.forwarded(b"E", plan.sql, kinds_of(plan.admission))
         if waiting.effect is not None:

@@ -18,14 +18,19 @@ no subjects are configured for the session's database.
 
 from __future__ import annotations
 
-from proxy.actions import Plan, Running
+from collections import deque
+
+from proxy.actions import Action, Plan, Running, ToServer
 from proxy.identity import SessionFacts
+from proxy.ledger.copyout import CopyReader
 from proxy.ledger.rows import RowReader, bind_result_formats, described
 from proxy.ledger.watch import Shape, Watch
-from proxy.replies import Entry, next_stmt
+from proxy.replies import Entry, next_stmt, statement_info
 from proxy.transcode import TextCodec
 from proxy.watching import Watching
+from proxy.wire import frame
 
+Reader = RowReader | CopyReader
 MAX_PORTALS = 256  # portal descriptions kept per session (clients reuse a few names)
 
 
@@ -34,6 +39,7 @@ class SeenSide:
 
     facts: SessionFacts
     text: TextCodec
+    queue: deque[Entry]
     watching: Watching | None
     portal_shapes: dict[str, Shape]
 
@@ -64,11 +70,32 @@ class SeenSide:
         if kind == b"S":
             if plan is not None and plan.shape is None:
                 plan.shape = Shape()
-            return plan.shape if plan is not None else None
-        shape = self.portal_shapes.get(name)
-        if shape is None:
-            shape = self.portal_shapes[name] = Shape()
+            shape = plan.shape if plan is not None else None
+        else:
+            shape = self.portal_shapes.get(name)
+            if shape is None:
+                shape = self.portal_shapes[name] = Shape()
+        if shape is not None:
+            shape.asked = True
         return shape
+
+    def _seen_undescribed(self, portal: str, out: list[Action]) -> None:
+        """An Execute of a portal described nowhere: ask the upstream for its description first.
+
+        A client need not Describe what it runs (it may know the columns); the
+        proxy then sends a Describe of its own, whose answer the client never
+        sees, so that no run escapes the ledger by skipping it.
+        """
+        if self.watching is None or self._watch() is None:
+            return
+        shape = self.portal_shapes.get(portal)
+        if shape is not None and shape.known:
+            return
+        if shape is None:
+            shape = self.portal_shapes[portal] = Shape()
+        shape.asked = True
+        out.append(ToServer(frame(b"D", b"P" + portal.encode() + b"\0")))
+        self.queue.append(Entry(b"D", shape=shape, hidden=True))
 
     def _seen_execute(self, stmt: Running, portal: str) -> None:
         """An Execute went upstream: its rows are read as its portal was described."""
@@ -89,7 +116,24 @@ class SeenSide:
         stmt = head.stmts[0] if head.stmts else next_stmt(head)
         stmt.reader = w.reader(described(body, w.columns), self.text.codec.read, stmt)
 
-    def _reader_of(self, stmt: Running | None) -> RowReader | None:
+    def _seen_copy(self, head: Entry, body: bytes) -> None:
+        """A CopyOutResponse arrived: read the COPY's rows if it copies a watched table."""
+        w = self._watch()
+        if w is None or not w.tables or head.kind not in b"QE":
+            return
+        stmt = head.stmts[0] if head.stmts else next_stmt(head) if head.kind == b"Q" else None
+        if stmt is None or statement_info(stmt).get("kind") != "copy":
+            return
+        adm = stmt.plan.admission
+        if len(adm.statements) > 1:
+            return  # one COPY of a multi-statement string: its own text is not at hand
+        sql = adm.sql if adm.sql is not None else stmt.plan.sql
+        facts = self.facts
+        path = [facts.user if s == "$user" else s for s in facts.search_path]
+        binary = body[:1] == b"\x01"
+        stmt.reader = w.copy_reader(sql, binary, path, self.text.codec.read, stmt)
+
+    def _reader_of(self, stmt: Running | None) -> Reader | None:
         """The reader of `stmt`'s rows; a portal's run gets its own when its rows start."""
         if stmt is None:
             return None

@@ -99,8 +99,8 @@ class UpstreamSide(SeenSide):
                         self._cutting = stmt
                         self._held = True
                         out.append(CancelUpstream())
-                    elif reader is not None and t == D:
-                        reader.row(buf, pos + 5)  # the client gets this row: its subjects count
+                    elif reader is not None:
+                        reader.row(buf, pos + 5, end)  # the client gets it: its subjects count
                 pos = end
                 continue
             if t in ASYNC:
@@ -218,8 +218,15 @@ class UpstreamSide(SeenSide):
             if kind == b"E":
                 self.queue.popleft()
             return
+        if kind == b"D" and head.hidden and t in b"Tn":
+            if t == b"T" and head.shape is not None:
+                head.shape.describe(body)
+            self.queue.popleft()  # the proxy's own Describe: the client never asked
+            return
         if t == b"T" and self.watching is not None:
             self._seen_description(head, body)
+        elif t == b"H" and self.watching is not None:
+            self._seen_copy(head, body)
         out.append(ToClient(raw))
         if (
             (kind == b"P" and t == b"1")

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from proxy.catalog import Catalog
+from proxy.ledger.copyout import CopyTable
+from proxy.ledger.rows import TYPE_OIDS
 from proxy.ledger.watch import Watch
 from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule
@@ -64,7 +66,29 @@ def watch_map(
                 attnum = rel.attnum(column)
                 if rel.oid and attnum is not None:
                     out[(rel.oid, attnum)] = s.id
+    out.update(_through_views(out, catalog))
     return out, missing
+
+
+def _through_views(
+    base: dict[tuple[int, int], str], catalog: Catalog
+) -> dict[tuple[int, int], str]:
+    """View and matview columns that pass a watched column through, over views of views too."""
+    origin = {
+        (rel.oid, att): (tbl, col)
+        for rel in catalog.relations.values()
+        if rel.oid
+        for att, tbl, col in rel.origins
+    }
+    out: dict[tuple[int, int], str] = {}
+    for column, cur in origin.items():
+        for _ in range(32):  # views nest; a cycle cannot exist, but is not trusted either
+            if cur in base or cur not in origin:
+                break
+            cur = origin[cur]
+        if cur in base:
+            out[column] = base[cur]
+    return out
 
 
 def subject_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
@@ -75,6 +99,19 @@ def subject_problems(rs: RuleSet, catalog: Catalog) -> list[str]:
             why = _missing(catalog, table, column)
             if why is not None:
                 out.append(f"{rs.sources.get(s.id, '?')}: subject {s.id}: {where}: {why}")
+    return out
+
+
+def copy_tables(columns: dict[tuple[int, int], str], catalog: Catalog) -> dict[str, CopyTable]:
+    """The tables holding watched columns, by name, for reading COPY TO STDOUT (copyout.py)."""
+    out: dict[str, CopyTable] = {}
+    for q, rel in catalog.relations.items():
+        if not rel.oid or len(rel.attnums) != len(rel.columns):
+            continue
+        subjects = tuple(columns.get((rel.oid, a)) for a in rel.attnums)
+        if any(subjects):
+            types = rel.types if len(rel.types) == len(rel.columns) else ("",) * len(rel.columns)
+            out[q] = CopyTable(rel.columns, subjects, tuple(TYPE_OIDS.get(t, 0) for t in types))
     return out
 
 
@@ -100,6 +137,9 @@ class Watching:
             if (database, why) not in self._warned:
                 self._warned.add((database, why))
                 log.warning("ledger: database %r: %s; not watched", database, why)
-        watch = Watch(columns, self.key) if columns else None
+        watch = None
+        if columns:
+            tables = copy_tables(columns, catalog)
+            watch = Watch(columns, self.key, tables, catalog.schemas_with)
         self._cache[database] = (subjects, catalog, watch)
         return watch

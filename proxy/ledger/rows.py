@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +39,11 @@ Read = Callable[[bytes], str]  # the client encoding's reader (invalid bytes as 
 
 INT8, INT2, INT4, TEXT, OID = 20, 21, 23, 25, 26
 NAME, BPCHAR, VARCHAR, UUID = 19, 1042, 1043, 2950
+# Catalog type names (proxy/catalog.py `Relation.types`) of the types decoded in binary.
+TYPE_OIDS = {
+    "int2": INT2, "int4": INT4, "int8": INT8, "oid": OID, "text": TEXT, "name": NAME,
+    "bpchar": BPCHAR, "varchar": VARCHAR, "uuid": UUID,
+}  # fmt: skip
 _TEXT_TYPES = frozenset({TEXT, NAME, BPCHAR, VARCHAR})
 _INT_TYPES = frozenset({INT2, INT4, INT8})
 
@@ -147,7 +152,7 @@ class Owner(Protocol):
     subjects: Tally | None
 
 
-_Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[bytes, None]]
+_Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[bytes | str, None]]
 
 
 class RowReader:
@@ -174,7 +179,7 @@ class RowReader:
     def __bool__(self) -> bool:
         return bool(self._plan)
 
-    def row(self, buf: bytes, pos: int) -> None:
+    def row(self, buf: bytes, pos: int, end: int = 0) -> None:
         """Read the DataRow whose body starts at `buf[pos]` (its 5-byte header skipped).
 
         Each column remembers the raw values it handed to the tally, up to
@@ -216,3 +221,22 @@ class RowReader:
                 memo[raw] = None
         except (ValueError, struct.error):
             return  # a malformed row: what was read counts, the rest is not guessed at
+
+    def values(self, fields: Sequence[str | None]) -> None:
+        """Read a row already split into text values (COPY's text and CSV forms)."""
+        for index, subject, _, base, memo in self._plan:
+            if index >= len(fields):
+                return
+            value = fields[index]
+            if value is None or value in memo:
+                continue
+            tally = self._owner.subjects
+            if len(memo) >= CAP and tally is not None:
+                tally.seen_unlisted(subject)
+                continue
+            if tally is None:
+                tally = self._owner.subjects = Tally()
+            h = base.copy()
+            h.update(value.encode("utf-8", "surrogatepass"))
+            tally.seen(subject, h.hexdigest()[:32])
+            memo[value] = None

@@ -15,18 +15,49 @@ statements prepared before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from proxy.ledger.copyout import CopyReader, CopyTable, copy_plan
 from proxy.ledger.rows import Column, Owner, Read, RowReader, described, with_formats
+
+
+def _nowhere(name: str) -> Sequence[str]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Watch:
-    """One database's watched columns: (table OID, attnum) -> subject id."""
+    """One database's watched columns: (table OID, attnum) -> subject id.
+
+    For COPY, which names no origins: the watched tables by name, and which
+    schemas hold a relation of a given name (to resolve an unqualified one).
+    """
 
     columns: Mapping[tuple[int, int], str]
     key: bytes
+    tables: Mapping[str, CopyTable] = field(default_factory=dict)
+    schemas_with: Callable[[str], Sequence[str]] = _nowhere
+
+    def copy_reader(
+        self,
+        sql: str,
+        binary: bool,
+        search_path: Sequence[str],
+        read: Read,
+        owner: Owner,
+    ) -> CopyReader | None:
+        """A reader of a COPY TO STDOUT's rows, if it copies watched columns of a table."""
+
+        def resolve(name: str) -> list[str]:
+            have = self.schemas_with(name)
+            return [f"{s}.{name}" for s in search_path if s in have]
+
+        plan = copy_plan(sql, self.tables, resolve, binary)
+        if plan is None:
+            return None
+        reader = CopyReader(plan, binary, self.key, read, owner)
+        return reader if reader else None
 
     def reader(self, cols: tuple[Column, ...], read: Read, owner: Owner) -> RowReader | None:
         """A reader of the rows of a statement with these columns; None if nothing to read."""
@@ -41,11 +72,18 @@ class Shape:
     """A prepared statement's or portal's result description, once the upstream gave it."""
 
     body: bytes | None = None  # the RowDescription's body; None: not described (yet)
+    asked: bool = False  # a Describe of it is on its way
     statement: Shape | None = None  # a portal: the statement it was bound from
     formats: tuple[int, ...] = ()  # a portal: its Bind's result-format codes
     _cache: tuple[Mapping[tuple[int, int], str], tuple[Column, ...]] | None = field(
         default=None, repr=False
     )
+
+    @property
+    def known(self) -> bool:
+        """Is (or will) its description be at hand when its rows come?"""
+        st = self.statement
+        return self.asked or self.body is not None or (st is not None and st.known)
 
     def describe(self, body: bytes) -> None:
         """The upstream's RowDescription for it arrived."""

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
+from ledger_helpers import CASES, CATALOG, KEY, OTHER, PEOPLE, PERSON, h
 from playbook import (
     BIND_COMPLETE,
     PARSE_COMPLETE,
@@ -20,6 +21,7 @@ from playbook import (
     Playbook,
     command_complete,
     describe,
+    error,
     execute,
     finishes,
     parameter_description,
@@ -28,10 +30,10 @@ from playbook import (
     ready_for_query,
 )
 
-from proxy.actions import Running
+from proxy.actions import Running, ToClient
 from proxy.catalog import Catalog, Relation
 from proxy.hooks import Admission, StreamLimits
-from proxy.ledger.hashing import subject_hash
+from proxy.ledger.origins import view_origins
 from proxy.ledger.rows import (
     INT4,
     INT8,
@@ -50,31 +52,6 @@ from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule, Via
 from proxy.watching import Watching, subject_problems, watch_map
 from proxy.wire import frame
-
-KEY = b"ledger-test-key"
-PEOPLE, CASES, OTHER = 16400, 16410, 16420  # table OIDs
-PERSON = SubjectRule(
-    id="person",
-    table="public.people",
-    key="id",
-    via=[Via(table="public.cases", column="person_id")],
-)
-CATALOG = Catalog(
-    {
-        "public.people": Relation(
-            "public", "people", columns=("id", "name"), oid=PEOPLE, attnums=(1, 3)
-        ),
-        "public.cases": Relation(
-            "public", "cases", columns=("id", "person_id"), oid=CASES, attnums=(1, 2)
-        ),
-        "public.other": Relation("public", "other", columns=("id",), oid=OTHER, attnums=(1,)),
-    }
-)
-
-
-def h(value: str) -> str:
-    return subject_hash(KEY, "person", value)
-
 
 # ---------------------------------------------------------------- wire helpers
 
@@ -278,6 +255,32 @@ def test_a_reload_applies_to_statements_prepared_before_it() -> None:
     assert seen(finished(pb)[0])[1] == 2
 
 
+def test_a_run_nobody_described_is_described_by_the_proxy_unseen_by_the_client() -> None:
+    pb = playbook()
+    sent = pb.client(parse("", "SELECT name, id, 'x' FROM people") + bind() + execute() + SYNC)
+    assert sent[-1] == "server P B D E S"  # a Describe of the portal, before its Execute
+    got = pb.server(PARSE_COMPLETE + BIND_COMPLETE + PEOPLE_T + people_rows(range(1, 4)))
+    got += pb.server(command_complete("SELECT 3") + ready_for_query())
+    assert got[0] == "client 1 2 D*3" and got[2] == "client C Z:I"  # no T: not the client's
+    assert seen(finished(pb)[0])[1] == 3
+
+
+def test_the_proxys_own_describe_fails_as_the_execute_would() -> None:
+    pb = playbook()
+    pb.client(bind("p", "gone") + execute("p") + SYNC, auto=True)
+    pb.server(error("26000", "prepared statement does not exist") + ready_for_query())
+    assert [s.error for s in finished(pb)][-1] is not None
+    assert b"26000" in b"".join(a.data for a in pb.actions if isinstance(a, ToClient))
+
+
+def test_no_describe_is_added_when_nothing_is_watched_or_one_is_coming() -> None:
+    pb = playbook(subjects=[])
+    assert pb.client(parse("", "SELECT 1") + bind() + execute() + SYNC)[-1] == "server P B E S"
+    pb = playbook()
+    sent = pb.client(parse("q", "SELECT 1") + describe(b"S", "q") + bind("", "q") + execute())
+    assert sent[-1] == "server P D B E"
+
+
 # ---------------------------------------------------------------- rows.py
 
 
@@ -407,3 +410,51 @@ def test_oids_stay_out_of_the_schema_file_but_change_the_version() -> None:
     assert a.to_dict() == b.to_dict() == plain.to_dict()
     assert len({a.version, b.version, plain.version}) == 3
     assert Catalog.from_dict(a.to_dict()).version == Catalog.from_dict(plain.to_dict()).version
+
+
+# A view's stored query as pg_rewrite.ev_action holds it, abridged: a sublink's own
+# query (a target list at another depth), a quoted and escaped name, a computed
+# column, a junk (ORDER BY) column.
+TREE = (
+    "({QUERY :commandType 1 :rtable ({RANGETBLENTRY :eref {ALIAS :aliasname pp :colnames "
+    '("x" "id" "name")} :relid 16400}) :jointree {FROMEXPR :fromlist ({RANGETBLREF :rtindex 1}) '
+    ":quals {SUBLINK :subselect {QUERY :targetList ({TARGETENTRY :expr {VAR :varno 1} :resno 1 "
+    ":resname id :ressortgroupref 0 :resorigtbl 16400 :resorigcol 2 :resjunk false})}}} "
+    ":targetList ({TARGETENTRY :expr {VAR :varno 1 :varattno 3} :resno 1 "
+    r":resname we\{ird\)\ n :ressortgroupref 0 :resorigtbl 16400 :resorigcol 3 :resjunk false} "
+    "{TARGETENTRY :expr {OPEXPR :args ({VAR :varno 1} {CONST :constvalue 4 [ 1 0 0 0 ]})} "
+    ":resno 2 :resname id2 :resorigtbl 0 :resorigcol 0 :resjunk false} "
+    "{TARGETENTRY :expr {VAR :varno 1 :varattno 1} :resno 3 :resname k :resorigtbl 16400 "
+    ":resorigcol 1 :resjunk false} "
+    "{TARGETENTRY :expr {VAR :varno 1} :resno 4 :resname name :resorigtbl 16400 "
+    ":resorigcol 3 :resjunk true}) :setOperations <>})"
+)
+
+
+def test_view_origins_read_the_top_level_target_list() -> None:
+    assert view_origins(TREE) == {1: (PEOPLE, 3), 3: (PEOPLE, 1)}
+    assert view_origins(TREE[: len(TREE) // 2]) == {}  # cut short: nothing trusted
+    assert view_origins("") == {} and view_origins("({QUERY :targetList <>})") == {}
+
+
+def test_views_and_views_of_views_pass_the_key_through() -> None:
+    cat = Catalog(
+        {
+            **CATALOG.relations,
+            "public.v": Relation(
+                "public", "v", "view", ("who", "n"), oid=17000, attnums=(1, 2),
+                origins=((1, PEOPLE, 1),),  # who = people.id; n computed
+            ),
+            "public.vv": Relation(
+                "public", "vv", "view", ("who",), oid=17001, attnums=(1,),
+                origins=((1, 17000, 1),),
+            ),
+            "public.vn": Relation(
+                "public", "vn", "view", ("name",), oid=17002, attnums=(1,),
+                origins=((1, PEOPLE, 3),),  # people.name: not a key
+            ),
+        }
+    )  # fmt: skip
+    columns, _ = watch_map([PERSON], cat)
+    assert columns[(17000, 1)] == columns[(17001, 1)] == "person"
+    assert (17000, 2) not in columns and (17002, 1) not in columns

@@ -21,7 +21,9 @@ import psycopg
 import pytest
 from openrules import OPEN_RULES
 from pgcluster import PgCluster
+from rawclient import SYNC, Raw, bind
 
+from proxy import messages as m
 from proxy.catalog import load_catalog
 from proxy.enforce import Enforcer
 from proxy.ledger.hashing import subject_hash
@@ -57,7 +59,7 @@ def h(value: str) -> str:
 @pytest.fixture(scope="module")
 def tables(pg: PgCluster) -> Iterator[None]:
     def drop(conn: psycopg.Connection[Any]) -> None:
-        conn.execute("DROP TABLE IF EXISTS public.led_people, public.led_cases")
+        conn.execute("DROP TABLE IF EXISTS public.led_people, public.led_cases CASCADE")
         for role in (USER, MASKED):
             conn.execute(f"DROP ROLE IF EXISTS {role}")
 
@@ -73,7 +75,13 @@ def tables(pg: PgCluster) -> Iterator[None]:
         )
         conn.execute("CREATE TABLE public.led_cases (id int, person_id int)")
         conn.execute("INSERT INTO public.led_cases VALUES (1, 42), (2, 42), (3, 7), (4, NULL)")
-        conn.execute(f"GRANT SELECT ON public.led_people, public.led_cases TO {USER}, {MASKED}")
+        conn.execute("CREATE VIEW led_v AS SELECT id AS who, name FROM public.led_people")
+        conn.execute("CREATE VIEW led_vv AS SELECT who FROM led_v WHERE who < 100")
+        conn.execute("CREATE VIEW led_calc AS SELECT id + 1 AS n FROM public.led_people")
+        conn.execute(
+            f"GRANT SELECT ON public.led_people, public.led_cases, led_v, led_vv, led_calc "
+            f"TO {USER}, {MASKED}"
+        )
     yield
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         drop(conn)
@@ -202,3 +210,54 @@ async def test_a_cursor_fetch_loop_counts_each_page(proxy: Any) -> None:
     assert counts == [150, 150, 100, 0]
     assert h("42") in seen(fetches[0])["seen"]  # type: ignore[index]
     assert h("400") in seen(fetches[2])["seen"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY led_people TO STDOUT",
+        "COPY public.led_people (name, id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY led_people TO STDOUT (FORMAT binary)",
+    ],
+)
+async def test_copy_to_stdout_of_the_subject_table_counts(proxy: Any, sql: str) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        proxy.dsn(USER, PASSWORD), autocommit=True
+    ) as conn:
+        cur = conn.cursor()
+        async with cur.copy(sql) as copy:
+            got = b"".join([bytes(chunk) async for chunk in copy])
+    assert got
+    (rec,) = [r for r in await records(proxy) if r["sql"].startswith("COPY")]
+    person = seen(rec)
+    assert person is not None and person["seen_count"] == 400 and h("42") in person["seen"]
+
+
+async def test_a_view_passing_the_key_through_counts(proxy: Any) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        proxy.dsn(USER, PASSWORD), autocommit=True
+    ) as conn:
+        await conn.execute("SELECT who FROM led_v WHERE who <= 50")
+        await conn.execute("SELECT who FROM led_vv")
+        await conn.execute("SELECT n FROM led_calc WHERE n <= 50")
+    recs = await records(proxy)
+    v, vv, calc = (by_sql(recs, f"FROM {name}")[0] for name in ("led_v", "led_vv", "led_calc"))
+    assert (seen(v) or {})["seen_count"] == 50 and h("42") in (seen(v) or {})["seen"]
+    assert (seen(vv) or {})["seen_count"] == 99
+    assert seen(calc) is None  # computed: not the key
+
+
+async def test_a_run_the_client_never_described_is_read_and_the_client_sees_no_extra_reply(
+    proxy: Any, pg: PgCluster
+) -> None:
+    raw = await Raw.open(proxy.port)
+    try:
+        await raw.login(USER, PASSWORD, pg.dbname)
+        sql = "SELECT id FROM led_people WHERE id <= 20"
+        raw.send(m.parse("", sql) + bind() + m.execute("") + SYNC)
+        kinds = [t for t, _ in await raw.until(b"Z")]
+    finally:
+        raw.close()
+    assert kinds == [b"1", b"2", *[b"D"] * 20, b"C", b"Z"]  # no RowDescription: not asked for
+    (rec,) = by_sql(await records(proxy), "FROM led_people")
+    assert (seen(rec) or {})["seen_count"] == 20
