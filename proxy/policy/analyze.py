@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from proxy.catalog import Relation
+from proxy.policy.callnames import Written, extra_calls, written
 
 _SCOPES = (exp.Select, exp.Update, exp.Delete, exp.Merge, exp.Insert, exp.Copy)
 _SCOPE_TYPES = frozenset(_SCOPES)
@@ -66,12 +67,11 @@ class Occ:
 @dataclass(frozen=True, slots=True)
 class Call:
     schema: str  # "" when unqualified
-    names: tuple[str, ...]  # candidate names (sqlglot may normalize built-ins)
+    names: tuple[str, ...]  # the name as written, folded (one)
     args: tuple[str | None, ...]  # literal text of each argument, None when not a literal
     in_from: bool
-    # Written by name (sqlglot has no model for it), not one of the built-ins or SQL
-    # syntax forms (CURRENT_DATE, EXTRACT, ...) sqlglot parses into its own classes.
-    anonymous: bool = False
+    # Checked strictly by its name: always, now that calls are read as written.
+    anonymous: bool = True
 
 
 Scopes = tuple[exp.Expr, ...]  # enclosing Select/DML nodes, outermost first
@@ -93,6 +93,7 @@ class Nodes:
     funcs: list[exp.Func] = field(default_factory=list)
     intos: list[exp.Into] = field(default_factory=list)
     dmls: list[exp.Expr] = field(default_factory=list)
+    extra: list[Written] = field(default_factory=list)  # callnames.extra_calls of each root
 
     @classmethod
     def of(cls, tree: exp.Expr) -> Nodes:
@@ -102,6 +103,9 @@ class Nodes:
         while stack:
             node, scopes, ctes, in_lock = stack.pop()
             kind = type(node)
+            extra = extra_calls(node)
+            if extra:
+                n.extra.extend(extra)
             if kind is exp.Column or kind is exp.Pseudocolumn:
                 if not in_lock:
                     n.columns.append((node, scopes))  # type: ignore[arg-type]
@@ -193,7 +197,8 @@ def _write_targets(tree: exp.Expr, nodes: Nodes) -> set[int]:
 
 def _args(node: exp.Func) -> tuple[str | None, ...]:
     vals = [node.this] if node.args.get("this") is not None else []
-    vals += list(node.expressions)
+    rest = node.args.get("expressions")  # a list, or one node in some sqlglot classes
+    vals += rest if isinstance(rest, list) else [rest]
     return tuple(_literal(v) for v in vals if isinstance(v, exp.Expr))
 
 
@@ -205,18 +210,15 @@ def _literal(v: exp.Expr) -> str | None:
     return None
 
 
-def _call(node: exp.Func) -> Call:
-    if isinstance(node, exp.Anonymous):
-        names: tuple[str, ...] = (fold(node.args["this"]),)
-    else:
-        names = tuple(n.lower() for n in type(node).sql_names())
-    schema, in_from = "", False
+def _call(node: exp.Func) -> Call | None:
+    """The call by the name the user wrote (callnames.mark), or None: a node sqlglot
+    made from syntax (CAST, COALESCE, operators, ARRAY[...]) or built itself."""
+    found = written(node)
+    if found is None:
+        return None
     parent = node.parent
-    if isinstance(parent, exp.Dot) and parent.expression is node:
-        schema = fold(parent.this)
-    elif isinstance(parent, exp.Table) and parent.this is node:
-        schema, in_from = fold(parent.args.get("db")), True
-    return Call(schema, names, _args(node), in_from, isinstance(node, exp.Anonymous))
+    in_from = isinstance(parent, exp.Table) and parent.this is node
+    return Call(found[0], (found[1],), _args(node), in_from, True)
 
 
 def collect(tree: exp.Expr) -> Collected:
@@ -244,12 +246,10 @@ def collect(tree: exp.Expr) -> Collected:
         if alias_node is not None and alias_node.columns:
             o.colmap = {fold(c): "" for c in alias_node.columns}
         occs.append(o)
-    calls = [_call(f) for f in nodes.funcs if not isinstance(f, _NOT_CALLS)]
+    calls = [c for f in nodes.funcs if (c := _call(f)) is not None]
+    # Calls no node stands for (`string_agg(...)`, `FROM anti(1)`): on the parsed roots.
+    calls += [Call(s, (n,), (), False, True) for s, n in nodes.extra]
     return Collected(occs, calls, nodes)
-
-
-# sqlglot models these as Func, but they are syntax, not function calls.
-_NOT_CALLS = (exp.Cast, exp.TryCast, exp.Case, exp.If, exp.Array, exp.Struct, exp.Coalesce)
 
 
 def bind_colmaps(occs: list[Occ]) -> None:

@@ -14,7 +14,7 @@ from sqlglot.tokenizer_core import TokenType
 from proxy.catalog import SYSTEM_SCHEMAS
 from proxy.gucs import parse_search_path
 from proxy.policy.analyze import Call, Occ, collect
-from proxy.policy.builtins import BUILTIN_FUNCTIONS, SQL_SYNTAX
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.context import Context
 from proxy.policy.functions import (
     INFORMATION_SCHEMA_HELPERS,
@@ -185,7 +185,7 @@ def _ambiguous(v: Verdict, c: Call, q: str, ctx: Context) -> bool:
     """
     name = q.partition(".")[2]
     schemas = [s for s in ctx.user_functions.get(name.lower(), ()) if s != "pg_temp"]
-    if f"pg_catalog.{name}" in BUILTIN_FUNCTIONS or name in SQL_SYNTAX:
+    if f"pg_catalog.{name}" in BUILTIN_FUNCTIONS:
         schemas = ["pg_catalog", *schemas]
     schemas = list(dict.fromkeys(schemas))
     if len(schemas) < 2:
@@ -199,11 +199,39 @@ def _ambiguous(v: Verdict, c: Call, q: str, ctx: Context) -> bool:
     return True
 
 
+def _ahead_of_catalog(path: tuple[str, ...]) -> list[str]:
+    """Schemas a function lookup searches before pg_catalog (pg_temp is never searched
+    for functions; the other system schemas only a superuser can create in)."""
+    out: list[str] = []
+    for s in path:
+        if s == "pg_catalog":
+            return out
+        if s != "pg_temp" and s not in SYSTEM_SCHEMAS:
+            out.append(s)
+    return out
+
+
+def _shadowable(v: Verdict, c: Call, q: str, ctx: Context) -> bool:
+    """An unqualified call taken for a built-in, under a search_path that lists another
+    schema before pg_catalog, is refused: a function of that name created there since
+    the catalog was read (`public.left`) is the one PostgreSQL would run."""
+    ahead = _ahead_of_catalog(ctx.path) if q.startswith("pg_catalog.") else []
+    if not ahead:
+        return False
+    v.block(
+        "defaults.functions",
+        f"function {c.names[0]} could be one in {', '.join(ahead)}, which the search_path "
+        f"puts before pg_catalog: qualify the call (pg_catalog.{c.names[0]})",
+    )
+    return True
+
+
 def functions(v: Verdict, calls: list[Call], ctx: Context) -> None:
+    """Each call by the name the user wrote (callnames.py), never by sqlglot's name."""
     for c in calls:
         q = ctx.resolve_function(c.schema, c.names)
         schema, _, name = q.partition(".")
-        if not c.schema and _ambiguous(v, c, q, ctx):
+        if not c.schema and (_ambiguous(v, c, q, ctx) or _shadowable(v, c, q, ctx)):
             return
         frule = ctx.function_rule(q)
         if frule is not None:

@@ -15,7 +15,7 @@ from sqlglot import exp
 
 from proxy.catalog import SYSTEM_SCHEMAS, Catalog, Relation
 from proxy.identity import SessionFacts
-from proxy.policy.builtins import BUILTIN_FUNCTIONS, BUILTIN_RELATIONS, SQL_SYNTAX
+from proxy.policy.builtins import BUILTIN_FUNCTIONS, BUILTIN_RELATIONS
 from proxy.rules import Defaults, FunctionRule, Principal, RuleSet, TableRule
 
 
@@ -162,11 +162,11 @@ class Context:
 
     def knows_function(self, qualified: str, anonymous: bool) -> bool:
         """Is `qualified` (from resolve_function) a function the catalog or the built-in
-        list knows? sqlglot-modelled calls resolved to pg_catalog are built-ins or SQL
-        syntax by construction."""
+        list knows? Calls are read by their written names (callnames.py), so a name in
+        a system schema is known only when the built-in list has it."""
         schema, _, name = qualified.partition(".")
         if schema in SYSTEM_SCHEMAS:
-            return not anonymous or qualified in BUILTIN_FUNCTIONS or name in SQL_SYNTAX
+            return not anonymous or qualified in BUILTIN_FUNCTIONS
         return schema in self.user_functions.get(name.lower(), ())
 
     def function_rule(self, qualified: str) -> FunctionRule | None:

@@ -23,7 +23,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import NotUnderstood
 from proxy.gucs import Change, set_config_change
-from proxy.policy import checks, pushdown, views, writecheck
+from proxy.policy import callnames, checks, pushdown, views, writecheck
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
@@ -106,9 +106,13 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
 def _parse(piece: Piece) -> exp.Expr | None:
     """Parse from the splitter's tokens (no second tokenization)."""
     if piece.tokens[0].token_type == TokenType.COPY:
-        return parse_copy(piece, _PG)  # sqlglot reads only part of PostgreSQL's COPY
-    trees = _PG.parser().parse(list(piece.tokens), piece.source)
-    return trees[0] if len(trees) == 1 else None
+        tree: exp.Expr | None = parse_copy(piece, _PG)  # sqlglot reads part of PostgreSQL's COPY
+    else:
+        trees = _PG.parser().parse(list(piece.tokens), piece.source)
+        tree = trees[0] if len(trees) == 1 else None
+    if tree is not None:
+        callnames.mark(tree, piece.tokens)  # calls by the names as written
+    return tree
 
 
 def _unmodelled(v: Verdict, piece: Piece, ctx: Context, why: str) -> None:
@@ -226,10 +230,13 @@ def _police_args(v: Verdict, piece: Piece, at: int, ctx: Context, masker: Masker
     text = f"SELECT {args.text}"
     sub = Verdict(kind=v.kind, text=text, sql=text)
     try:
-        trees = _PG.parser().parse(tokenize(text), text)
+        toks = tokenize(text)
+        trees = _PG.parser().parse(toks, text)
     except (ParseError, TokenError, SplitError):
-        trees = []
+        toks, trees = [], []
     tree = trees[0] if len(trees) == 1 else None
+    if tree is not None:
+        callnames.mark(tree, toks)
     extra = tree is not None and any(val for key, val in tree.args.items() if key != "expressions")
     if not isinstance(tree, exp.Select) or extra:
         v.unparsed(ctx, f"{v.kind.upper()} arguments the parser cannot read as expressions")

@@ -59,8 +59,8 @@ Known limits (by design, documented for DBAs):
   proxy (CREATE OR REPLACE VIEW, ATTACH PARTITION) is seen at the next refresh.
 - Temporary tables are known only as `pg_temp.name`; an unqualified reference
   to one is an unknown relation for users with a policy.
-- Built-in names are PostgreSQL 16's (builtin_*.txt); sqlglot-modelled calls
-  (count, upper, ...) are trusted to be built-ins or SQL syntax.
+- Built-in names are PostgreSQL 16's (builtin_*.txt); calls are checked by the
+  name as written, whatever node sqlglot made of them (callnames.py).
 - Names resolve against the catalog snapshot and the session's tracked
   search_path; where that could be wrong (an ungoverned name that is governed in
   another schema) the reference is pinned to the schema decided on.

@@ -53,6 +53,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from proxy.catalog import Relation
 from proxy.policy.analyze import Nodes, collect, fold
+from proxy.policy.callnames import mark
 from proxy.policy.checks import restrictive
 from proxy.policy.context import Context
 from proxy.policy.rewrite import carry_joins
@@ -219,12 +220,14 @@ def _definition(text: str) -> exp.Query:
     if not sql:
         raise _Unexpandable("the catalog holds no definition for it")
     try:
-        trees = _PG.parse(sql)
+        tokens = _PG.tokenize(sql)
+        trees = _PG.parser().parse(tokens, sql)
     except (ParseError, TokenError) as e:
         raise _Unexpandable("its definition does not parse") from e
     if len(trees) != 1 or not isinstance(trees[0], exp.Query):
         raise _Unexpandable("its definition is not a single query")
     tree = trees[0]
+    mark(tree, tokens)  # its calls are policed by their names as written, like the user's
     for t, _, is_cte in Nodes.of(tree).tables:
         if not is_cte and t.args.get("db") is None and isinstance(t.this, exp.Identifier):
             # pg_get_viewdef under an empty search_path leaves only pg_catalog names bare.

@@ -297,3 +297,91 @@ async def test_update_condition_is_fenced_behind_the_row_filter(
         assert tag == f"UPDATE {len(NORTH)}"
     finally:
         await conn.close()
+
+
+# Names sqlglot parses into nodes of its own (`month` -> Month, `ifnull` -> Coalesce),
+# and a real built-in (`left`), each made after the catalog snapshot in public.
+LATE_FUNCTIONS = {
+    "month": "month(v int)",
+    "hex": "hex(v int)",
+    "ifnull": "ifnull(a int, b int)",
+    "agg": "agg(v int)",
+    "left": "left(s text, n int)",
+}
+LEAK = f"$$ SELECT string_agg(ssn, ',') FROM {SCHEMA}.people $$"
+
+
+async def test_functions_named_like_sqlglot_models_are_checked_by_written_name(
+    setup: tuple[Any, Enforcer], pg: PgCluster, run_sync: Any
+) -> None:
+    proxy, _ = setup
+
+    def scenario() -> dict[str, str]:
+        with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+            for sig in LATE_FUNCTIONS.values():
+                direct.execute(f"CREATE FUNCTION public.{sig} RETURNS text LANGUAGE sql AS {LEAK}")
+        refused: dict[str, str] = {}
+        try:
+            with psycopg.connect(proxy.dsn(user="scramuser"), autocommit=True) as conn:
+                for sql in (
+                    "SELECT month(1)",
+                    "SELECT hex(1)",
+                    "SELECT ifnull(1, 2)",
+                    "SELECT agg(1)",
+                    "SELECT public.month(1)",
+                    "SELECT pg_catalog.hex(1)",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege) as ei:
+                        conn.execute(sql)
+                    refused[sql] = str(ei.value)
+                # pg_catalog is searched first: `left` is the built-in, and works.
+                assert conn.execute("SELECT left('abc', 2)").fetchone() == ("ab",)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as ei:
+                    conn.execute("SET search_path = public, pg_catalog; SELECT left('abc', 2)")
+                refused["left after SET"] = str(ei.value)
+                conn.execute("SET search_path = public, pg_catalog")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as ei:
+                    conn.execute("SELECT left('abc', 2)")
+                refused["left"] = str(ei.value)
+                assert conn.execute("SELECT pg_catalog.left('abc', 2)").fetchone() == ("ab",)
+        finally:
+            with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+                for sig in LATE_FUNCTIONS.values():
+                    name, _, args = sig.partition("(")
+                    types = ", ".join(a.split()[1] for a in args.rstrip(")").split(", "))
+                    direct.execute(f"DROP FUNCTION public.{name}({types})")
+        return refused
+
+    refused = await run_sync(scenario)
+    for sql, name in (
+        ("SELECT month(1)", "month"),
+        ("SELECT hex(1)", "hex"),
+        ("SELECT ifnull(1, 2)", "ifnull"),
+        ("SELECT agg(1)", "agg"),
+    ):
+        assert f"function {name} is not in the proxy's catalog" in refused[sql], refused[sql]
+    assert (
+        "function public.month is not in the proxy's catalog" in refused["SELECT public.month(1)"]
+    )
+    assert "function pg_catalog.hex is not in" in refused["SELECT pg_catalog.hex(1)"]
+    assert "function left could be one in public" in refused["left after SET"]
+    assert "function left could be one in public" in refused["left"]
+    assert not any("ssn-" in m for m in refused.values())
+
+
+async def test_builtins_sqlglot_renames_keep_working(
+    setup: tuple[Any, Enforcer], run_sync: Any
+) -> None:
+    proxy, _ = setup
+
+    def scenario() -> tuple[Any, ...] | None:
+        with psycopg.connect(proxy.dsn(user="scramuser"), autocommit=True) as conn:
+            return conn.execute(
+                "SELECT strpos('abc', 'c'), left('abc', 2), coalesce(NULL, 1), "
+                "substring('abc', 2, 1), substring('abc' FROM 3), extract(year FROM "
+                "date '2024-05-01')::int, string_agg(name, ',' ORDER BY id), "
+                f"date_trunc('year', timestamp '2024-05-01')::date::text FROM {SCHEMA}.people"
+            ).fetchone()
+
+    row = await run_sync(scenario)
+    assert row == (3, "ab", 1, "b", "c", 2024, "p3,p6,p9,p12", "2024-01-01")

@@ -20,13 +20,13 @@ from sqlglot.dialects.postgres import Postgres
 
 from proxy.catalog import Catalog
 from proxy.identity import SessionFacts
+from proxy.policy.builtins import BUILTIN_FUNCTIONS, NOT_FUNCTION_NAMES
 from proxy.policy.engine import PolicyEngine
 from proxy.rules import load_rules
 
 from .cases import FIXTURES
 
 ALICE = SessionFacts("alice", "db")
-_SQLGLOT_MODELLED = frozenset(Postgres.Parser.FUNCTIONS)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
 # Payloads that must always be refused, each with a fragment of the reason.
@@ -165,24 +165,65 @@ def test_governed_payload_in_any_position_is_masked(
     assert _masked(d.sql), (sql, d.sql)
 
 
-@FUZZ
-@given(
-    name=st.from_regex(r"[a-z][a-z0-9_]{2,20}", fullmatch=True), position=st.sampled_from(POSITIONS)
+# Every name sqlglot parses into a node of its own (or by a special parser), as a
+# call name: none may pass as a built-in unless PostgreSQL's own list has it.
+_SQLGLOT_NAMES = sorted(
+    n.lower()
+    for n in (
+        *Postgres.Parser.FUNCTIONS,
+        *Postgres.Parser.FUNCTION_PARSERS,
+        *Postgres.Parser.NO_PAREN_FUNCTION_PARSERS,
+    )
+    if n.replace("_", "").isalnum() and not n[0].isdigit()
 )
-def test_unknown_function_names_never_pass_as_builtins(
-    sound: PolicyEngine, name: str, position: str
-) -> None:
-    from proxy.policy.builtins import BUILTIN_FUNCTIONS, SQL_SYNTAX
 
-    if f"pg_catalog.{name}" in BUILTIN_FUNCTIONS or name in SQL_SYNTAX:
+
+def _unknown_call(sound: PolicyEngine, name: str, position: str) -> None:
+    """`name(1)` in `position` is refused unless PostgreSQL knows `name` as a built-in
+    (or as syntax it never looks up: CAST, COALESCE...) or the catalog has it."""
+    if f"pg_catalog.{name}" in BUILTIN_FUNCTIONS or name in NOT_FUNCTION_NAMES:
         return
     if name in sound.catalog.functions:
-        return
-    if name.upper() in _SQLGLOT_MODELLED:
-        # Open gap (docs/rules.md, "Known limits"): a name sqlglot models as a function of
-        # its own (`agg`, `hex`, `month`...) is taken as a built-in; reading the name as
-        # written needs the parser's token positions.
         return
     sql = position.format(f"{name}(1)")
     d = sound.decide(sql, ALICE)
     assert d.action == "block", (sql, d.sql)
+
+
+@FUZZ
+@given(
+    name=st.from_regex(r"[a-z][a-z0-9_]{2,20}", fullmatch=True) | st.sampled_from(_SQLGLOT_NAMES),
+    position=st.sampled_from(POSITIONS),
+)
+def test_unknown_function_names_never_pass_as_builtins(
+    sound: PolicyEngine, name: str, position: str
+) -> None:
+    _unknown_call(sound, name, position)
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        "SELECT {}",
+        "SELECT * FROM {}",
+        "SELECT 1 FROM regions, LATERAL {}",
+        "SELECT 1 FROM regions WHERE {} = 1",
+        "SELECT * FROM ROWS FROM ({})",
+    ],
+)
+def test_every_sqlglot_modelled_name_is_checked_as_written(
+    sound: PolicyEngine, position: str
+) -> None:
+    """All of them, not a sample: `hex`, `month`, `agg`, `ifnull`, `if`, `string_agg`..."""
+    for name in _SQLGLOT_NAMES:
+        _unknown_call(sound, name, position)
+        for form in (f'"{name}"', f"public.{name}", f"pg_catalog.{name}"):
+            if form == f"pg_catalog.{name}" and f"pg_catalog.{name}" in BUILTIN_FUNCTIONS:
+                continue
+            if form.startswith("public.") and name in sound.catalog.functions:
+                continue
+            if form.startswith('"') and f"pg_catalog.{name}" in BUILTIN_FUNCTIONS:
+                continue
+            sql = position.format(f"{form}(1)")
+            d = sound.decide(sql, ALICE)
+            assert d.action == "block", (sql, d.sql)
