@@ -316,14 +316,18 @@ class Enforcer(Hooks):
             return 0.0
         return await self.guard.pace(facts, token.guard, rows, nbytes)
 
-    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
+    async def finished(
+        self, facts: SessionFacts, token: Any, result: StatementResult
+    ) -> Sequence[dict[str, Any]]:
         if not isinstance(token, _Token):
-            return
+            return ()
+        hits: Sequence[dict[str, Any]] = ()
         if self.guard is not None and token.guard is not None:
-            await self.guard.finished(facts, token.guard, result)
+            hits = await self.guard.finished(facts, token.guard, result)
         if (
             result.error is None
             and self.on_ddl is not None
             and any(s.ddl for s in token.decision.statements)
         ):
             self.on_ddl(facts.database)
+        return hits

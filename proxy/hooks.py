@@ -20,6 +20,7 @@ from typing import Any, Literal
 from proxy.errors import ProxyError
 from proxy.gucs import Change
 from proxy.identity import SessionFacts
+from proxy.ledger.tally import Tally
 
 Action = Literal["allow", "rewrite", "block", "throttle"]
 
@@ -105,6 +106,8 @@ class StatementResult:
     duration: float
     error: str | None  # SQLSTATE-prefixed message, or None on success
     cutoff: bool
+    # The subject ledger's tally of what it received and searched for (None: nothing).
+    subjects: Tally | None = None
 
 
 class Hooks:
@@ -142,8 +145,17 @@ class Hooks:
         """
         return 0.0
 
-    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
-        """Called once per admitted statement when it ends (budgets, detectors)."""
+    async def finished(
+        self, facts: SessionFacts, token: Any, result: StatementResult
+    ) -> Sequence[dict[str, Any]]:
+        """Called once per admitted statement when it ends (budgets, detectors).
+
+        Returns the hits of detectors that judge a statement by what it did
+        (the subject-ledger ones): the recorder adds them to this statement's
+        record, after any the admission found, so they are audited and alerted
+        on like the others.
+        """
+        return ()
 
 
 ALLOW_ALL = Hooks()

@@ -7,6 +7,7 @@ One Recorder per process; one `Tally` per client session for the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -70,10 +71,13 @@ class Recorder:
 
     async def statement(self, facts: SessionFacts, stmt: Running, tally: Tally) -> None:
         adm = stmt.plan.admission
+        late: Sequence[dict[str, Any]] = ()
         if stmt.blocked is None:
-            result = StatementResult(stmt.rows, stmt.bytes, stmt.duration, stmt.error, stmt.cutoff)
+            result = StatementResult(
+                stmt.rows, stmt.bytes, stmt.duration, stmt.error, stmt.cutoff, stmt.subjects
+            )
             try:
-                await self.hooks.finished(facts, adm.token, result)
+                late = await self.hooks.finished(facts, adm.token, result)
             except Exception:  # a broken hook must not lose the audit record
                 log.exception("statement hook failed")
         info = adm.statements[stmt.index] if stmt.index < len(adm.statements) else _NO_INFO
@@ -89,6 +93,8 @@ class Recorder:
         duration = stmt.duration
         extra = {k: v for k, v in adm.audit.items() if k != "groups"} if adm.audit else {}
         extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
+        if late:  # detectors that judged what the statement did (a new list: adm.audit is shared)
+            extra["detectors"] = [*extra.get("detectors", ()), *late]
         if stmt.subjects:  # the ledger: whose rows it received or searched for (docs/ledger.md)
             extra["subjects"] = stmt.subjects.field()
         if len(info) > len(_INFO_KEYS & info.keys()):

@@ -149,7 +149,7 @@ class Service:
         s = self.settings
         catalog = await self.catalogs.ensure(self.catalogs.default) or Catalog()
         store = make_store(s.redis_url, fail_closed=s.redis_fail_closed)
-        guard = Guard(self.rules, store, catalog)
+        guard = Guard(self.rules, store, catalog, ledger_key=s.ledger_secret)
         salt = s.hash_salt.get_secret_value() if s.hash_salt else None
         self.enforcer = Enforcer(
             self.rules, catalog, guard, hash_salt=salt, on_ddl=self._ddl, catalogs=self.catalogs

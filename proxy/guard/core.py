@@ -11,11 +11,17 @@ The guard takes the `extraction:` entries matching the session's identity and
   racing can overshoot by more than one statement's rows; `throttle` delays
   the statement and, once a stream runs past the budget, paces it (`pace`)
   at the budget spread over its window; `log` only reports;
-- detectors: each `detect:` entry looks at the statement and history.
+- detectors: each `detect:` entry looks at the statement and history;
+- ledger detectors (coverage, restricted_lookup; ledger.py) judge what a
+  statement received or searched for, in `finished`; here, before a
+  statement, only whether an earlier hit of theirs still stands, which
+  refuses it (`block`) or delays it (`throttle`).
 
-`finished` accounts the real rows and bytes into the budgets. `pace` also
-flushes running totals every FLUSH_INTERVAL seconds, so other instances see
-a long stream's rows while it is still going.
+`finished` accounts the real rows and bytes into the budgets, runs the
+ledger detectors on the statement's subject tally and returns their hits
+for its audit record. `pace` also flushes running totals every
+FLUSH_INTERVAL seconds, so other instances see a long stream's rows while
+it is still going.
 
 A token is per execution: a simple Query is admitted once, and each run of
 a prepared statement or cursor (protocol Execute, EXECUTE, FETCH) is
@@ -35,12 +41,15 @@ from typing import Any, Literal
 
 from proxy.catalog import Catalog
 from proxy.errors import Blocked, ProxyError, VolumeLimit
+from proxy.guard import ledger
 from proxy.guard.detectors import Hit, SizeEstimator, StatementFacts, detect, reason
 from proxy.guard.limits import ExtractionSpec, spec_from_entry
 from proxy.guard.shaping import Caps, Pacer, budget_figures, throttle_delay
 from proxy.guard.store import BudgetLimits, Store, StoreUnavailable, state_key
-from proxy.hooks import StreamLimits
+from proxy.hooks import StatementResult, StreamLimits
 from proxy.identity import SessionFacts
+from proxy.ledger.hashing import DEFAULT_KEY
+from proxy.ledger.tally import Tally
 from proxy.rules import RuleSet
 
 log = logging.getLogger("oversight.guard")
@@ -85,6 +94,7 @@ class GuardToken:
     flushed_bytes: int = 0
     last_flush: float = 0.0
     dry_caps: list[ExtractionSpec] = field(default_factory=list)
+    ledger: list[ExtractionSpec] = field(default_factory=list)  # judged in `finished`
 
 
 class Guard:
@@ -97,9 +107,13 @@ class Guard:
         catalog: Catalog | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        ledger_key: bytes = DEFAULT_KEY,
     ) -> None:
+        """`ledger_key`: the subject ledger's HMAC key (Settings.ledger_secret), which
+        restricted_lookup entries hash their keys with."""
         self.store = store
         self.clock = clock
+        self.ledger_key = ledger_key
         self._rules = rules
         self._sizes = SizeEstimator(catalog)
         self._specs: dict[int, ExtractionSpec] = {}
@@ -116,7 +130,7 @@ class Guard:
         for entry in self._rules.matching_extraction(facts):
             spec = self._specs.get(id(entry))
             if spec is None:
-                spec = spec_from_entry(entry, self._rules.defaults.mode)
+                spec = spec_from_entry(entry, self._rules.defaults.mode, self.ledger_key)
                 self._specs[id(entry)] = spec
             out.append(spec)
         return out
@@ -158,6 +172,22 @@ class Guard:
             (dry_caps if spec.dry_run else cap_specs).append(spec)
         for spec in cap_specs:
             caps.offer(spec.id, spec.max_rows_per_query, spec.max_bytes_per_query)
+        ledger_specs = [s for s in specs if s.ledger]
+        # A standing ledger hit refuses before any budget is charged.
+        for spec in ledger_specs:
+            if spec.action == "log":
+                continue
+            hit = await ledger.standing(
+                spec, facts.user, self.store, self._sizes, self._table(spec), now
+            )
+            if hit is None:
+                continue
+            hits.append(hit)
+            if hit.dry_run:
+                continue
+            if hit.action == "block":
+                return self._finish(adm, hits, "block", Blocked(spec.id, ledger.reason(hit)))
+            adm.delay = max(adm.delay, min(spec.delay, spec.max_delay))
         # Enforcing budgets first: if one refuses, the others are not charged.
         for spec in sorted(specs, key=lambda s: not _enforces(s)):
             if not spec.has_budget:
@@ -168,7 +198,7 @@ class Guard:
                 return self._finish(adm, hits, "block", refused)
             budgets.append(budget)
         for spec in specs:
-            if spec.detect is None:
+            if spec.detect is None or spec.ledger:
                 continue
             for stmt in statements:
                 hit = await detect(spec, stmt, facts.user, self.store, self._sizes, now)
@@ -191,7 +221,7 @@ class Guard:
             adm.paced = True
             if adm.limits is None:
                 adm.limits = StreamLimits()
-        if budgets or pacers or dry_caps:
+        if budgets or pacers or dry_caps or ledger_specs:
             adm.token = GuardToken(
                 facts.user,
                 budgets,
@@ -199,6 +229,7 @@ class Guard:
                 max(s.max_delay for s in specs),
                 last_flush=now,
                 dry_caps=dry_caps,
+                ledger=ledger_specs,
             )
         throttled = adm.delay > 0 or bool(pacers)
         return self._finish(adm, hits, "throttle" if throttled else "allow", None)
@@ -275,12 +306,20 @@ class Guard:
             wait = max(wait, pacer.wait(now, rows, nbytes))
         return min(wait, token.max_pause)
 
-    async def finished(self, facts: SessionFacts, token: Any, result: Any) -> None:
-        """Account what the statement really produced (StatementResult rows/bytes)."""
+    def _table(self, spec: ExtractionSpec) -> str | None:
+        """The subject table a coverage share is of (None: the subject is gone)."""
+        subject = self._rules.subject(spec.subject) if spec.subject else None
+        return subject.table if subject is not None else None
+
+    async def finished(
+        self, facts: SessionFacts, token: Any, result: StatementResult
+    ) -> list[dict[str, Any]]:
+        """Account what the statement really produced; return the ledger detectors' hits."""
         if not isinstance(token, GuardToken):
-            return
+            return []
         rows, nbytes = int(result.rows), int(result.bytes)
-        await self._flush(token, rows, nbytes, self.clock())
+        now = self.clock()
+        await self._flush(token, rows, nbytes, now)
         token.flushed_rows = token.flushed_bytes = 0  # a suspended portal's next Execute
         for spec in token.dry_caps:
             rows_cap, bytes_cap = spec.max_rows_per_query, spec.max_bytes_per_query
@@ -296,6 +335,27 @@ class Guard:
                 )
         for pacer in token.pacers:
             pacer.crossed_at = None  # a suspended portal's next Execute starts its own pace
+        if not token.ledger or not result.subjects:
+            return []
+        return await self._ledger(token, result.subjects, now)
+
+    async def _ledger(self, token: GuardToken, tally: Tally, now: float) -> list[dict[str, Any]]:
+        hits: list[dict[str, Any]] = []
+        for spec in token.ledger:
+            try:
+                hit = await ledger.after(
+                    spec, token.user, tally, self.store, self._sizes, self._table(spec), now
+                )
+            except StoreUnavailable as exc:
+                # The statement has run; the next one is refused by the fail-closed store.
+                log.error("guard: could not record subjects for %s: %s", spec.id, exc)
+                hits.append({"rule": spec.id, "store": "unavailable"})
+                continue
+            if hit is not None:
+                hits.append(hit.record())
+        if hits and self.store.degraded:
+            hits.append({"store": "degraded"})
+        return hits
 
     async def _flush(self, token: GuardToken, rows: int, nbytes: int, now: float) -> None:
         """Push what streamed since the last flush into every budget."""

@@ -12,6 +12,11 @@ Thresholds: `min_rows` (unfiltered_scan), `max_pages` (paging_scan) and
 `max_distinct` (enumeration), or the generic `threshold`. A detector fires
 when the count reaches the threshold (the 20th distinct page, the 50th
 distinct lookup).
+
+The ledger detectors (coverage, restricted_lookup; ledger.py) keep their
+subject id and, for restricted_lookup, the ledger hashes of the restricted
+keys: the keys are hashed here, once per rule set, and the spec never holds
+them in plaintext.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.ledger.hashing import DEFAULT_KEY, subject_hash
 from proxy.rules import ExtractionRule, Mode
+from proxy.rules.model import LEDGER_DETECTORS, DetectorName
 
 GuardAction = Literal["log", "throttle", "block"]
-Detector = Literal["copy_out", "unfiltered_scan", "paging_scan", "enumeration"]
-DETECTORS: tuple[Detector, ...] = ("copy_out", "unfiltered_scan", "paging_scan", "enumeration")
+Detector = DetectorName
+How = Literal["looked_up", "seen"]
 
 # Thresholds a detector entry may override (DESIGN.md leaves them to "sensible defaults").
 DEFAULT_MIN_TABLE_ROWS = 100_000  # unfiltered_scan: planner estimate that counts as large
 DEFAULT_MIN_PAGES = 20  # paging_scan: distinct pages of one fingerprint in the window
 DEFAULT_MIN_DISTINCT = 50  # enumeration: distinct literal sets of one fingerprint
 DEFAULT_DETECTOR_WINDOW = 3600.0
+DEFAULT_COVERAGE_WINDOW = 7 * 86400.0  # coverage: a slow harvest spread over days
+DEFAULT_RESTRICTED_WINDOW = 30 * 86400.0  # restricted_lookup: "first time" means in 30 days
 DEFAULT_THROTTLE_DELAY = 1.0  # seconds a throttling detector holds each statement back
 DEFAULT_MAX_DELAY = 30.0  # the longest a throttled statement waits before it runs
 
@@ -59,6 +68,18 @@ class ExtractionSpec:
     min_pages: int = DEFAULT_MIN_PAGES
     min_distinct: int = DEFAULT_MIN_DISTINCT
     delay: float = DEFAULT_THROTTLE_DELAY
+    # Ledger detectors: the subject, coverage's share of its table (of `of` rows
+    # when given, else the planner's estimate), restricted keys' hashes.
+    subject: str | None = None
+    share: float | None = None
+    of: int | None = None
+    restricted: frozenset[str] = frozenset()
+    how: tuple[How, ...] = ("looked_up", "seen")
+
+    @property
+    def ledger(self) -> bool:
+        """Does this entry's detector work after the statement, from its subjects?"""
+        return self.detect in LEDGER_DETECTORS
 
     @property
     def has_budget(self) -> bool:
@@ -68,7 +89,13 @@ class ExtractionSpec:
 
     @property
     def detector_window(self) -> float:
-        return self.window if self.window is not None else DEFAULT_DETECTOR_WINDOW
+        if self.window is not None:
+            return self.window
+        if self.detect == "coverage":
+            return DEFAULT_COVERAGE_WINDOW
+        if self.detect == "restricted_lookup":
+            return DEFAULT_RESTRICTED_WINDOW
+        return DEFAULT_DETECTOR_WINDOW
 
     def row_rate(self) -> float | None:
         """Rows per second a throttled stream is aimed at, or None when rows are not limited."""
@@ -86,12 +113,18 @@ class ExtractionSpec:
         return None
 
 
-def spec_from_entry(entry: ExtractionRule, default_mode: Mode = "enforce") -> ExtractionSpec:
+def spec_from_entry(
+    entry: ExtractionRule, default_mode: Mode = "enforce", ledger_key: bytes = DEFAULT_KEY
+) -> ExtractionSpec:
     """Build an ExtractionSpec from a validated `extraction:` entry.
 
-    An entry without its own `mode` follows `defaults.mode` (`default_mode`).
+    An entry without its own `mode` follows `defaults.mode` (`default_mode`);
+    restricted keys are hashed under `ledger_key`, as the tally hashes keys.
     """
     threshold = entry.threshold
+    restricted = frozenset(
+        subject_hash(ledger_key, entry.subject, k) for k in entry.keys or () if entry.subject
+    )
     return ExtractionSpec(
         id=entry.id,
         action=entry.action,
@@ -106,6 +139,11 @@ def spec_from_entry(entry: ExtractionRule, default_mode: Mode = "enforce") -> Ex
         min_table_rows=_first(entry.min_rows, threshold, DEFAULT_MIN_TABLE_ROWS),
         min_pages=max(_first(entry.max_pages, threshold, DEFAULT_MIN_PAGES), 1),
         min_distinct=max(_first(entry.max_distinct, threshold, DEFAULT_MIN_DISTINCT), 1),
+        subject=entry.subject,
+        share=entry.share,
+        of=entry.of,
+        restricted=restricted,
+        how=tuple(entry.how) if entry.how else ("looked_up", "seen"),
     )
 
 

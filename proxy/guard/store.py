@@ -7,10 +7,17 @@ guard talks to either through this protocol only.
 Budgets are sliding windows made of fixed sub-buckets (windows.py). The
 check-and-count of a new statement is one atomic step (`admit`), so two
 instances racing on the last unit of a budget cannot both take it.
+
+The subject-ledger detectors (ledger.py) keep two more kinds of history:
+`first_seen` (which of a few members are new to the window: restricted
+subjects) and `cover` (about how many distinct members the window holds:
+coverage, a HyperLogLog per bucket, hll.py). Both take a statement's
+members in one call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -128,6 +135,21 @@ class Store(Protocol):
 
     async def seen(self, key: str, member: str, window: float, now: float) -> int:
         """Record `member` as seen now; return how many distinct members the window holds."""
+        ...
+
+    async def first_seen(
+        self, key: str, members: Sequence[str], window: float, now: float
+    ) -> tuple[int, list[str]]:
+        """Record `members` as seen now (none: only look).
+
+        Returns (distinct members the window holds afterwards, those of
+        `members` it did not hold before: first sightings), capped at MAX_MEMBERS.
+        """
+        ...
+
+    async def cover(self, key: str, members: Sequence[str], window: float, now: float) -> int:
+        """Add `members` to the window's sketch (none: only look); about how many distinct
+        members it holds (HyperLogLog, 0.81% standard error)."""
         ...
 
     async def put_cancel_key(self, key: CancelKey, target: dict[str, Any], ttl: float) -> None: ...

@@ -8,10 +8,12 @@ also what a RedisStore falls back to while Redis is unreachable.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from proxy.guard.hll import WindowSketch
 from proxy.guard.store import MAX_MEMBERS, BudgetLimits, CancelKey, Usage, cancel_key_name
-from proxy.guard.windows import Counters, bucket_ms
+from proxy.guard.windows import Counters, bucket_ms, coverage_bucket_ms
 
 # Sweep idle keys every this many writes, so abandoned users' state does not pile up.
 _SWEEP_EVERY = 4096
@@ -23,6 +25,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._counters: dict[str, tuple[Counters, float]] = {}  # key -> (counters, window)
         self._seen: dict[str, tuple[dict[str, float], float]] = {}  # key -> (member->t, window)
+        self._sketches: dict[str, tuple[WindowSketch, float]] = {}  # key -> (sketch, window)
         self._touched: dict[str, float] = {}  # key -> last write (guard clock)
         self._cancel: dict[str, tuple[dict[str, Any], float]] = {}
         self._writes = 0
@@ -46,11 +49,19 @@ class MemoryStore:
 
     def _sweep(self, now: float) -> None:
         for key, last in list(self._touched.items()):
-            window = (self._counters.get(key) or self._seen.get(key) or (None, 0.0))[1]
-            if now - last > window + bucket_ms(window) / 1000:
+            window = max(
+                (
+                    e[1]
+                    for e in (self._counters.get(key), self._seen.get(key), self._sketches.get(key))
+                    if e is not None
+                ),
+                default=0.0,
+            )
+            if now - last > window + max(bucket_ms(window), coverage_bucket_ms(window)) / 1000:
                 self._touched.pop(key, None)
                 self._counters.pop(key, None)
                 self._seen.pop(key, None)
+                self._sketches.pop(key, None)
 
     async def admit(
         self,
@@ -82,18 +93,43 @@ class MemoryStore:
         return Usage(*entry[0].totals(now, window)) if entry else Usage()
 
     async def seen(self, key: str, member: str, window: float, now: float) -> int:
-        members = self._seen.setdefault(key, ({}, window))[0]
-        self._seen[key] = (members, window)
+        count, _ = await self.first_seen(key, (member,), window, now)
+        return count
+
+    async def first_seen(
+        self, key: str, members: Sequence[str], window: float, now: float
+    ) -> tuple[int, list[str]]:
+        held = self._seen.setdefault(key, ({}, window))[0]
+        self._seen[key] = (held, window)
         # Members stay in last-seen order, so expiry and the size cap pop from the front.
-        members.pop(member, None)
-        members[member] = now
-        while members:
-            oldest = next(iter(members))
-            if members[oldest] > now - window and len(members) <= MAX_MEMBERS:
-                break
-            del members[oldest]
-        self._touch(key, now)
-        return len(members)
+        while held and held[next(iter(held))] <= now - window:
+            del held[next(iter(held))]
+        new = [m for m in dict.fromkeys(members) if m not in held]
+        for member in members:
+            held.pop(member, None)
+            held[member] = now
+        while len(held) > MAX_MEMBERS:
+            del held[next(iter(held))]
+        if members:
+            self._touch(key, now)
+        elif not held:
+            del self._seen[key]  # a look at nothing leaves nothing behind
+        return len(held), new
+
+    async def cover(self, key: str, members: Sequence[str], window: float, now: float) -> int:
+        entry = self._sketches.get(key)
+        if entry is None:
+            if not members:
+                return 0
+            entry = (WindowSketch(), window)
+        sketch = entry[0]
+        self._sketches[key] = (sketch, window)
+        width, now_ms = coverage_bucket_ms(window), int(now * 1000)
+        sketch.prune(now_ms, int(window * 1000), width)
+        if members:
+            sketch.add(now_ms - now_ms % width, members)
+            self._touch(key, now)
+        return sketch.count()
 
     async def put_cancel_key(self, key: CancelKey, target: dict[str, Any], ttl: float) -> None:
         now = time.monotonic()

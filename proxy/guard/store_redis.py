@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -38,7 +38,7 @@ from proxy.guard.store import (
     encode_target,
 )
 from proxy.guard.store_memory import MemoryStore
-from proxy.guard.windows import bucket_ms
+from proxy.guard.windows import bucket_ms, coverage_bucket_ms
 
 log = logging.getLogger("oversight.guard")
 
@@ -107,6 +107,53 @@ return n
 """
 )
 
+# First sightings (restricted subjects): a sorted set of member -> last seen, as _SEEN.
+# ARGV: window_ms, width_ms (unused), now_ms, max_members, members...
+_FIRST = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local new = {}
+for i = 5, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then new[#new + 1] = ARGV[i] end
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+end
+local n = redis.call('ZCARD', KEYS[1])
+local cap = tonumber(ARGV[4])
+if n > cap then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
+  n = cap
+end
+if #ARGV >= 5 then redis.call('PEXPIRE', KEYS[1], window) end
+return {n, new}
+"""
+)
+
+# Coverage: one HyperLogLog per bucket, named KEYS[1] .. ':' .. bucket start, so one
+# statement's members are one PFADD and the count one PFCOUNT over the live buckets
+# (their union). KEYS[1] carries a {hash tag}: every bucket lives in its slot.
+# ARGV: window_ms, width_ms, now_ms, members...
+_COVER = (
+    _NOW
+    + """
+if #ARGV >= 4 then
+  local cur = KEYS[1] .. ':' .. start
+  for i = 4, #ARGV, 1000 do
+    redis.call('PFADD', cur, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('PEXPIRE', cur, window + width)
+end
+local names = {}
+local s = now - window
+s = s - s % width
+while s <= now do
+  names[#names + 1] = KEYS[1] .. ':' .. string.format('%d', s)
+  s = s + width
+end
+return redis.call('PFCOUNT', unpack(names))
+"""
+)
+
 _DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
@@ -140,6 +187,8 @@ class RedisStore:
         )
         self._budget = self._redis.register_script(_BUDGET)
         self._seen = self._redis.register_script(_SEEN)
+        self._first = self._redis.register_script(_FIRST)
+        self._cover = self._redis.register_script(_COVER)
         self._fallback = MemoryStore()
         self._down_since: float | None = None
         self._last_try = 0.0
@@ -271,6 +320,35 @@ class RedisStore:
             return int(res)
 
         return await self._run(op, lambda: self._fallback.seen(key, member, window, now))
+
+    async def first_seen(
+        self, key: str, members: Sequence[str], window: float, now: float
+    ) -> tuple[int, list[str]]:
+        unique = list(dict.fromkeys(members))
+
+        async def op() -> tuple[int, list[str]]:
+            res = await self._first(
+                keys=[self._k("first", key)],
+                args=[int(window * 1000), 0, self._now_ms(now), MAX_MEMBERS, *unique],
+            )
+            return int(res[0]), [m.decode() if isinstance(m, bytes) else str(m) for m in res[1]]
+
+        return await self._run(op, lambda: self._fallback.first_seen(key, unique, window, now))
+
+    async def cover(self, key: str, members: Sequence[str], window: float, now: float) -> int:
+        async def op() -> int:
+            res = await self._cover(
+                keys=[self._k("cover", "{" + key + "}")],
+                args=[
+                    int(window * 1000),
+                    coverage_bucket_ms(window),
+                    self._now_ms(now),
+                    *members,
+                ],
+            )
+            return int(res)
+
+        return await self._run(op, lambda: self._fallback.cover(key, members, window, now))
 
     async def put_cancel_key(self, key: CancelKey, target: dict[str, Any], ttl: float) -> None:
         name = self._k("cancel", cancel_key_name(key))

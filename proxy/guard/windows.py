@@ -55,3 +55,14 @@ class Counters:
         cell[0] += queries
         cell[1] += rows
         cell[2] += nbytes
+
+
+# The coverage detector's windows are days long and each of its buckets is a
+# HyperLogLog sketch (hll.py, or one Redis key): fewer, wider buckets bound its
+# memory (at most COVERAGE_BUCKETS + 1 sketches of 16 KiB per user and rule) at
+# the price of remembering up to one bucket (1/12 of the window) too long.
+COVERAGE_BUCKETS = 12
+
+
+def coverage_bucket_ms(window: float) -> int:
+    return max(int(window * 1000) // COVERAGE_BUCKETS, 1)

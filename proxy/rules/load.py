@@ -191,6 +191,12 @@ def load_rules(path: str | Path, source_attributes: Iterable[str] = ()) -> RuleS
         problems += subject_problems(rs.sources.get(subj.id, "?"), [subj], [], subject_ids)
     for can in rs.canaries:
         problems += subject_problems(rs.sources.get(can.id, "?"), [], [can], subject_ids)
+    for ext in rs.extraction:
+        if ext.subject is not None and ext.subject not in subject_ids:
+            problems.append(
+                f"{rs.sources.get(ext.id, '?')}: rule {ext.id}: subject: no subject"
+                f" {ext.subject!r} (known: {', '.join(sorted(subject_ids)) or 'none'})"
+            )
     known = rs.known_attributes | set(source_attributes)
     for fname, rules in file_rules:
         problems += static_problems(fname, rules, known)

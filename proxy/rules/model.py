@@ -305,6 +305,30 @@ class FunctionRule(RuleModel):
         return any(p.fullmatch(qualified) for p in self._patterns)
 
 
+# Before the statement (its text and the user's history) ...
+STATEMENT_DETECTORS = ("copy_out", "unfiltered_scan", "paging_scan", "enumeration")
+# ... and after it, from its subject-ledger tally (proxy/guard/ledger.py).
+LEDGER_DETECTORS = ("coverage", "restricted_lookup")
+DETECTORS = (*STATEMENT_DETECTORS, *LEDGER_DETECTORS)
+DetectorName = Literal[
+    "copy_out", "unfiltered_scan", "paging_scan", "enumeration", "coverage", "restricted_lookup"
+]
+
+
+def _key_list(v: Any) -> Any:
+    """Restricted subject keys as text, the way the ledger hashes them (`42`, not 42)."""
+    if v is None:
+        return v
+    if not isinstance(v, list):
+        raise ValueError("keys: a list of subject keys")
+    out = []
+    for k in v:
+        if isinstance(k, bool) or not isinstance(k, str | int):
+            raise ValueError(f"keys: {k!r} is not a subject key (a string or an integer)")
+        out.append(str(k))
+    return out
+
+
 class ExtractionRule(RuleModel):
     """Limits and detectors the extraction guard enforces on result streams."""
 
@@ -318,12 +342,18 @@ class ExtractionRule(RuleModel):
     max_bytes: Size | None = Field(default=None, ge=0)
     max_queries: int | None = Field(default=None, ge=0)
     action: Literal["log", "throttle", "block"] = "block"
-    detect: Literal["copy_out", "unfiltered_scan", "paging_scan", "enumeration"] | None = None
+    detect: DetectorName | None = None
     # Detector thresholds (all optional; the guard has its own defaults):
     min_rows: int | None = Field(default=None, ge=0)  # unfiltered_scan: table size worth flagging
     max_pages: int | None = Field(default=None, ge=1)  # paging_scan: pages of one query per window
     max_distinct: int | None = Field(default=None, ge=1)  # enumeration: distinct literals/window
     threshold: int | None = Field(default=None, ge=0)  # generic threshold for any detector
+    # The subject-ledger detectors (coverage, restricted_lookup; docs/rules.md):
+    subject: str | None = None  # a `subjects:` id
+    share: float | None = Field(default=None, gt=0, le=1)  # coverage: fraction of the table
+    of: int | None = Field(default=None, ge=1)  # coverage: the table's size, instead of reltuples
+    keys: Annotated[list[str] | None, BeforeValidator(_key_list)] = None  # restricted subjects
+    how: list[Literal["looked_up", "seen"]] | None = None  # restricted_lookup: which tally lists
     mode: Mode | None = None
 
     @model_validator(mode="after")
@@ -331,6 +361,37 @@ class ExtractionRule(RuleModel):
         budgets = (self.max_rows, self.max_bytes, self.max_queries)
         if any(b is not None for b in budgets) and self.window is None:
             raise ValueError("max_rows/max_bytes/max_queries need a window (e.g. window: 1h)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_ledger(self) -> ExtractionRule:
+        """The ledger detectors' keys belong to them alone, and each needs its own."""
+        d = self.detect
+        if d not in LEDGER_DETECTORS:
+            for name in ("subject", "share", "of", "keys", "how"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only for detect: coverage or restricted_lookup")
+            return self
+        if self.subject is None:
+            raise ValueError(f"detect: {d} needs subject: <a subjects: id>")
+        caps = (self.max_rows_per_query, self.max_bytes_per_query)
+        budgets = (self.max_rows, self.max_bytes, self.max_queries)
+        if any(v is not None for v in (*caps, *budgets)):
+            raise ValueError(f"detect: {d} is an entry of its own: put caps and budgets apart")
+        if d == "coverage":
+            if self.share is None:
+                raise ValueError("detect: coverage needs share: (e.g. 0.2 of the subject table)")
+            if self.keys is not None or self.how is not None:
+                raise ValueError("keys/how: only for detect: restricted_lookup")
+        else:
+            if not self.keys:
+                raise ValueError("detect: restricted_lookup needs keys: [the restricted subjects]")
+            if self.share is not None or self.of is not None:
+                raise ValueError("share/of: only for detect: coverage")
+            if self.action == "throttle":
+                raise ValueError("detect: restricted_lookup: action is log or block")
+            if self.how is not None and not self.how:
+                raise ValueError("how: name looked_up, seen or both")
         return self
 
 
@@ -351,7 +412,7 @@ class RuleTest(RuleModel):
 
 
 ALERT_DECISIONS = ("block", "cutoff", "throttle")
-ALERT_DETECTORS = ("copy_out", "unfiltered_scan", "paging_scan", "enumeration")
+ALERT_DETECTORS = DETECTORS
 
 
 class AlertWhen(RuleModel):
@@ -361,9 +422,7 @@ class AlertWhen(RuleModel):
     """
 
     decisions: list[Literal["block", "cutoff", "throttle"]] = Field(default_factory=list)
-    detectors: list[Literal["copy_out", "unfiltered_scan", "paging_scan", "enumeration"]] = Field(
-        default_factory=list
-    )
+    detectors: list[DetectorName] = Field(default_factory=list)
     canaries: bool = False
 
     @model_validator(mode="after")

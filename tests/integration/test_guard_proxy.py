@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ class GuardHooks(Enforcer):
         super().__init__(rules, Catalog(), guard)
         self.results: list[StatementResult] = []
 
-    async def finished(self, facts: SessionFacts, token: Any, result: StatementResult) -> None:
+    async def finished(
+        self, facts: SessionFacts, token: Any, result: StatementResult
+    ) -> Sequence[dict[str, Any]]:
         self.results.append(result)
-        await super().finished(facts, token, result)
+        return await super().finished(facts, token, result)
 
 
 OPEN = Defaults(unparsed="allow", statements=["all"])
