@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from proxy.commands.subjectvalues import lookup_values
 from proxy.reports.api import ReportConfig, run_subject, run_user
 from proxy.reports.errors import ReportError
 from proxy.reports.render_html import subject_html, user_html
@@ -53,6 +54,12 @@ def add_arguments(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("subject", help="a subject id of the rule files (e.g. person)")
     s.add_argument("key", nargs="?", default=None, help="the subject's key (e.g. 42)")
     s.add_argument("--by-lookup", metavar="COLUMN=VALUE", help="a search value on a lookup column")
+    s.add_argument(
+        "--no-resolve",
+        action="store_true",
+        help="with KEY: do not read the subject's lookup values (SSN, name...) from the"
+        " upstream to find searches by them",
+    )
     s.add_argument("--since", default="30d", help="age (30d, 12h) or RFC 3339 time; 'all'")
     s.add_argument("--rules", default=None, help="default: the rules setting")
     s.add_argument(
@@ -127,7 +134,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = _config(args, settings)
         if args.report_command == "subject":
-            return _subject(args, config)
+            return _subject(args, config, settings)
         return _user(args, config)
     except ReportError as e:
         print(f"oversight: {e}", file=sys.stderr)
@@ -141,8 +148,35 @@ def _write_html(path: str, page: str) -> None:
         raise ReportError(f"--html {path}: {e.strerror or e}") from None
 
 
-def _subject(args: argparse.Namespace, config: ReportConfig) -> int:
-    lines = run_subject(config, args.subject, args.key, args.by_lookup, _since(args.since))
+def _also(
+    args: argparse.Namespace, config: ReportConfig, settings: Settings
+) -> list[tuple[str, str]]:
+    """The subject's lookup values for a KEY report, when the upstream can tell."""
+    rule = config.rules().subject(args.subject)
+    if args.key is None or args.no_resolve or rule is None or not rule.lookups:
+        return []
+    if not settings.upstream:
+        print(
+            f"oversight: no upstream configured: searches for {args.subject} by"
+            f" {', '.join(rule.lookups)} are not included",
+            file=sys.stderr,
+        )
+        return []
+    try:
+        return lookup_values(settings.upstream, rule, args.key)
+    except Exception as e:  # the report still answers for the key itself
+        reason = getattr(e, "message", None) or str(e) or type(e).__name__
+        print(
+            f"oversight: could not read {rule.table} ({reason}): searches for"
+            f" {args.subject} by {', '.join(rule.lookups)} are not included",
+            file=sys.stderr,
+        )
+        return []
+
+
+def _subject(args: argparse.Namespace, config: ReportConfig, settings: Settings) -> int:
+    also = _also(args, config, settings)
+    lines = run_subject(config, args.subject, args.key, args.by_lookup, _since(args.since), also)
     how = f"key {args.key}" if args.key is not None else args.by_lookup
     title = f"Disclosures of {args.subject} {how} since {args.since}"
     if args.html:

@@ -9,7 +9,7 @@ on a thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -54,9 +54,16 @@ def run_subject(
     key: str | None,
     lookup: str | None,
     since: str | None,
+    also: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, Any]]:
-    """Lines of `report subject` (ReportError for a bad subject, column or since)."""
+    """Lines of `report subject` (ReportError for a bad subject, column or since).
+
+    `also`: with a KEY, the subject's values in its `lookups` columns, so
+    searches for it by those count too (see `lookup_values`).
+    """
     search = search_for(config.rules(), subject, key, lookup)
+    if also and search.by_key:
+        search = replace(search, also=tuple(also))
     cutoff = since_ts(since, config.now() if config.now else None)
     files = resolve(config.audit)
     with Source(files, config.threads) as source:

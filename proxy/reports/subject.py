@@ -11,7 +11,10 @@ on those hashes:
 - a subject KEY matches `seen` hashes, and `looked_up` entries on the key
   column or a `via` column (a key searched for hashes like a key read);
 - `--by-lookup COLUMN=VALUE` matches `looked_up` entries on that `lookups`
-  column, whose hashes name the column too.
+  column, whose hashes name the column too;
+- a KEY search may carry the subject's own lookup values (`also`: its SSN,
+  its name, read from the subject table by the CLI), so a search for the
+  person by SSN is found under the person's key.
 
 DuckDB does the matching: a cheap text test on the raw `subjects` JSON picks
 the few candidate records out of millions, and only those are taken apart.
@@ -51,6 +54,8 @@ class SubjectSearch:
     value: str
     column: str  # "" for a key (how the ledger hashes keys), else the lookups column
     columns: tuple[str, ...]  # `looked_up` columns that count as a search for it
+    # A key search: the subject's values in its `lookups` columns, (column, value).
+    also: tuple[tuple[str, str], ...] = ()
 
     @property
     def by_key(self) -> bool:
@@ -61,6 +66,12 @@ class SubjectSearch:
         return list(
             dict.fromkeys(subject_hash(k, self.subject, self.value, self.column) for k in keys)
         )
+
+    def pairs(self, keys: Sequence[bytes]) -> list[str]:
+        """`column|hash` of every `looked_up` entry that is a search for the subject."""
+        own = [f"{c}|{h}" for c in self.columns for h in self.hashes(keys)]
+        also = [f"{c}|{subject_hash(k, self.subject, v, c)}" for c, v in self.also for k in keys]
+        return list(dict.fromkeys(own + also))
 
     def describe(self) -> str:
         """The search without its value (which is never printed or logged)."""
@@ -109,11 +120,13 @@ def subject_report(
     `since` is an audit timestamp (RFC 3339, UTC, as the log writes it).
     """
     hashes = search.hashes(keys)
-    params: dict[str, Any] = {f"h{i}": h for i, h in enumerate(hashes)}
+    pairs = search.pairs(keys)
+    wanted = list(dict.fromkeys(hashes + [p.split("|", 1)[1] for p in pairs]))
+    params: dict[str, Any] = {f"h{i}": h for i, h in enumerate(wanted)}
     params |= {
         "subject": search.subject,
         "hashes": hashes,
-        "columns": list(search.columns),
+        "pairs": pairs,
         "by_key": search.by_key,
         "since": since,
     }
@@ -124,7 +137,7 @@ def subject_report(
         FROM {{audit}}
         WHERE event = 'statement' AND subjects IS NOT NULL
           AND ($since IS NULL OR ts >= $since)
-          AND ({_candidates(len(hashes))})
+          AND ({_candidates(len(wanted))})
     ), lookups AS (
         SELECT *, unnest(s.looked_up) AS e FROM cand
     )
@@ -134,7 +147,7 @@ def subject_report(
     UNION ALL
     SELECT ts, "user", session, purpose, 'looked_up' AS how, e."column",
            fingerprint, sql, decision, rows
-    FROM lookups WHERE list_contains($hashes, e.hash) AND list_contains($columns, e."column")
+    FROM lookups WHERE list_contains($pairs, e."column" || '|' || e.hash)
     ORDER BY ts, session, how DESC, "column"
     """
     return source.rows(sql, params)

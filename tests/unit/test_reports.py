@@ -95,6 +95,21 @@ def test_subject_by_lookup_matches_that_column_only(logs: dict[str, Path]) -> No
     )
 
 
+def test_a_key_search_with_the_subjects_own_lookup_values_finds_searches_by_them(
+    logs: dict[str, Path],
+) -> None:
+    """`report subject person 42` with 42's SSN read from the warehouse finds bob's search."""
+    cfg = config(both(logs))
+    by_key = who(run_subject(cfg, "person", "42", None, None))
+    assert ("bob", "looked_up", "ssn") not in by_key
+    also = [("ssn", "123-45-6789"), ("phone", "555-0100")]
+    with_values = who(run_subject(cfg, "person", "42", None, None, also))
+    assert sorted(with_values) == sorted([*by_key, ("bob", "looked_up", "ssn")])
+    # The value counts only on its own column: the SSN given as a name finds nothing more.
+    wrong = who(run_subject(cfg, "person", "42", None, None, [("full_name", "123-45-6789")]))
+    assert sorted(wrong) == sorted(by_key)
+
+
 def test_since_leaves_out_older_records(logs: dict[str, Path]) -> None:
     cfg = config(both(logs))
     lines = run_subject(cfg, "person", "42", None, "2026-11-21T00:00:00Z")
