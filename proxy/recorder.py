@@ -27,6 +27,7 @@ from proxy.hooks import Hooks, StatementResult
 from proxy.identity import SessionFacts
 from proxy.ledger.canaries import Canaries, CanaryHit, Tripwire
 from proxy.ledger.statement import statement_tally
+from proxy.redact import redact_error
 from proxy.statement import StatementRecord
 
 log = logging.getLogger("oversight.audit")
@@ -104,9 +105,11 @@ class Recorder:
         sql = str(info.get("sql", stmt.plan.sql))
         redacted = info.get("redacted")
         rewritten = adm.sql if adm.sql is not None and adm.sql != stmt.plan.sql else None
+        error = stmt.error
         if self.redact:
             sql = str(redacted) if redacted is not None else _redacted(sql)
             rewritten = _redacted(rewritten) if rewritten else rewritten
+            error = redact_error(error)
         duration = stmt.duration
         extra = {k: v for k, v in adm.audit.items() if k != "groups"} if adm.audit else {}
         extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
@@ -137,7 +140,7 @@ class Recorder:
             rows=stmt.rows,
             bytes=stmt.bytes,
             duration_ms=round(duration * 1000, 3),
-            error=stmt.error,
+            error=error,
             purpose=stated(facts),
             extra=extra,
         )

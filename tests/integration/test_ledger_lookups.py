@@ -137,6 +137,10 @@ async def test_a_prepared_ssn_lookup_is_hashed_and_never_written_in_plaintext(
                 "SELECT * FROM ledger_it.people WHERE ssn = %s", (ssn,), prepare=True
             )
             assert len(await cur.fetchall()) == 1
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):  # the server quotes it
+            await conn.execute(f"SELECT * FROM ledger_it.people WHERE id = '{SSN}'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # does not tokenize
+            await conn.execute(f"SELECT * FROM ledger_it.people WHERE ssn = '{SSN}")
     audit = tmp_path / "audit.jsonl"
     mine = [r for r in events(audit) if "ssn = $1" in r["sql"]]
     assert [looked_up(r) for r in mine] == [
