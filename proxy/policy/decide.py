@@ -31,7 +31,7 @@ from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
-from proxy.policy.lookups import Lookup, find, literal_starts
+from proxy.policy.lookups import Lookup, find, literal_starts, touches
 from proxy.policy.rewrite import (
     Masker,
     MissingAttribute,
@@ -299,7 +299,7 @@ def statement(
     bind_colmaps(occs)
     attribute_columns(found.nodes, occs)
     attribute_copy(tree, occs)
-    if piece is not None and ctx.subject_columns:
+    if piece is not None and touches(occs, ctx.subject_columns):
         # Before any rewrite replaces a governed table with its masking subquery.
         starts = literal_starts(piece.tokens, piece.parse_text, piece.base)
         v.lookups = find(found.nodes, occs, ctx.subject_columns, starts)

@@ -118,11 +118,16 @@ def _prefixed(raw: str) -> bool:
     return raw[:2].upper() in ("E'", "N'", "X'", "B'", "U&")
 
 
+def touches(occs: list[Occ], index: SubjectColumns) -> bool:
+    """Does the statement name a table a subject's columns are in? (If not: no lookups.)"""
+    return bool(index) and any(o.qualified in index for o in occs)
+
+
 def find(
     nodes: Nodes, occs: list[Occ], index: SubjectColumns, starts: Mapping[int, int]
 ) -> tuple[Lookup, ...]:
     """Every value the statement compares with a subject's key, via or lookup column."""
-    if not index or not any(o.qualified in index for o in occs):
+    if not touches(occs, index):
         return ()
     r = _Resolver(nodes, occs, index)
     out: dict[Lookup, None] = {}
@@ -350,6 +355,8 @@ def text_form(value: str, typ: str, *, negative: bool = False) -> str | None:
         except ValueError:
             binary = False
     if typ in _INTS:
+        if value.isascii() and value.isdigit():  # the common case, without Decimal
+            return str(-int(value) if negative else int(value))
         if binary:
             return str(int.from_bytes(raw, "big", signed=True)) if len(raw) in (2, 4, 8) else None
         try:
