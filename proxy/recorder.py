@@ -26,7 +26,8 @@ from proxy.errors import AuditUnavailable
 from proxy.hooks import Hooks, StatementResult
 from proxy.identity import SessionFacts
 from proxy.ledger.canaries import Canaries, CanaryHit, Tripwire
-from proxy.ledger.statement import statement_tally
+from proxy.ledger.statement import Looked, statement_tally
+from proxy.ledger.tally import Tally as Subjects
 from proxy.redact import redact_error
 from proxy.statement import StatementRecord
 
@@ -89,10 +90,13 @@ class Recorder:
 
     async def statement(self, facts: SessionFacts, stmt: Running, tally: Tally) -> None:
         adm = stmt.plan.admission
+        # The ledger: whose rows it received (the stream's tally) and whom it searched for.
+        looked = adm.looked_up.get(stmt.index, ()) if adm.looked_up else ()
+        subjects = statement_tally(stmt.subjects, looked)
         late: Sequence[dict[str, Any]] = ()
         if stmt.blocked is None:
             result = StatementResult(
-                stmt.rows, stmt.bytes, stmt.duration, stmt.error, stmt.cutoff, stmt.subjects
+                stmt.rows, stmt.bytes, stmt.duration, stmt.error, stmt.cutoff, subjects
             )
             try:
                 late = await self.hooks.finished(facts, adm.token, result)
@@ -115,11 +119,9 @@ class Recorder:
         extra["client_encoding"] = stmt.plan.encoding  # what the text arrived in
         if late:  # detectors that judged what the statement did (a new list: adm.audit is shared)
             extra["detectors"] = [*extra.get("detectors", ()), *late]
-        if stmt.subjects:  # the ledger: whose rows it received or searched for (docs/ledger.md)
-            extra["subjects"] = stmt.subjects.field()
         if len(info) > len(_INFO_KEYS & info.keys()):
             extra["detail"] = {k: v for k, v in info.items() if k not in _INFO_KEYS}
-        hits = self._ledger(stmt, extra)
+        hits = self._ledger(subjects, looked, extra)
         record = StatementRecord(
             ts=self.audit.now(ago=duration),  # when the statement started
             session=facts.session_id,
@@ -155,11 +157,11 @@ class Recorder:
         if hits:
             await self._canaries(facts, record, hits)
 
-    def _ledger(self, stmt: Running, extra: dict[str, Any]) -> list[CanaryHit]:
-        """The record's `subjects` (seen and looked up) and `canaries` fields."""
-        adm = stmt.plan.admission
-        looked = adm.looked_up.get(stmt.index, ()) if adm.looked_up else ()
-        tally = statement_tally(getattr(stmt, "subjects", None), looked)
+    def _ledger(
+        self, tally: Subjects | None, looked: Sequence[Looked], extra: dict[str, Any]
+    ) -> list[CanaryHit]:
+        """The record's `subjects` (whose rows it received or searched for, docs/ledger.md)
+        and `canaries` fields."""
         if tally is None:
             return []
         extra["subjects"] = tally.field()

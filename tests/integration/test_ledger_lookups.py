@@ -181,7 +181,9 @@ async def test_literals_in_lists_arrays_and_execute_arguments(
     assert looked_up(executed) == [
         {"column": "ssn", "hash": subject_hash(KEY.encode(), "person", SSN, "ssn")}
     ]
-    assert "subjects" not in by_sql["SELECT * FROM ledger_it.cases WHERE id = ?"]
+    not_a_search = by_sql["SELECT * FROM ledger_it.cases WHERE id = ?"]
+    assert looked_up(not_a_search) == []  # case 5's person_id was seen, not searched for
+    assert not_a_search["subjects"]["person"]["seen"] == [key_hash("5")]
     binary = by_sql["SELECT ssn FROM ledger_it.people WHERE id = $1"]
     assert looked_up(binary) == [{"column": "id", "hash": key_hash("44")}]
     names = [r for r in events(audit) if "full_name = ?" in r["sql"]]
