@@ -165,7 +165,7 @@ class Recorder:
         if tally is None:
             return []
         extra["subjects"] = tally.field()
-        hits = self.canaries.hits(tally) if self.canaries is not None else []
+        hits = self.canaries.hits(tally, looked) if self.canaries is not None else []
         if hits:
             extra["canaries"] = [h.canary for h in hits]
         return hits

@@ -126,7 +126,13 @@ def ledger_watching(settings: Settings, hooks: Hooks) -> Watching | None:
         cats = enforcer.catalogs
         return enforcer.rules.subjects, cats.get(database) if cats is not None else enforcer.catalog
 
-    return Watching(settings.ledger_secret, inputs)
+    def decoys() -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for c in enforcer.rules.canaries:
+            out.setdefault(c.subject, set()).update(c.keys)
+        return {s: frozenset(keys) for s, keys in out.items()}
+
+    return Watching(settings.ledger_secret, inputs, decoys)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

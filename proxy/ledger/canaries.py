@@ -15,7 +15,7 @@ it is the session's later statements that the hooks refuse.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -69,13 +69,23 @@ class Canaries:
         """Every canary key's hash, for a reader that stops listing keys at the cap."""
         return frozenset(h for _, h in self._by_hash)
 
-    def hits(self, tally: Tally | None) -> list[CanaryHit]:
-        """One hit per canary the statement touched, in the order found."""
+    def hits(
+        self, tally: Tally | None, looked_up: Iterable[tuple[str, str, str]] = ()
+    ) -> list[CanaryHit]:
+        """One hit per canary the statement touched, in the order found.
+
+        `looked_up`: every (subject, column, hash) the statement searched for, past
+        the tally's cap too (an IN list of 5,000 keys with a decoy at the end).
+        """
         by_hash = self._by_hash
-        if not by_hash or not tally:
+        if not by_hash:
             return []
         found: dict[str, CanaryHit] = {}
-        for sid, s in tally.subjects.items():
+        for sid, _, h in looked_up:
+            c = by_hash.get((sid, h))
+            if c is not None and c.id not in found:
+                found[c.id] = CanaryHit(c.id, sid, "looked_up", c.action)
+        for sid, s in tally.subjects.items() if tally else ():
             for _, h in s.looked_up:
                 c = by_hash.get((sid, h))
                 if c is not None and c.id not in found:

@@ -64,7 +64,7 @@ def schema(pg: PgCluster) -> Iterator[None]:
         conn.execute(
             "INSERT INTO ledger_it.people SELECT i, 'Person ' || i,"
             " lpad(i::text, 3, '0') || '-00-' || lpad(i::text, 4, '0')"
-            " FROM generate_series(1, 60) i"
+            " FROM generate_series(1, 1500) i WHERE i <> 61"
         )
         conn.execute(
             "INSERT INTO ledger_it.people VALUES (900001, 'Dana Decoy', '900-00-0001'),"
@@ -261,6 +261,37 @@ async def test_a_blocking_canary_refuses_the_sessions_later_statements(
         assert await cur.fetchall() == [(1,)]
     refused = [r for r in events(tmp_path / "audit.jsonl") if r["decision"] == "block"]
     assert len(refused) == 2 and all(r["rules"] == ["decoys"] for r in refused)
+
+
+async def test_a_bulk_read_holding_canary_rows_alerts_once_past_the_listed_keys(
+    pg: PgCluster, serve: Start, tmp_path: Path
+) -> None:
+    """1,500 people, then the two decoys of one canary: the tally lists the first 1,000
+    keys, and the decoys, read past that cap, still trip the canary, once."""
+    web = await HttpReceiver().start()
+    try:
+        service = await serve(
+            canaries("alert")
+            + f"alerts:\n  - {{id: it-canary, when: {{canaries: true}}, webhook: '{web.url}'}}\n"
+        )
+        async with await connect(pg, service) as conn:
+            cur = await conn.execute("SELECT id, full_name FROM ledger_it.people ORDER BY id")
+            assert len(await cur.fetchall()) == 1502
+            cur = await conn.execute("SELECT count(*) FROM ledger_it.people")  # no key read
+            assert await cur.fetchall() == [(1502,)]
+        await eventually(lambda: _async(web.bodies), what="the canary alert")
+        audit = tmp_path / "audit.jsonl"
+        bulk = next(r for r in events(audit) if "ORDER BY id" in r["sql"])
+        person = bulk["subjects"]["person"]
+        assert person["seen_count"] == 1502 and person["looked_up"] == []
+        assert key_hash("900001") in person["seen"] and key_hash("900002") in person["seen"]
+        assert bulk["canaries"] == ["decoys"]
+        (event,) = events(audit, "canary")
+        assert (event["canary"], event["how"]) == ("decoys", "seen")
+        assert len(web.bodies) == 1 and web.bodies[0]["rule"] == "decoys"
+        assert "900001" not in audit.read_text()
+    finally:
+        await web.stop()
 
 
 async def _async(value: Any) -> Any:

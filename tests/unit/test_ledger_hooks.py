@@ -127,6 +127,14 @@ def test_canaries_hit_once_per_statement_by_key_or_via_never_by_lookup(rules: Ru
         ("decoys", "seen", "block"),
     ]
     assert c.hits(None) == [] and c.hits(Tally()) == []
+    # Searched for past the tally's cap: found in what the hooks handed over.
+    many = [("person", "id", key_hash(str(i))) for i in range(1500)]
+    full = Tally()
+    for s, col, h in [*many, ("person", "id", key_hash("900001"))]:
+        full.looked_up(s, col, h)
+    assert c.hits(full) == []
+    (hit,) = c.hits(full, [*many, ("person", "id", key_hash("900001"))])
+    assert (hit.canary, hit.how) == ("decoys", "looked_up")
     c.load([])
     assert c.hits(t) == [] and not c
 
@@ -211,3 +219,34 @@ def test_a_canary_alert_goes_to_canary_routes_only_and_names_the_canary() -> Non
     assert alerts_for(record(), canary_route) is None
     assert b"canary decoys touched by bob" in to_ocsf(alert)
     assert "canary:allow" in to_cef(alert)
+
+
+def test_a_canary_key_past_the_cap_is_listed_all_the_same() -> None:
+    """The row reader stops hashing new keys at the cap, except canary keys."""
+    from dataclasses import dataclass
+
+    from proxy.ledger.rows import Column, RowReader
+    from proxy.ledger.tally import CAP
+
+    @dataclass
+    class Owner:
+        subjects: Tally | None = None
+
+    owner = Owner()
+    col = Column(0, "person", 20)  # int8, text format
+    reader = RowReader((col,), KEY, bytes.decode, owner, {"person": frozenset({"900001"})})
+    for i in range(1, CAP + 500):
+        reader.values([str(i)])
+    reader.values(["900001"])
+    tally = owner.subjects
+    assert tally is not None
+    person = tally.subjects["person"]
+    assert person.seen_count == CAP + 500 and len(person.seen) == CAP + 1
+    assert key_hash("900001") in person.seen
+    assert [h.canary for h in Canaries(KEY, [_decoys()]).hits(tally)] == ["decoys"]
+
+
+def _decoys() -> Any:
+    from proxy.rules.subjects import CanaryRule
+
+    return CanaryRule(id="decoys", subject="person", keys=["900001"], action="block")
