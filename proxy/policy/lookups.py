@@ -47,6 +47,8 @@ NOT_A_VALUE = "\x00"  # an EXECUTE argument that is not a literal (plumbing.py)
 
 _INTS = frozenset({"int2", "int4", "int8", "oid", "smallint", "integer", "bigint", "int"})
 _PG = Postgres()
+# Types whose binary form is their text in UTF-8 ("": not known, read as text).
+_TEXTS = frozenset({"", "text", "varchar", "bpchar", "name", "citext", "character varying"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +346,7 @@ def text_form(value: str, typ: str, *, negative: bool = False) -> str | None:
     """`value` as PostgreSQL prints it once read as `typ`; None when it cannot be read.
 
     Bound values in binary format arrive as `\\x` hex (messages.parse_bind_params):
-    integers and uuids are decoded, text is read as UTF-8.
+    integers and uuids are decoded, text is read as UTF-8, other types are skipped.
     """
     if not value or value.startswith(NOT_A_VALUE):
         return None
@@ -372,6 +374,8 @@ def text_form(value: str, typ: str, *, negative: bool = False) -> str | None:
         except ValueError:
             return None
     if binary:
+        if typ not in _TEXTS:
+            return None  # numeric, dates...: their binary forms are not read here
         try:
             value = raw.decode()
         except UnicodeDecodeError:

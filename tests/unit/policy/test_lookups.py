@@ -183,6 +183,7 @@ def test_literal_starts_agree_with_redact(sql: str) -> None:
         ("\\x000000000000002a", "int8", False, "42"),
         ("\\x616263", "text", False, "abc"),
         ("\\xff", "text", False, None),
+        ("\\x0001", "numeric", False, None),  # a binary numeric is not read
         (
             "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
             "uuid",
