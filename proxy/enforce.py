@@ -20,6 +20,12 @@ a decision names relations the snapshot does not know, the database's
 catalog is refreshed (coalesced, rate-limited) and the statement decided
 again, so a view or partition created since the last load is governed at
 its first use.
+
+The subject ledger's `looked_up` (docs/ledger.md): the values a statement
+compared with subject columns (policy/lookups.py) are hashed here, literals
+when it is decided, bound values (Bind, EXECUTE arguments) at each run, and
+handed to the recorder on the admission. A session a blocking canary tripped
+(proxy/ledger/canaries.py) has every later statement refused.
 """
 
 from __future__ import annotations
@@ -42,8 +48,11 @@ from proxy.errors import (
 from proxy.guard import Guard
 from proxy.hooks import Admission, Effect, Hooks, StatementResult, Unknown
 from proxy.identity import SessionFacts
+from proxy.ledger.canaries import Tripwire
+from proxy.ledger.hashing import DEFAULT_KEY, subject_hash
 from proxy.plumbing import effects, run_kind
 from proxy.policy.engine import Decision, PolicyEngine, StatementInfo
+from proxy.policy.lookups import values
 from proxy.rules import RuleSet
 
 log = logging.getLogger("oversight.enforce")
@@ -94,8 +103,14 @@ class Enforcer(Hooks):
         hash_salt: str | None = None,
         on_ddl: Callable[[str], None] | None = None,
         catalogs: CatalogSet | None = None,
+        ledger_key: bytes = DEFAULT_KEY,
+        tripwire: Tripwire | None = None,
     ) -> None:
-        """`catalogs`: per-database snapshots; without it `catalog` serves every database."""
+        """`catalogs`: per-database snapshots; without it `catalog` serves every database.
+        `ledger_key` hashes searched-for values; `tripwire` holds the sessions a blocking
+        canary tripped (the recorder trips it)."""
+        self.ledger_key = ledger_key
+        self.tripwire = tripwire
         self.rules = rules
         self.catalog = catalog
         self.guard = guard
@@ -159,6 +174,52 @@ class Enforcer(Hooks):
         return d, engine
 
     async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+        adm = await self._decide(sql, facts, extended)
+        if isinstance(adm.token, _Token):
+            adm.looked_up = self.looked_up(adm.token.decision.statements, None)
+        return self._tripped(adm, facts)
+
+    def looked_up(
+        self, statements: Sequence[StatementInfo], params: tuple[str, ...] | None
+    ) -> dict[int, tuple[tuple[str, str, str], ...]]:
+        """By statement index, (subject, column, hash) of each value it searched for;
+        bound values only once `params` are known."""
+        out = {}
+        key = self.ledger_key
+        for i, s in enumerate(statements):
+            if not s.lookups:
+                continue
+            found = values(s.lookups, s.literals, params)
+            if found:
+                out[i] = tuple(
+                    (
+                        x.subject,
+                        x.column,
+                        subject_hash(key, x.subject, v, "" if x.key else x.column),
+                    )
+                    for x, v in found
+                )
+        return out
+
+    def _tripped(self, adm: Admission, facts: SessionFacts) -> Admission:
+        """Refuse everything once a blocking canary tripped the session."""
+        canary = self.tripwire.tripped(facts.session_id) if self.tripwire else None
+        if canary is None:
+            return adm
+        err = Blocked(canary, "this session touched a canary record")
+        return dataclasses.replace(
+            adm,
+            action="block",
+            sql=None,
+            error=err,
+            rules=(canary,),
+            reason=err.reason,
+            limits=None,
+            delay=0.0,
+            per_execute=False,
+        )
+
+    async def _decide(self, sql: str, facts: SessionFacts, extended: bool) -> Admission:
         who = self.rules.principal(facts)
         audit: dict[str, Any] = {"groups": sorted(who.groups)}
         d, engine = await self._decision(sql, facts, extended, audit)
@@ -231,6 +292,19 @@ class Enforcer(Hooks):
         )
 
     async def execute(
+        self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
+    ) -> Admission:
+        """One run (`_execute`), with the values it searched for hashed from its own
+        bound values: a copy, since the statement's admission serves every run."""
+        adm = await self._execute(facts, statement, params)
+        token = adm.token
+        if isinstance(token, _Token) and any(s.lookups for s in token.decision.statements):
+            looked = self.looked_up(token.decision.statements, params)
+            if looked != adm.looked_up:
+                adm = dataclasses.replace(adm, looked_up=looked)
+        return self._tripped(adm, facts)
+
+    async def _execute(
         self, facts: SessionFacts, statement: Admission, params: tuple[str, ...]
     ) -> Admission:
         """One run of a statement admitted at Parse or PREPARE, or of a DECLAREd cursor.
@@ -309,7 +383,7 @@ class Enforcer(Hooks):
         if self._has_policy(facts):
             err = Blocked("fastpath", f"function call by OID {oid} bypasses SQL policy")
             return Admission(action="block", error=err, reason=err.reason)
-        return Admission()
+        return self._tripped(Admission(), facts)
 
     async def throttle(self, facts: SessionFacts, token: Any, rows: int, nbytes: int) -> float:
         if self.guard is None or not isinstance(token, _Token) or token.guard is None:

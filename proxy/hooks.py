@@ -95,6 +95,9 @@ class Admission:
     effects: dict[int, Effect] = field(default_factory=dict)
     # By statement index: what it does to a tracked setting or the savepoints (proxy/gucs.py).
     changes: Mapping[int, Change] = field(default_factory=dict)
+    # By statement index: the subject ledger's `looked_up`, (subject id, column,
+    # keyed hash) of each value it searched for (proxy/policy/lookups.py).
+    looked_up: dict[int, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -123,6 +123,12 @@ class Metrics:
         self.reloads = Counter(
             "oversight_rule_reloads", "Rule set reloads, by result", ["result"], registry=r
         )
+        self.canaries = Counter(
+            "oversight_canary_hits",
+            "Statements that touched a canary record, by canary id and how (seen, looked_up)",
+            ["canary", "how"],
+            registry=r,
+        )
         self._seq = itertools.count(1)
         self._events: dict[str, deque[_Entry]] = {}
         # user -> bucket start (epoch s) -> rows; OrderedDict for least-recent eviction.
@@ -252,6 +258,11 @@ def session_closed() -> None:
 
 def blocked(record: dict[str, Any]) -> None:
     METRICS.blocked(record)
+
+
+def canary(canary_id: str, how: str) -> None:
+    """A statement touched a canary (ids come from the rule files: bounded)."""
+    METRICS.canaries.labels(canary_id, how).inc()
 
 
 def upstream_latency(seconds: float) -> None:

@@ -14,6 +14,10 @@ rows and is not a run; DISCARD other than ALL leaves names alone. `CREATE
 TABLE t AS EXECUTE s` and `EXPLAIN ANALYZE EXECUTE s` are runs of s (its
 rows go into a table, or are counted by the server): admitted like EXECUTE,
 so detectors and a rules reload reach them too.
+
+EXECUTE's values are its arguments by position (a literal's value, or the
+argument's text behind a NUL when it is an expression), so that `$n` of the
+prepared statement finds its value for the subject ledger (policy/lookups.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from proxy.hooks import Effect
 from proxy.policy.kinds import head
+from proxy.policy.lookups import execute_args
 from proxy.policy.split import Piece, SplitError, split
+from proxy.policy.utilexpr import BadArgs, arg_list, name_end
 from proxy.redact import LITERALS
 
 # Statement kinds (policy/kinds.py) that may touch the session's names.
@@ -73,8 +79,19 @@ def effects(sql: str, statements: Sequence[Decided]) -> dict[int, Effect]:
     for i, (piece, stmt) in enumerate(zip(pieces, statements, strict=True)):
         effect = _effect(piece.tokens, stmt.kind, stmt.literals)
         if effect is not None:
+            if stmt.kind == "execute" and effect.params:
+                effect = replace(effect, params=_arguments(piece) or effect.params)
             out[i] = replace(effect, text=piece.text)
     return out
+
+
+def _arguments(piece: Piece) -> tuple[str, ...] | None:
+    """EXECUTE s(args): the values by position; None when the list cannot be read."""
+    try:
+        args = arg_list(piece, name_end(piece, 1))
+    except BadArgs:
+        return None
+    return None if args is None else execute_args(args.text)
 
 
 def _effect(toks: Sequence[Token], kind: str, literals: tuple[str, ...]) -> Effect | None:

@@ -133,6 +133,19 @@ def redact_sql(sql: str) -> str:
     return redact(sql, tokens)[0]
 
 
+# SQLSTATE class 22 (data exception): PostgreSQL quotes the offending value,
+# `22P02: invalid input syntax for type bigint: "078-05-1120"`.
+_ERROR_VALUE = re.compile(r'"(?:[^"]|"")*"')
+
+
+def redact_error(error: str | None) -> str | None:
+    """A statement's error as the audit log keeps it: a data exception's quoted value
+    (the search value the server could not read) replaced by `?`."""
+    if error is None or not error.startswith("22"):
+        return error
+    return _ERROR_VALUE.sub('"?"', error)
+
+
 def _quoted(raw: str) -> bool:
     return raw[:1] in ("'", "$") or raw[:2].upper() in _QUOTED_PREFIXES
 

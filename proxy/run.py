@@ -32,6 +32,7 @@ from proxy.guard import Guard, make_store
 from proxy.guard.cancel import CancelDirectory
 from proxy.hooks import ALLOW_ALL, Hooks
 from proxy.idsrc.setup import identity_resolver
+from proxy.ledger.canaries import Canaries, Tripwire
 from proxy.login import proxy_login
 from proxy.recorder import Recorder
 from proxy.reports.api import ReportConfig
@@ -83,13 +84,22 @@ def build_server(
     *,
     cancels: CancelDirectory | None = None,
     alerts: Alerter | None = None,
+    canaries: Canaries | None = None,
+    tripwire: Tripwire | None = None,
 ) -> ProxyServer:
     """The proxy with its audit log, recorder, logins and identity sources, composed here only."""
     hooks = hooks or ALLOW_ALL
     audit = AuditLog(audit_config(settings))
     if alerts is not None:
         alerts.audit_event = audit.write  # `alert` events join the same hash chain
-    recorder = Recorder(audit, hooks, redact=settings.audit_redact, alerts=alerts)
+    recorder = Recorder(
+        audit,
+        hooks,
+        redact=settings.audit_redact,
+        alerts=alerts,
+        canaries=canaries,
+        tripwire=tripwire,
+    )
     return ProxyServer(
         settings,
         hooks,
@@ -116,7 +126,13 @@ def ledger_watching(settings: Settings, hooks: Hooks) -> Watching | None:
         cats = enforcer.catalogs
         return enforcer.rules.subjects, cats.get(database) if cats is not None else enforcer.catalog
 
-    return Watching(settings.ledger_secret, inputs)
+    def decoys() -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for c in enforcer.rules.canaries:
+            out.setdefault(c.subject, set()).update(c.keys)
+        return {s: frozenset(keys) for s, keys in out.items()}
+
+    return Watching(settings.ledger_secret, inputs, decoys)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -141,6 +157,9 @@ class Service:
         self.enforcer: Enforcer | None = None
         self.server: ProxyServer | None = None
         self.alerter = Alerter(rules.alerts, stats=alert_stats())
+        # Canary keys hashed under the ledger key, again at every reload.
+        self.canaries = Canaries(settings.ledger_secret, rules.canaries)
+        self.tripwire = Tripwire()  # sessions a blocking canary tripped
         self._stop = asyncio.Event()
         self._refresh = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -152,10 +171,24 @@ class Service:
         guard = Guard(self.rules, store, catalog, ledger_key=s.ledger_secret)
         salt = s.hash_salt.get_secret_value() if s.hash_salt else None
         self.enforcer = Enforcer(
-            self.rules, catalog, guard, hash_salt=salt, on_ddl=self._ddl, catalogs=self.catalogs
+            self.rules,
+            catalog,
+            guard,
+            hash_salt=salt,
+            on_ddl=self._ddl,
+            catalogs=self.catalogs,
+            ledger_key=s.ledger_secret,
+            tripwire=self.tripwire,
         )
         cancels = CancelDirectory(store) if s.redis_url else None
-        self.server = build_server(s, self.enforcer, cancels=cancels, alerts=self.alerter)
+        self.server = build_server(
+            s,
+            self.enforcer,
+            cancels=cancels,
+            alerts=self.alerter,
+            canaries=self.canaries,
+            tripwire=self.tripwire,
+        )
         await self.server.start()
         await self.alerter.start()
         token = s.admin_token.get_secret_value() if s.admin_token else None
@@ -239,6 +272,7 @@ class Service:
         if self.enforcer is not None:
             self.enforcer.reload(rules=rules)
         self.alerter.reload(rules.alerts)
+        self.canaries.load(rules.canaries)
         metrics.rules_reloaded(True)
         log.info("rules reloaded (version %s)", rules.version[:12])
         self._refresh.set()  # a reload refreshes the catalog too

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from proxy.catalog import Catalog
 from proxy.ledger.copyout import CopyTable
-from proxy.ledger.rows import TYPE_OIDS
+from proxy.ledger.rows import TYPE_OIDS, Decoys
 from proxy.ledger.watch import Watch
 from proxy.rules import RuleSet
 from proxy.rules.subjects import SubjectRule
@@ -118,9 +118,13 @@ def copy_tables(columns: dict[tuple[int, int], str], catalog: Catalog) -> dict[s
 class Watching:
     """The sessions' source of `Watch`es: one per database, following reloads and refreshes."""
 
-    def __init__(self, key: bytes, inputs: Inputs) -> None:
+    def __init__(
+        self, key: bytes, inputs: Inputs, decoys: Callable[[], Decoys] | None = None
+    ) -> None:
+        """`decoys`: the canary keys in force by subject, read with the subjects."""
         self.key = key
         self._inputs = inputs
+        self._decoys = decoys
         self._cache: dict[str, tuple[Sequence[SubjectRule], Catalog, Watch | None]] = {}
         self._warned: set[tuple[str, str]] = set()
 
@@ -140,6 +144,7 @@ class Watching:
         watch = None
         if columns:
             tables = copy_tables(columns, catalog)
-            watch = Watch(columns, self.key, tables, catalog.schemas_with)
+            decoys = self._decoys() if self._decoys is not None else {}
+            watch = Watch(columns, self.key, tables, catalog.schemas_with, decoys)
         self._cache[database] = (subjects, catalog, watch)
         return watch

@@ -15,7 +15,7 @@ NO_RULE = "(defaults)"  # a refusal by the defaults (statement kinds, unknown ta
 @dataclass(frozen=True, slots=True)
 class Alert:
     ts: str
-    trigger: str  # "decision" or "detector"
+    trigger: str  # "decision", "detector" or "canary"
     decision: str
     rule: str  # the rule the suppression window is keyed by
     user: str
@@ -80,10 +80,23 @@ def _purpose(record: StatementRecord) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _canaries(record: StatementRecord) -> list[str]:
+    """Ids of the canaries the statement touched (the recorder's `canaries` field)."""
+    found = record.extra.get("canaries") or []
+    return [c for c in found if isinstance(c, str)]
+
+
 def alerts_for(record: StatementRecord, route: AlertRoute) -> Alert | None:
-    """The alert `route` wants for this record, or None when its `when` does not fit."""
+    """The alert `route` wants for this record, or None when its `when` does not fit.
+
+    One per record: a canary first (however many rows held it), then the
+    decision, then a detector.
+    """
     hits = [(d, r) for d, r in _detector_hits(record) if d in route.when.detectors]
-    if record.decision in route.when.decisions:
+    canaries = _canaries(record) if route.when.canaries else []
+    if canaries:
+        trigger, rule = "canary", canaries[0]
+    elif record.decision in route.when.decisions:
         trigger, rule = "decision", (record.rules[0] if record.rules else NO_RULE)
     elif hits:
         trigger, rule = "detector", hits[0][1] or NO_RULE
@@ -98,14 +111,20 @@ def alerts_for(record: StatementRecord, route: AlertRoute) -> Alert | None:
         fingerprint=record.fingerprint,
         purpose=_purpose(record),
         detectors=tuple(d for d, _ in hits),
-        rules=tuple(record.rules),
-        reason=record.reason,
+        rules=tuple(dict.fromkeys([*canaries, *record.rules])),
+        reason=_canary_reason(canaries) or record.reason,
         sql=record.sql,
         session=record.session,
         client=record.client,
         application=record.application,
         database=record.database,
     )
+
+
+def _canary_reason(canaries: list[str]) -> str:
+    if not canaries:
+        return ""
+    return f"touched canary record(s) of {', '.join(canaries)}"
 
 
 def sample_alert(now: str) -> Alert:

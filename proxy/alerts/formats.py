@@ -46,6 +46,8 @@ def _epoch_ms(ts: str) -> int:
 def _title(alert: Alert) -> str:
     if alert.trigger == "detector" and alert.detectors:
         return f"{', '.join(alert.detectors)} detected for {alert.user}"
+    if alert.trigger == "canary":
+        return f"canary {alert.rule} touched by {alert.user}"
     return f"statement {alert.decision} for {alert.user} ({alert.rule})"
 
 

@@ -35,6 +35,7 @@ _COLORS = {
     "throttle": "33",
     "cutoff": "35",
     "auth_failure": "1;31",
+    "canary": "1;31",
     "connect": "2",
     "disconnect": "2",
 }
@@ -83,12 +84,14 @@ def format_record(record: dict[str, Any], *, color: bool = False) -> str:
             tail += f" error={_short(record['error'], 60)}"
     else:
         label = event
+        if event == "canary":  # which decoy, not a rule
+            rule = str(record.get("canary") or "-")
         parts = [str(record.get("client") or "")]
         if record.get("application"):
             parts.append(f"app={record['application']}")
         if record.get("database"):
             parts.append(f"db={record['database']}")
-        for key in ("statements", "rows", "bytes", "duration_ms", "reason", "error"):
+        for key in ("statements", "rows", "bytes", "duration_ms", "reason", "error", "how"):
             if record.get(key) not in (None, ""):
                 parts.append(f"{key}={_short(record[key], 60)}")
         body, tail = " ".join(p for p in parts if p), ""

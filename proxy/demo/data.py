@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 REGIONS = ("north", "south", "east", "west")
@@ -46,18 +47,30 @@ NOTES = (
 )
 
 
+# Canary people (rules/50-subjects.yaml, `canaries:`): decoy register entries with
+# ids far past the generated ones, the SSA's advertising SSNs and no cases, so
+# nobody has a reason to look them up. Their regions put one in each analyst's view.
+CANARY_PEOPLE = (
+    (900001, "Dana Whitlock", "987-65-4320", "1971-03-14", "dana.whitlock@mail.example.org",
+     "+1-555-010-4320", "north", "Inverness", "IV2 4QL"),
+    (900002, "Marcus Ellery", "987-65-4321", "1984-11-02", "marcus.ellery@post.example.net",
+     "+1-555-010-4321", "south", "Exeter", "EX4 6PX"),
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    """Row counts for one scale."""
+    """Row counts for one scale; `people` counts the generated people, not the canaries."""
 
     people: int
     officers: int
     cases: int
     audit_notes: int
+    canaries: int = len(CANARY_PEOPLE)
 
     @property
     def total(self) -> int:
-        return self.people + self.officers + self.cases + self.audit_notes
+        return self.people + self.canaries + self.officers + self.cases + self.audit_notes
 
 
 def sizes(scale: float) -> Sizes:
@@ -270,15 +283,23 @@ async def load(conn: Any, scale: float, progress: Progress | None = None) -> Siz
                 if progress is not None:
                     progress(table, end, total)
             if table == "public.people":  # cases look people up by id, row by row
+                await conn.executemany(_CANARIES_SQL, [_canary(p) for p in CANARY_PEOPLE])
                 await conn.execute("ALTER TABLE public.people ADD PRIMARY KEY (id)")
         await conn.execute(FINISH)
         await conn.execute(f"COMMENT ON TABLE public.people IS {_lit(marker(scale))}")
     return s
 
 
+_CANARIES_SQL = "INSERT INTO public.people VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+def _canary(person: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*person[:3], date.fromisoformat(person[3]), *person[4:])
+
+
 def marker(scale: float) -> str:
-    """The table comment that tells a kept data directory what it holds."""
-    return f"oversight demo data, scale={scale:g}"
+    """The table comment that tells a kept data directory what it holds (v2: canaries)."""
+    return f"oversight demo data v2, scale={scale:g}"
 
 
 async def loaded_marker(conn: Any) -> str | None:

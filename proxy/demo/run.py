@@ -101,6 +101,11 @@ USERS = (
                 "block: the internal schema is closed to everyone through Oversight",
                 "SELECT count(*) FROM internal.audit_notes;",
             ),
+            (
+                "canary: person 900001 is a planted decoy; looking them up writes a `canary` "
+                "event to the audit log (and alerts, with an `alerts:` route)",
+                "SELECT full_name, phone FROM people WHERE id = 900001;",
+            ),
         ),
     ),
     DemoUser(

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.ledger.rows import Column, Owner, Read, RowReader
+from proxy.ledger.rows import Column, Decoys, Owner, Read, RowReader
 
 # `COPY [ONLY] name [(cols)] TO STDOUT rest`; names bare or double-quoted.
 _NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
@@ -165,14 +165,22 @@ class CopyReader:
 
     __slots__ = ("_binary", "_header", "_plan", "_read", "_rows", "_signature")
 
-    def __init__(self, plan: CopyPlan, binary: bool, key: bytes, read: Read, owner: Owner) -> None:
+    def __init__(
+        self,
+        plan: CopyPlan,
+        binary: bool,
+        key: bytes,
+        read: Read,
+        owner: Owner,
+        decoys: Decoys | None = None,
+    ) -> None:
         self._plan = plan
         self._read = read
         self._header = plan.header and not binary  # a header line to skip
         self._binary = binary
         self._signature = binary  # the binary header, before the first tuple
         # The binary form reads fields as a DataRow does; text and CSV reuse its memo and hash.
-        self._rows = RowReader(plan.cols, key, read, owner)
+        self._rows = RowReader(plan.cols, key, read, owner, decoys)
 
     def __bool__(self) -> bool:
         return bool(self._rows)

@@ -16,7 +16,6 @@ old key, which reports accept as well (docs/ledger.md).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 # Without any configured key the ledger still hashes, under this fixed key:
@@ -27,4 +26,6 @@ DEFAULT_KEY = b"oversight-ledger"
 def subject_hash(key: bytes, subject: str, value: str, column: str = "") -> str:
     """The ledger hash of `value` as subject `subject`'s key, or as a search on `column`."""
     msg = b"\x00".join((subject.encode(), column.encode(), value.encode("utf-8", "surrogatepass")))
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:32]
+    # hmac.digest: OpenSSL's one-shot HMAC, about twice as fast as hmac.new(...).hexdigest()
+    # for the same 128 bits; the result hashes every row a bulk read returns.
+    return hmac.digest(key, msg, "sha256")[:16].hex()

@@ -153,15 +153,25 @@ class Owner(Protocol):
 
 
 _Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[bytes | str, None]]
+Decoys = Mapping[str, frozenset[str]]  # subject id -> its canary keys as text
 
 
 class RowReader:
     """One statement's DataRows: the watched fields decoded, hashed into `owner.subjects`."""
 
-    __slots__ = ("_owner", "_plan")
+    __slots__ = ("_decoys", "_owner", "_plan")
 
-    def __init__(self, cols: tuple[Column, ...], key: bytes, read: Read, owner: Owner) -> None:
+    def __init__(
+        self,
+        cols: tuple[Column, ...],
+        key: bytes,
+        read: Read,
+        owner: Owner,
+        decoys: Decoys | None = None,
+    ) -> None:
+        """`decoys`: canary keys, still looked for past the cap (`_past_cap`)."""
         self._owner = owner
+        self._decoys = decoys or {}
         bases: dict[str, hmac.HMAC] = {}
         plan: list[_Plan] = []
         for c in sorted(cols, key=lambda c: c.index):
@@ -208,7 +218,7 @@ class RowReader:
                     continue
                 tally = self._owner.subjects
                 if len(memo) >= CAP and tally is not None:
-                    tally.seen_unlisted(subject)
+                    self._past_cap(tally, subject, base, decode, raw)
                     continue
                 value = decode(raw)
                 if value is None:
@@ -222,6 +232,26 @@ class RowReader:
         except (ValueError, struct.error):
             return  # a malformed row: what was read counts, the rest is not guessed at
 
+    def _past_cap(
+        self,
+        tally: Tally,
+        subject: str,
+        base: hmac.HMAC,
+        decode: Callable[[bytes], str | None] | None,
+        raw: bytes | str,
+    ) -> None:
+        """A new value past the cap: counted, not hashed, unless it is a canary key
+        (decoded only when the subject has canaries)."""
+        decoys = self._decoys.get(subject) if self._decoys else None
+        if decoys:
+            value = decode(raw) if decode is not None and isinstance(raw, bytes) else raw
+            if isinstance(value, str) and value in decoys:
+                h = base.copy()
+                h.update(value.encode("utf-8", "surrogatepass"))
+                tally.seen_decoy(subject, h.hexdigest()[:32])
+                return
+        tally.seen_unlisted(subject)
+
     def values(self, fields: Sequence[str | None]) -> None:
         """Read a row already split into text values (COPY's text and CSV forms)."""
         for index, subject, _, base, memo in self._plan:
@@ -232,7 +262,7 @@ class RowReader:
                 continue
             tally = self._owner.subjects
             if len(memo) >= CAP and tally is not None:
-                tally.seen_unlisted(subject)
+                self._past_cap(tally, subject, base, None, value)
                 continue
             if tally is None:
                 tally = self._owner.subjects = Tally()

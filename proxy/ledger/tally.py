@@ -47,6 +47,14 @@ class Tally:
         if len(s.seen) < CAP:
             s.seen[h] = None
 
+    def seen_decoy(self, subject: str, h: str) -> None:
+        """A canary key read past the cap: listed all the same (canaries.py reads the
+        list), so the list may exceed the cap by the number of canary keys."""
+        s = self._of(subject)
+        if h not in s.seen:
+            s.seen_count += 1
+            s.seen[h] = None
+
     def seen_unlisted(self, subject: str) -> None:
         """One more distinct key past the cap, known by its reader not to be listed.
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from proxy.ledger.copyout import CopyReader, CopyTable, copy_plan
-from proxy.ledger.rows import Column, Owner, Read, RowReader, described, with_formats
+from proxy.ledger.rows import Column, Decoys, Owner, Read, RowReader, described, with_formats
 
 
 def _nowhere(name: str) -> Sequence[str]:
@@ -38,6 +38,7 @@ class Watch:
     key: bytes
     tables: Mapping[str, CopyTable] = field(default_factory=dict)
     schemas_with: Callable[[str], Sequence[str]] = _nowhere
+    decoys: Decoys = field(default_factory=dict)  # canary keys, looked for past the cap
 
     def copy_reader(
         self,
@@ -56,14 +57,14 @@ class Watch:
         plan = copy_plan(sql, self.tables, resolve, binary)
         if plan is None:
             return None
-        reader = CopyReader(plan, binary, self.key, read, owner)
+        reader = CopyReader(plan, binary, self.key, read, owner, self.decoys)
         return reader if reader else None
 
     def reader(self, cols: tuple[Column, ...], read: Read, owner: Owner) -> RowReader | None:
         """A reader of the rows of a statement with these columns; None if nothing to read."""
         if not cols:
             return None
-        reader = RowReader(cols, self.key, read, owner)
+        reader = RowReader(cols, self.key, read, owner, self.decoys)
         return reader if reader else None
 
 

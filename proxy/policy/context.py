@@ -9,6 +9,7 @@ session's search_path, whether the user has any policy at all.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -32,6 +33,8 @@ class Context:
     user_functions: dict[str, tuple[str, ...]]  # lower-case name -> schemas (outside pg_catalog)
     _rule_cache: dict[str, TableRule | None] = field(default_factory=dict)
     every_rule: tuple[TableRule, ...] = ()  # all table rules, whoever they match
+    # table -> column -> (subject id, is a key column): what lookups.py reports searches on
+    subject_columns: Mapping[str, Mapping[str, tuple[str, bool]]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -42,6 +45,7 @@ class Context:
         *,
         enforce_only: bool,
         user_functions: dict[str, tuple[str, ...]],
+        subject_columns: Mapping[str, Mapping[str, tuple[str, bool]]] | None = None,
     ) -> Context:
         """enforce_only: leave out rules in `mode: dry_run` (what is actually enforced)."""
         table_rules = rules.matching_rules(facts)
@@ -65,6 +69,7 @@ class Context:
             path=effective_path(facts.search_path, who.user),
             user_functions=user_functions,
             every_rule=tuple(rules.rules),
+            subject_columns=subject_columns or {},
         )
 
     def with_search_path(self, search_path: tuple[str, ...]) -> Context:

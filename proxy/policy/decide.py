@@ -16,6 +16,8 @@ The first blocking reason found wins, so the error names one rule.
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
@@ -29,6 +31,7 @@ from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
 from proxy.policy.copystmt import parse_copy
 from proxy.policy.kinds import PARSED, Head, head, search_path_of
+from proxy.policy.lookups import Lookup, find, literal_starts, touches
 from proxy.policy.rewrite import (
     Masker,
     MissingAttribute,
@@ -99,7 +102,7 @@ def decide(piece: Piece, ctx: Context, masker: Masker, *, extended: bool = False
     if isinstance(tree, exp.Query) and tree.args.get("into") is not None:
         kind, v.ddl = "create", True  # SELECT INTO is CREATE TABLE AS
     v.kind = kind
-    statement(v, tree, ctx, masker)
+    statement(v, tree, ctx, masker, piece)
     return v
 
 
@@ -170,6 +173,7 @@ def _with_inner(
     for name in ("tables", "columns", "functions", "copy_out", "has_where", "has_limit", "unknown"):
         setattr(v, name, getattr(sub, name))
     v.offset = sub.offset
+    v.lookups = _shifted(sub.lookups, v.literals, sub.literals)
     v.action, v.error, v.rules, v.reason = sub.action, sub.error, sub.rules, sub.reason
     if sub.change is not None and h.kind in ("prepare", "declare"):
         # It changes settings at each EXECUTE or FETCH, which the session does not follow.
@@ -179,6 +183,21 @@ def _with_inner(
     if sub.action == "rewrite":
         v.sql = h.prefix + sub.sql
     return v
+
+
+def _shifted(
+    found: tuple[Lookup, ...], outer: tuple[str, ...], inner: tuple[str, ...]
+) -> tuple[Lookup, ...]:
+    """An inner statement's lookups, pointing into the outer statement's literals
+    (PREPARE s(numeric(10, 2)) AS ... has literals of its own before the query)."""
+    skip = len(outer) - len(inner)
+    if not found or skip == 0:
+        return found if outer == inner else ()
+    if skip < 0 or outer[skip:] != inner:
+        return ()
+    return tuple(
+        dataclasses.replace(x, literal=x.literal + skip) if x.literal >= 0 else x for x in found
+    )
 
 
 # Session plumbing, gated by what it runs rather than by its own kind: EXECUTE runs a
@@ -255,8 +274,13 @@ def _police_args(v: Verdict, piece: Piece, at: int, ctx: Context, masker: Masker
         v.sql = args.splice(piece.parse_text, exprs)
 
 
-def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
-    """Analyze, check and (if allowed) rewrite one parsed statement in place."""
+def statement(
+    v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker, piece: Piece | None = None
+) -> None:
+    """Analyze, check and (if allowed) rewrite one parsed statement in place.
+
+    `piece`: the statement's own text, whose literals `v.lookups` points into (not
+    given for the synthetic SELECT of EXECUTE or CALL arguments)."""
     expansion = views.expand(tree, ctx)
     for r in expansion.refused:
         v.block(r.rule, f"{r.view} reads governed tables and cannot be expanded: {r.why}")
@@ -275,6 +299,10 @@ def statement(v: Verdict, tree: exp.Expr, ctx: Context, masker: Masker) -> None:
     bind_colmaps(occs)
     attribute_columns(found.nodes, occs)
     attribute_copy(tree, occs)
+    if piece is not None and touches(occs, ctx.subject_columns):
+        # Before any rewrite replaces a governed table with its masking subquery.
+        starts = literal_starts(piece.tokens, piece.parse_text, piece.base)
+        v.lookups = find(found.nodes, occs, ctx.subject_columns, starts)
     checks.describe(v, tree, occs, found.calls, ctx)
 
     checks.writes(v, occs, ctx)  # a governed target names its rule before the kind gate

@@ -80,6 +80,7 @@ from proxy.gucs import Change
 from proxy.identity import SessionFacts
 from proxy.policy.context import Context, lower_functions
 from proxy.policy.decide import decide
+from proxy.policy.lookups import Lookup, subject_columns
 from proxy.policy.normcache import NormCache
 from proxy.policy.pathknown import PathInString
 from proxy.policy.purposecheck import PurposeInString
@@ -116,6 +117,9 @@ class StatementInfo:
     # refreshes the catalog and decides again before answering.
     unknown: tuple[str, ...] = ()
     change: Change | None = None  # to tracked settings or savepoints (proxy/gucs.py)
+    # Values compared with a subject's key or lookup columns, by position in
+    # `literals` or by parameter number (lookups.py): the ledger's `looked_up`.
+    lookups: tuple[Lookup, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ def _info(v: Verdict) -> StatementInfo:
         rewritten=v.sql if v.action == "rewrite" else None,
         unknown=tuple(dict.fromkeys(v.unknown)),
         change=v.change,
+        lookups=v.lookups,
     )
 
 
@@ -168,6 +173,7 @@ class PolicyEngine:
         self._cache: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
         self._shapes: NormCache[Decision] = NormCache(cache_size)
         self._user_functions = lower_functions(catalog)
+        self._subject_columns = subject_columns(rules.subjects)
         self._hours = rules.uses_hours
         self._purpose = rules.uses_purpose
         self._dry = (
@@ -233,6 +239,7 @@ class PolicyEngine:
             facts,
             enforce_only=enforce_only,
             user_functions=self._user_functions,
+            subject_columns=self._subject_columns,
         )
 
     def _decide(

@@ -73,7 +73,9 @@ def tokenize(text: str) -> list[Token]:
     try:
         return list(_TOKENIZERS.tokenizer.tokenize(text))
     except Exception as e:  # sqlglot raises TokenError, and ValueError on odd input
-        raise SplitError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        # Not sqlglot's message: it quotes the text around the failure, which may be a
+        # search value (`ssn = '078-05-11`), and the reason goes into the audit log.
+        raise SplitError("the text does not tokenize (an unterminated quote or comment?)") from e
 
 
 def split(sql: str) -> list[Piece]:
@@ -200,7 +202,7 @@ def unescape_unicode(body: str, escape: str = "\\") -> str:
             out.append(_char(body[i + 1 : i + 5]))
             i += 5
         else:
-            raise SplitError(f"invalid Unicode escape in U&{body!r}")
+            raise SplitError("invalid Unicode escape in a U& string")  # its text is not logged
     return "".join(out)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from proxy.errors import Blocked, NotUnderstood, ProxyError
 from proxy.gucs import Change
 from proxy.policy.context import Context
+from proxy.policy.lookups import Lookup
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class Verdict:
     fingerprint: str = ""
     literals: tuple[str, ...] = ()
     unknown: list[str] = field(default_factory=list)  # relations/functions the catalog lacks
+    lookups: tuple[Lookup, ...] = ()  # values compared with subject columns (lookups.py)
 
     def block(self, rule: str, reason: str) -> None:
         if self.action != "block":

@@ -418,7 +418,7 @@ ALERT_DETECTORS = DETECTORS
 class AlertWhen(RuleModel):
     """What an `alerts:` destination hears about; a statement fitting any key is sent.
 
-    `canaries: true` is accepted now and fires once canaries exist (DESIGN.md).
+    `canaries: true`: a statement that received or searched for a canary key.
     """
 
     decisions: list[Literal["block", "cutoff", "throttle"]] = Field(default_factory=list)

@@ -10,6 +10,7 @@ address, then sends SIGINT and checks that nothing is left running.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -49,6 +50,7 @@ class Banner:
     datadir: Path
     metrics_url: str
     users: dict[str, Shown]
+    audit_log: Path
 
 
 def _free_port() -> int:
@@ -92,8 +94,9 @@ def _parse(text: str) -> Banner:
             current.examples.append((what, m.group(1)))
     datadir = re.search(r"^  data:\s+(\S+)", text, re.M)
     metrics = re.search(r"^  metrics:\s+(\S+)", text, re.M)
-    assert datadir and metrics, text
-    return Banner(text, Path(datadir.group(1)), metrics.group(1), users)
+    audit = re.search(r"^  audit log:\s+(\S+)", text, re.M)
+    assert datadir and metrics and audit, text
+    return Banner(text, Path(datadir.group(1)), metrics.group(1), users, Path(audit.group(1)))
 
 
 def _processes_mentioning(needle: str) -> list[str]:
@@ -175,14 +178,18 @@ def _refused(dsn: str, sql: str) -> psycopg.Error:
     return err.value
 
 
-def test_banner_shows_four_users_with_three_examples(demo: tuple[object, Banner]) -> None:
+def test_banner_shows_four_users_with_their_examples(demo: tuple[object, Banner]) -> None:
     _, banner = demo
     assert set(banner.users) == {"alice", "bob", "carol", "dave"}
     shown = " ".join(w for u in banner.users.values() for w, _ in u.examples)
-    for behaviour in ("row filter", "mask", "block", "cut-off"):
+    for behaviour in ("row filter", "mask", "block", "cut-off", "canary"):
         assert behaviour in shown
-    for user in banner.users.values():
-        assert len(user.examples) == 3
+    assert {n: len(u.examples) for n, u in banner.users.items()} == {
+        "alice": 3,
+        "bob": 3,
+        "carol": 4,  # and the canary
+        "dave": 3,
+    }
 
 
 def test_alice_row_filter_masks_block_cutoff(demo: tuple[object, Banner]) -> None:
@@ -224,10 +231,10 @@ def test_bob_sees_south_only_masked_and_star_blocked(demo: tuple[object, Banner]
 
 def test_carol_sees_all_regions_partial_ssn_internal_blocked(demo: tuple[object, Banner]) -> None:
     carol = demo[1].users["carol"]
-    (_, counts), (w2, masked), (w3, internal) = carol.examples
+    (_, counts), (w2, masked), (w3, internal), _ = carol.examples
     rows = _run(carol.dsn, counts)
     assert [r[0] for r in rows] == ["east", "north", "south", "west"]
-    assert sum(r[1] for r in rows) == 5000
+    assert sum(r[1] for r in rows) == 5000 + 2  # and the two canary people
     assert "mask" in w2
     for _name, ssn, phone in _run(carol.dsn, masked):
         assert re.fullmatch(r"\*\*\*\d{4}", ssn)
@@ -235,6 +242,27 @@ def test_carol_sees_all_regions_partial_ssn_internal_blocked(demo: tuple[object,
     assert "block" in w3
     err = _refused(carol.dsn, internal)
     assert err.sqlstate == "42501" and "internal-schema" in str(err)
+
+
+def test_carols_lookup_of_a_canary_person_writes_a_canary_event(
+    demo: tuple[object, Banner],
+) -> None:
+    banner = demo[1]
+    carol = banner.users["carol"]
+    what, lookup = carol.examples[3]
+    assert "canary" in what and "900001" in lookup
+    assert _run(carol.dsn, lookup) == [("Dana Whitlock", "+1-555-010-4320")]
+
+    def canary_events() -> list[dict[str, Any]]:
+        lines = banner.audit_log.read_bytes().splitlines()
+        return [e for e in map(json.loads, lines) if e["event"] == "canary"]
+
+    deadline = time.monotonic() + 15  # the record is flushed before the reply; poll anyway
+    while not canary_events() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (event,) = canary_events()
+    assert (event["user"], event["canary"], event["how"]) == ("carol", "decoy-people", "looked_up")
+    assert "900001" not in banner.audit_log.read_text()
 
 
 def test_dave_is_a_supervisor_by_a_postgresql_role(demo: tuple[object, Banner]) -> None:
@@ -319,8 +347,8 @@ def _keep_twice(datadir: Path) -> None:
         assert proc.returncode == 0, proc.log_text()
         assert (datadir / "PG_VERSION").exists()
         assert not _processes_mentioning(str(datadir))
-    assert "loaded 5,048 rows" in outputs[0] and "reusing" not in outputs[0]
-    assert "reusing the data set loaded earlier" in outputs[1] and "loaded 5,048" not in outputs[1]
+    assert "loaded 5,050 rows" in outputs[0] and "reusing" not in outputs[0]  # 2 canaries
+    assert "reusing the data set loaded earlier" in outputs[1] and "loaded 5,050" not in outputs[1]
     assert "kept for next time" in outputs[1]
     assert (datadir.parent / "kept-oversight" / "audit.jsonl").exists()
 
@@ -389,7 +417,9 @@ async def test_data_set_is_deterministic_and_consistent(demo_db: str) -> None:
             " (SELECT count(*) FROM officers) AS officers,"
             " (SELECT count(*) FROM internal.audit_notes) AS notes"
         )
-        assert tuple(counts) == (sizes.people, sizes.cases, sizes.officers, sizes.audit_notes)
+        people = sizes.people + sizes.canaries
+        assert tuple(counts) == (people, sizes.cases, sizes.officers, sizes.audit_notes)
+        assert sizes.total == sum(counts)
         regions = await conn.fetch("SELECT region, count(*) FROM people GROUP BY 1 ORDER BY 1")
         assert [r[0] for r in regions] == ["east", "north", "south", "west"]
         assert min(r[1] for r in regions) > sizes.people / 4 * 0.8  # roughly even

@@ -100,6 +100,20 @@ def test_format_session_events() -> None:
     assert "app=psql" in line and "statements=12" in line and "rows=3400" in line
 
 
+def test_format_canary_event_names_the_canary_and_how() -> None:
+    line = format_record(
+        {
+            "ts": "2026-11-28T02:31:07.123456Z",
+            "event": "canary",
+            "user": "carol",
+            "client": "10.0.0.5:51000",
+            "canary": "decoy-people",
+            "how": "looked_up",
+        }
+    )
+    assert "canary" in line and "decoy-people" in line and "how=looked_up" in line
+
+
 def test_parse_since() -> None:
     now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
     assert parse_since("10m", now) == now - timedelta(minutes=10)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.policy.split import split
-from proxy.redact import redact, redact_sql
+from proxy.policy.split import SplitError, split
+from proxy.redact import redact, redact_error, redact_sql
 
 CORPUS = [
     "SELECT -5, 3.2e4, $1, 'x'",
@@ -40,3 +40,18 @@ def test_a_second_statement_is_redacted_from_its_own_offsets() -> None:
     _, second = split("SELECT 1; SELECT 'two' AS x")
     assert redact(second.text, second.tokens, second.base)[0] == "SELECT ? AS x"
     assert redact(second.text, second.tokens, second.base)[2] == ("two",)
+
+
+def test_a_data_exception_loses_its_quoted_value() -> None:
+    err = '22P02: invalid input syntax for type bigint: "078-05-1120"'
+    assert redact_error(err) == '22P02: invalid input syntax for type bigint: "?"'
+    assert (
+        redact_error('42703: column "ssn" does not exist') == '42703: column "ssn" does not exist'
+    )
+    assert redact_error(None) is None
+
+
+def test_a_text_that_does_not_tokenize_is_not_quoted_in_the_reason() -> None:
+    with pytest.raises(SplitError) as e:
+        split("SELECT 1 WHERE a = '078-05-1120")
+    assert "078-05" not in str(e.value) and "tokenize" in str(e.value)
