@@ -32,6 +32,9 @@ class Context:
     user_functions: dict[str, tuple[str, ...]]  # lower-case name -> schemas (outside pg_catalog)
     _rule_cache: dict[str, TableRule | None] = field(default_factory=dict)
     every_rule: tuple[TableRule, ...] = ()  # all table rules, whoever they match
+    # A Parse's declared parameter type OIDs (0: unspecified); None outside a Parse,
+    # where no $n has a type the engine can know (pushdown.py reads it).
+    params: tuple[int, ...] | None = None
 
     @classmethod
     def build(
@@ -42,6 +45,7 @@ class Context:
         *,
         enforce_only: bool,
         user_functions: dict[str, tuple[str, ...]],
+        params: tuple[int, ...] | None = None,
     ) -> Context:
         """enforce_only: leave out rules in `mode: dry_run` (what is actually enforced)."""
         table_rules = rules.matching_rules(facts)
@@ -65,6 +69,7 @@ class Context:
             path=effective_path(facts.search_path, who.user),
             user_functions=user_functions,
             every_rule=tuple(rules.rules),
+            params=params,
         )
 
     def with_search_path(self, search_path: tuple[str, ...]) -> Context:
