@@ -26,8 +26,12 @@ A condition is copied only when all of this holds:
   column's family. numeric's operators are not leakproof, so decimal or larger
   numbers are never copied (nor is any comparison on a numeric column);
 - pg_catalog comes first on the search path (only pg_temp before it, which is
-  never searched for operators or types), so no user-defined operator or type
-  can be picked in its place.
+  never searched for operators), so no user-defined operator can be picked in
+  its place. pg_temp *is* searched first for type names: a cast the rewrite
+  prints as `TEXT`, `DATE`, `TIMESTAMPTZ`, `UUID` or `BPCHAR` (not SQL
+  keywords) could name a temporary type of the session's own; the copy is
+  then the very condition the query holds, and a temporary type has no
+  operator of pg_catalog's (see pushparams.py for PREPARE's type names).
 
 Constants are evaluated once, not per row, so a constant that fails to convert
 (`'x'::date`) raises whether or not hidden rows exist.
