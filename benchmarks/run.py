@@ -122,6 +122,16 @@ def start_targets(
                 stack, direct, "oversight+governed", services.GOVERNED_RULES, audit=True
             ).target
         ),
+        "oversight+governed-baseline": lambda: (
+            services.start_oversight(
+                stack,
+                direct,
+                "oversight+governed-baseline",
+                services.GOVERNED_RULES,
+                audit=True,
+                pythonpath=baseline,
+            ).target
+        ),
     }
     for name in wanted:
         if name == "direct":
@@ -248,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
                 at = wanted.index("oversight") + 1 if "oversight" in wanted else len(wanted)
                 wanted.insert(at, "oversight-baseline")
                 notes.append(f"oversight-baseline: the proxy package of {args.baseline}")
+                if "oversight+governed" in wanted:
+                    at = wanted.index("oversight+governed") + 1
+                    wanted.insert(at, "oversight+governed-baseline")
             targets = start_targets(stack, direct, wanted, notes, args.baseline)
             result["targets"] = {t.name: {"port": t.port, "note": t.note} for t in targets}
             warm_up(targets)

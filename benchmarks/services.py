@@ -274,6 +274,7 @@ def start_oversight(
     audit: bool,
     startup_timeout: float = 60.0,
     pythonpath: str | None = None,
+    command: list[str] | None = None,
 ) -> OversightProcess:
     """`oversight serve` on a free loopback port; `rules=None` means the plain-relay rule file."""
     tmp = Path(tempfile.mkdtemp(prefix=f"oversight-bench-{name.replace('+', '-')}-"))
@@ -301,7 +302,7 @@ def start_oversight(
     log = tmp / "oversight.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            oversight_command(),
+            command or oversight_command(),
             stdout=out,
             stderr=subprocess.STDOUT,  # to a file: a pipe nobody drains would stall the proxy
             cwd=tmp,

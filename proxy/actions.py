@@ -76,6 +76,7 @@ class Decide:
     sql: str
     extended: bool
     function_oid: int | None = None  # a fast-path FunctionCall, not SQL
+    param_types: tuple[int, ...] | None = None  # a Parse: its declared parameter types
     params: tuple[str, ...] | None = None  # an Execute: its Bind values
     token: Admission | None = None  # an Execute: its statement's admission
 

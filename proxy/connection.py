@@ -318,7 +318,9 @@ class Connection:
             elif a.params is not None and a.token is not None:
                 adm = await hooks.execute(facts, a.token, a.params)
             else:
-                adm = await hooks.decide(a.sql, facts, extended=a.extended)
+                adm = await hooks.decide(
+                    a.sql, facts, extended=a.extended, param_types=a.param_types
+                )
         except ProxyError as e:
             adm = Admission(action="block", error=e, reason=e.message)
         except Exception as e:  # fail closed: a broken hook refuses, never passes

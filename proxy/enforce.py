@@ -91,6 +91,7 @@ class _Token:
     guard: Any
     sql: str = ""  # the text the client sent (extended protocol: for revalidation)
     engine: PolicyEngine | None = None  # the rules it was decided under
+    param_types: tuple[int, ...] | None = None  # its Parse's (revalidation decides alike)
 
 
 class Enforcer(Hooks):
@@ -148,7 +149,12 @@ class Enforcer(Hooks):
         return eng
 
     async def _decision(
-        self, sql: str, facts: SessionFacts, extended: bool, audit: dict[str, Any]
+        self,
+        sql: str,
+        facts: SessionFacts,
+        extended: bool,
+        audit: dict[str, Any],
+        params: tuple[int, ...] | None = None,
     ) -> tuple[Decision, PolicyEngine]:
         db = facts.database
         engine = self.engine_for(db)
@@ -161,8 +167,9 @@ class Enforcer(Hooks):
                 err = CatalogUnavailable(db, self.catalogs.failure(db) or "not loaded yet")
                 return Decision("block", sql, err, (), err.message, False, None, ()), self._blind
             audit["catalog"] = "unavailable"
-            return self._blind.decide(sql, facts, extended=extended), self._blind
-        d = engine.decide(sql, facts, extended=extended)
+            d = self._blind.decide(sql, facts, extended=extended, param_types=params)
+            return d, self._blind
+        d = engine.decide(sql, facts, extended=extended, param_types=params)
         unknown = [u for s in d.statements for u in s.unknown]
         if unknown and self.catalogs is not None and self._has_policy(facts):
             # Something created since the last load (a view, a partition): load again.
@@ -170,11 +177,19 @@ class Enforcer(Hooks):
             audit["catalog_refresh"] = sorted(set(unknown))
             fresh = self.engine_for(db)
             if fresh is not None and fresh is not engine:
-                engine, d = fresh, fresh.decide(sql, facts, extended=extended)
+                engine = fresh
+                d = fresh.decide(sql, facts, extended=extended, param_types=params)
         return d, engine
 
-    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
-        adm = await self._decide(sql, facts, extended)
+    async def decide(
+        self,
+        sql: str,
+        facts: SessionFacts,
+        *,
+        extended: bool,
+        param_types: tuple[int, ...] | None = None,
+    ) -> Admission:
+        adm = await self._decide(sql, facts, extended, param_types)
         if isinstance(adm.token, _Token):
             adm.looked_up = self.looked_up(adm.token.decision.statements, None)
         return self._tripped(adm, facts)
@@ -219,10 +234,13 @@ class Enforcer(Hooks):
             per_execute=False,
         )
 
-    async def _decide(self, sql: str, facts: SessionFacts, extended: bool) -> Admission:
+    async def _decide(
+        self, sql: str, facts: SessionFacts, extended: bool, param_types: tuple[int, ...] | None
+    ) -> Admission:
         who = self.rules.principal(facts)
         audit: dict[str, Any] = {"groups": sorted(who.groups)}
-        d, engine = await self._decision(sql, facts, extended, audit)
+        d, engine = await self._decision(sql, facts, extended, audit, param_types)
+        token = _Token(d, None, sql, engine, param_types)
         if d.dry_run:
             audit["dry_run"] = True
             audit["would"] = d.would
@@ -237,7 +255,7 @@ class Enforcer(Hooks):
                 statements=statements,
                 changes=changes,
                 audit=audit,
-                token=_Token(d, None, sql, engine),
+                token=token,
             )
         adm = Admission(
             action=d.action,
@@ -247,10 +265,10 @@ class Enforcer(Hooks):
             statements=statements,
             changes=changes,
             audit=audit,
-            token=_Token(d, None, sql, engine),
+            token=token,
         )
         for i, effect in effects(sql, d.statements).items():
-            adm.effects[i] = self._effect(effect, d, i, audit, engine)
+            adm.effects[i] = self._effect(effect, d, i, audit, token)
         if extended:
             # A prepared statement may run many times, under rules reloaded
             # since its Parse: each execution is checked again (`execute`).
@@ -264,7 +282,7 @@ class Enforcer(Hooks):
         return await self._guard(adm, facts, infos)
 
     def _effect(
-        self, effect: Effect, d: Decision, index: int, audit: dict[str, Any], engine: PolicyEngine
+        self, effect: Effect, d: Decision, index: int, audit: dict[str, Any], outer: _Token
     ) -> Effect:
         """A PREPARE or DECLARE carries what each of its runs is first admitted as."""
         if effect.op not in ("prepare", "declare"):
@@ -280,7 +298,7 @@ class Enforcer(Hooks):
             statements=[_info(info)],
             changes={0: info.change} if info.change is not None else {},
             audit=dict(audit),
-            token=_Token(alone, None, text, engine),
+            token=_Token(alone, None, text, outer.engine, outer.param_types),
             per_execute=True,
         )
         return dataclasses.replace(effect, admission=sub)
@@ -331,7 +349,9 @@ class Enforcer(Hooks):
         current = self.engine_for(facts.database) or self._blind
         # Rules that read the purpose: it may have changed since the Parse (proxy/purpose.py).
         if token.engine is not current or current.rules.uses_purpose:
-            fresh = await self.decide(token.sql, facts, extended=True)
+            fresh = await self.decide(
+                token.sql, facts, extended=True, param_types=token.param_types
+            )
             changed = _upstream_sql(fresh, token) != _upstream_sql(statement, token)
             if fresh.error is None and changed:
                 err = _stale(token)

@@ -116,7 +116,16 @@ class StatementResult:
 class Hooks:
     """Default hooks: allow everything, observe nothing."""
 
-    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+    async def decide(
+        self,
+        sql: str,
+        facts: SessionFacts,
+        *,
+        extended: bool,
+        param_types: tuple[int, ...] | None = None,
+    ) -> Admission:
+        """A simple Query's text, or a Parse's (`extended`, with the type OIDs it
+        declares for its parameters, 0 for unspecified)."""
         return Admission()
 
     async def execute(

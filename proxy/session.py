@@ -247,7 +247,8 @@ class Session(UpstreamSide):
             out.append(Decide(self._waiting, extended=False))
         elif t == b"P":
             self._waiting = m.parse_parse(body, self.text.codec.decode)
-            out.append(Decide(self._waiting.sql, extended=True))
+            parse = self._waiting
+            out.append(Decide(parse.sql, extended=True, param_types=parse.param_types))
         elif t == b"B":
             portal, stmt = m.parse_bind_names(body)
             plan = self.statements.get(stmt) or self.names.statement(stmt)

@@ -35,6 +35,9 @@ class Context:
     every_rule: tuple[TableRule, ...] = ()  # all table rules, whoever they match
     # table -> column -> (subject id, is a key column): what lookups.py reports searches on
     subject_columns: Mapping[str, Mapping[str, tuple[str, bool]]] = field(default_factory=dict)
+    # A Parse's declared parameter type OIDs (0: unspecified); None outside a Parse,
+    # where no $n has a type the engine can know (pushdown.py reads it).
+    params: tuple[int, ...] | None = None
 
     @classmethod
     def build(
@@ -46,6 +49,7 @@ class Context:
         enforce_only: bool,
         user_functions: dict[str, tuple[str, ...]],
         subject_columns: Mapping[str, Mapping[str, tuple[str, bool]]] | None = None,
+        params: tuple[int, ...] | None = None,
     ) -> Context:
         """enforce_only: leave out rules in `mode: dry_run` (what is actually enforced)."""
         table_rules = rules.matching_rules(facts)
@@ -70,6 +74,7 @@ class Context:
             user_functions=user_functions,
             every_rule=tuple(rules.rules),
             subject_columns=subject_columns or {},
+            params=params,
         )
 
     def with_search_path(self, search_path: tuple[str, ...]) -> Context:

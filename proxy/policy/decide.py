@@ -25,7 +25,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from proxy.errors import NotUnderstood
 from proxy.gucs import Change, set_config_change
-from proxy.policy import callnames, checks, pushdown, views, writecheck
+from proxy.policy import callnames, checks, pushdown, pushparams, views, writecheck
 from proxy.policy.analyze import Call, Occ, attribute_columns, attribute_copy, bind_colmaps, collect
 from proxy.policy.changes import statement_change
 from proxy.policy.context import Context
@@ -165,7 +165,7 @@ def _with_inner(
     _gate(v, ctx, writes_ok=False)
     if v.action == "block":
         return v
-    sub = decide(inner, ctx, masker, extended=extended)
+    sub = decide(inner, pushparams.inner_context(h.kind, h.prefix, ctx), masker, extended=extended)
     if h.analyze and sub.action != "block" and not explain_execute:
         sub_tree = _parse(inner)
         if sub_tree is not None:

@@ -29,8 +29,9 @@ any such rule fits the identity (or the whole set is in dry-run mode) the
 statement is decided a second time with them, and what would have happened is
 reported in `would` with the rule ids, while `action` says what is enforced.
 
-Decisions are cached by (text, extended, every fact a match depends on, rules
-version, catalog version); the cache is a plain dict LRU, safe under asyncio.
+Decisions are cached by (text, extended, the Parse's parameter types, every
+fact a match depends on, rules version, catalog version); the cache is a plain
+dict LRU, safe under asyncio.
 Behind it, a second cache shares one decision between texts that differ only
 in literal values the decision provably ignores (normcache.py, shape.py), so
 the simple protocol's `WHERE id = 42`, `WHERE id = 43`... are parsed once.
@@ -182,8 +183,17 @@ class PolicyEngine:
             or any(r.mode == "dry_run" for r in rules.functions)
         )
 
-    def decide(self, sql: str, facts: SessionFacts, *, extended: bool = False) -> Decision:
-        key = self._key(sql, facts, extended)
+    def decide(
+        self,
+        sql: str,
+        facts: SessionFacts,
+        *,
+        extended: bool = False,
+        param_types: tuple[int, ...] | None = None,
+    ) -> Decision:
+        """`param_types`: a Parse's declared parameter type OIDs (0: unspecified), which
+        decide whether `col = $1` may be copied below a row filter (pushdown.py)."""
+        key = self._key(sql, facts, extended, param_types)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -191,7 +201,9 @@ class PolicyEngine:
         # Same text with other literal values: the shape cache (normcache.py), keyed
         # on the same facts as this one (everything in the key after the text).
         decision, keep = self._shapes.decide(
-            sql, key[1:], lambda text, pieces: self._fresh(text, facts, extended, pieces)
+            sql,
+            key[1:],
+            lambda text, pieces: self._fresh(text, facts, extended, pieces, param_types),
         )
         if keep:
             self._cache[key] = decision
@@ -200,18 +212,25 @@ class PolicyEngine:
         return decision
 
     def _fresh(
-        self, sql: str, facts: SessionFacts, extended: bool, pieces: list[Piece] | None = None
+        self,
+        sql: str,
+        facts: SessionFacts,
+        extended: bool,
+        pieces: list[Piece] | None = None,
+        params: tuple[int, ...] | None = None,
     ) -> tuple[Decision, bool]:
         """A decision taken from scratch, and whether it may be cached. `pieces`: the
         text already split (by the shape cache), so that it is not split twice."""
         try:
-            return self._decide(sql, facts, extended, pieces), True
+            return self._decide(sql, facts, extended, pieces, params), True
         except Exception as e:  # a bug or a sqlglot surprise must fail closed, not crash
             log.exception("policy engine failed on a statement; blocking it")
             err = NotUnderstood(f"internal policy error ({type(e).__name__})")
             return Decision("block", sql, err, (), err.reason, False, None, ()), False
 
-    def _key(self, sql: str, facts: SessionFacts, extended: bool) -> tuple[object, ...]:
+    def _key(
+        self, sql: str, facts: SessionFacts, extended: bool, params: tuple[int, ...] | None
+    ) -> tuple[object, ...]:
         when = None
         if self._hours:
             now = facts.now or datetime.now().astimezone()
@@ -219,6 +238,7 @@ class PolicyEngine:
         return (
             sql,
             extended,
+            params,
             facts.user,
             facts.groups,  # from the identity sources: a revoke must not hit an old decision
             facts.attributes,
@@ -232,7 +252,9 @@ class PolicyEngine:
             self.catalog.version,
         )
 
-    def _context(self, facts: SessionFacts, enforce_only: bool) -> Context:
+    def _context(
+        self, facts: SessionFacts, enforce_only: bool, params: tuple[int, ...] | None = None
+    ) -> Context:
         return Context.build(
             self.rules,
             self.catalog,
@@ -240,16 +262,22 @@ class PolicyEngine:
             enforce_only=enforce_only,
             user_functions=self._user_functions,
             subject_columns=self._subject_columns,
+            params=params,
         )
 
     def _decide(
-        self, sql: str, facts: SessionFacts, extended: bool, pieces: list[Piece] | None = None
+        self,
+        sql: str,
+        facts: SessionFacts,
+        extended: bool,
+        pieces: list[Piece] | None = None,
+        params: tuple[int, ...] | None = None,
     ) -> Decision:
-        ctx = self._context(facts, enforce_only=True)
+        ctx = self._context(facts, enforce_only=True, params=params)
         actual = self._run(sql, ctx, extended, pieces)
         if not self._dry:
             return actual
-        full = self._context(facts, enforce_only=False)
+        full = self._context(facts, enforce_only=False, params=params)
         differs = (full.table_rules, full.function_rules) != (ctx.table_rules, ctx.function_rules)
         would = self._run(sql, full, extended) if differs else actual
         if self.rules.defaults.mode == "dry_run":

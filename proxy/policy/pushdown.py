@@ -26,17 +26,19 @@ A condition is copied only when all of this holds:
   column's family. numeric's operators are not leakproof, so decimal or larger
   numbers are never copied (nor is any comparison on a numeric column);
 - pg_catalog comes first on the search path (only pg_temp before it, which is
-  never searched for operators or types), so no user-defined operator or type
-  can be picked in its place.
+  never searched for operators), so no user-defined operator can be picked in
+  its place. pg_temp *is* searched first for type names: a cast the rewrite
+  prints as `TEXT`, `DATE`, `TIMESTAMPTZ`, `UUID` or `BPCHAR` (not SQL
+  keywords) could name a temporary type of the session's own; the copy is
+  then the very condition the query holds, and a temporary type has no
+  operator of pg_catalog's (see pushparams.py for PREPARE's type names).
 
 Constants are evaluated once, not per row, so a constant that fails to convert
-(`'x'::date`) raises whether or not hidden rows exist. Bound parameters ($1)
-are not copied: the client may declare their type in Parse, which the decision
-does not see, and a declared type can make PostgreSQL cast the *column* or pick
-an operator that is not leakproof (a numeric parameter against an integer
-column compares as numeric; a timestamp one against a date column uses
-date_eq_timestamp). With Parse's types at hand, `col OP $n` whose type is
-unspecified or of the column's family would be as safe as a literal.
+(`'x'::date`) raises whether or not hidden rows exist.
+
+Bound parameters ($n) stand where a constant may when their type, from the
+Parse message or PREPARE's list, makes the comparison such an operator and
+copying them changes no parameter's inferred type (pushparams.py).
 
 Outer joins: a conjunct of the WHERE is safe even when this occurrence is on
 the nullable side. Every copied comparison is strict (NULL in, NULL out), so
@@ -52,6 +54,7 @@ from sqlglot import exp
 
 from proxy.policy.analyze import Occ, fold
 from proxy.policy.context import Context
+from proxy.policy.pushparams import Params, params_of
 from proxy.rules import TableRule
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
@@ -104,12 +107,13 @@ def plan(occs: list[Occ], ctx: Context) -> dict[int, tuple[exp.Expr, ...]]:
     by_scope: dict[int, list[Occ]] = {}
     for o in occs:
         by_scope.setdefault(id(o.scope), []).append(o)
+    params = params_of(occs, ctx.params)
     out: dict[int, tuple[exp.Expr, ...]] = {}
     for o in occs:
         rule = ctx.rule_for(o.qualified)
         if o.write or rule is None or not rule.row_filter:
             continue
-        found = conjuncts(o, rule, by_scope.get(id(o.scope), []))
+        found = conjuncts(o, rule, by_scope.get(id(o.scope), []), params)
         if found:
             out[id(o)] = found
     return out
@@ -124,7 +128,9 @@ def _catalog_first(path: tuple[str, ...]) -> bool:
     return False
 
 
-def conjuncts(o: Occ, rule: TableRule, siblings: list[Occ]) -> tuple[exp.Expr, ...]:
+def conjuncts(
+    o: Occ, rule: TableRule, siblings: list[Occ], params: Params | None = None
+) -> tuple[exp.Expr, ...]:
     """The copies (naming the table's real columns, unqualified) of o's safe conditions."""
     scope = o.scope
     if not isinstance(scope, exp.Select | exp.Update | exp.Delete) or o.relation is None:
@@ -140,7 +146,7 @@ def conjuncts(o: Occ, rule: TableRule, siblings: list[Occ]) -> tuple[exp.Expr, .
     plain = all(isinstance(t, exp.Table) for t in items) and len(siblings) == len(items)
     plain = plain and not any(_merges(j) for j in scope.args.get("joins") or [])
     plain = plain and all(s.relation is not None and s.relation.columns for s in siblings)
-    resolve = _Resolver(o, rule, siblings if plain else None)
+    resolve = _Resolver(o, rule, siblings if plain else None, params)
     out: list[exp.Expr] = []
     for c in _flatten(where.this):
         copied = _copy(c, resolve)
@@ -177,10 +183,13 @@ def _flatten(cond: exp.Expr) -> list[exp.Expr]:
 class _Resolver:
     """A Column node -> the family of o's real column it names, if it names one we may copy."""
 
-    def __init__(self, o: Occ, rule: TableRule, siblings: list[Occ] | None) -> None:
-        self.o, self.rule, self.siblings = o, rule, siblings
+    def __init__(
+        self, o: Occ, rule: TableRule, siblings: list[Occ] | None, params: Params | None
+    ) -> None:
+        self.o, self.rule, self.siblings, self.params = o, rule, siblings, params
 
-    def __call__(self, col: exp.Expr) -> tuple[str, str] | None:
+    def __call__(self, col: exp.Expr) -> tuple[str, str, str] | None:
+        """(real column name, its family, its type name), if it may be copied."""
         if not isinstance(col, exp.Column) or not isinstance(col.this, exp.Identifier):
             return None
         o = self.o
@@ -204,8 +213,9 @@ class _Resolver:
         assert o.relation is not None
         rel = o.relation
         i = rel.columns.index(real)
-        family = _FAMILY.get(rel.types[i]) if i < len(rel.types) else None
-        return (real, family) if family else None
+        typ = rel.types[i] if i < len(rel.types) else ""
+        family = _FAMILY.get(typ)
+        return (real, family, typ) if family else None
 
 
 def _visible(o: Occ, name: str) -> bool:
@@ -220,7 +230,7 @@ def _copy(cond: exp.Expr, resolve: _Resolver) -> exp.Expr | None:
         left, right = cond.this, cond.expression
         for col, const in ((left, right), (right, left)):
             hit = resolve(col)
-            if hit is not None and _constant(const, hit[1]):
+            if hit is not None and _value(const, hit[1], resolve.params):
                 new = cond.copy()
                 target = new.this if col is left else new.expression
                 target.replace(_column(hit[0]))
@@ -236,7 +246,7 @@ def _copy(cond: exp.Expr, resolve: _Resolver) -> exp.Expr | None:
             or cond.args.get("field")
         ):
             return None
-        if not items or not all(_constant(x, hit[1]) for x in items):
+        if not items or not _in_list(items, hit, resolve.params):
             return None
         # As ORed equalities: each resolves on its own to the column type's operator,
         # where an IN list would first cast every item and the column to a common type.
@@ -245,7 +255,8 @@ def _copy(cond: exp.Expr, resolve: _Resolver) -> exp.Expr | None:
     if isinstance(cond, exp.Between) and not cond.args.get("symmetric"):
         hit = resolve(cond.this)
         low, high = cond.args.get("low"), cond.args.get("high")
-        if hit is None or not (_constant(low, hit[1]) and _constant(high, hit[1])):
+        p = resolve.params
+        if hit is None or not (_value(low, hit[1], p) and _value(high, hit[1], p)):
             return None
         assert low is not None and high is not None
         ge = exp.GTE(this=_column(hit[0]), expression=low.copy())
@@ -256,6 +267,37 @@ def _copy(cond: exp.Expr, resolve: _Resolver) -> exp.Expr | None:
 
 def _column(name: str) -> exp.Column:
     return exp.Column(this=exp.to_identifier(name, quoted=True))
+
+
+def _value(node: exp.Expr | None, family: str, params: Params | None) -> bool:
+    """A constant or parameter compared with a `family` column by a leakproof operator."""
+    return _constant(node, family) or _parameter(node, family, params)
+
+
+def _in_list(items: list[exp.Expr], hit: tuple[str, str, str], params: Params | None) -> bool:
+    family = hit[1]
+    untyped = [params is not None and params.untyped(x) for x in items]
+    if not any(untyped):
+        return all(_value(x, family, params) for x in items)
+    # PostgreSQL types unspecified parameters in an IN list by the list's common type.
+    if not all(untyped) or hit[2] == "varchar":
+        return False
+    return all(_parameter(x, family, params) for x in items)
+
+
+def _parameter(node: exp.Expr | None, family: str, params: Params | None) -> bool:
+    """`$n`, or `$n::T` with T of the column's family, that may be copied (pushparams.py)."""
+    if params is None or node is None:
+        return False
+    cast = type(node) is exp.Cast
+    if cast:
+        to = node.args.get("to")
+        if not isinstance(to, exp.DataType) or to.expressions:
+            return False
+        if _CAST_FAMILY.get(to.this) != family:
+            return False
+        node = node.this
+    return params.allows(node, family, cast=cast)
 
 
 def _constant(node: exp.Expr | None, family: str) -> bool:

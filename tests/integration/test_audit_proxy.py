@@ -64,7 +64,14 @@ class Decisions(Hooks):
     the audit test about the audit trail.
     """
 
-    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+    async def decide(
+        self,
+        sql: str,
+        facts: SessionFacts,
+        *,
+        extended: bool,
+        param_types: tuple[int, ...] | None = None,
+    ) -> Admission:
         statements = [{"kind": "select", "tables": ["public.audit_people"], "fingerprint": "f"}]
         if "ssn" in sql:
             masked = sql.replace("ssn", "'****'::text AS ssn")

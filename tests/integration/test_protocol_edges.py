@@ -201,7 +201,14 @@ async def test_cancel_with_wrong_key_does_nothing(pg: Any, proxy_factory: Any) -
 class BlockOne(Hooks):
     """Refuses any statement mentioning `forbidden`; caps results of `capped` at 5 rows."""
 
-    async def decide(self, sql: str, facts: SessionFacts, *, extended: bool) -> Admission:
+    async def decide(
+        self,
+        sql: str,
+        facts: SessionFacts,
+        *,
+        extended: bool,
+        param_types: tuple[int, ...] | None = None,
+    ) -> Admission:
         if "forbidden" in sql:
             err = Blocked("test-rule", "forbidden word")
             return Admission(action="block", error=err, rules=("test-rule",))

@@ -50,11 +50,13 @@ from playbook import (
     tokens,
 )
 
-from proxy.actions import Close, ToClient, ToServer
+from proxy.actions import Close, Decide, ToClient, ToServer
 from proxy.errors import Blocked, VolumeLimit
 from proxy.gucs import Change
 from proxy.hooks import Admission, StreamLimits
-from proxy.session import REFUSED_QUERY
+from proxy.identity import SessionFacts
+from proxy.messages import parse as parse_message
+from proxy.session import REFUSED_QUERY, Session
 from proxy.wire import frame
 
 BLOCK = Admission(action="block", error=Blocked("no-secrets", "secret column"))
@@ -998,3 +1000,10 @@ def _chunked(data: bytes, sizes: list[int]) -> list[bytes]:
         pos += sizes[i % len(sizes)]
         i += 1
     return out
+
+
+def test_parse_hands_its_declared_parameter_types_to_the_hooks() -> None:
+    """The policy engine copies `col = $1` below a row filter only for some types."""
+    session = Session(SessionFacts(user="alice", database="db"))
+    asked = session.client_data(parse_message("", "SELECT $1, $2", (20, 0)))
+    assert asked == [Decide("SELECT $1, $2", extended=True, param_types=(20, 0))]

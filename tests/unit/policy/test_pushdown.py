@@ -116,7 +116,7 @@ def test_pushed(engine: PolicyEngine, sql: str, want: str) -> None:
         "SELECT id FROM people WHERE name = 5",  # would cast
         "SELECT id FROM people WHERE region = 'x'::varchar || 'y'",
         "SELECT id FROM people WHERE id = NULL",
-        "SELECT id FROM people WHERE id = $1",  # parameters: declared type unseen
+        "SELECT id FROM people WHERE id = $1",  # a parameter outside a Parse: no type
         "SELECT id FROM people WHERE name LIKE 'a%'",
         "SELECT id FROM people WHERE id = id",
         "SELECT p.id FROM people p, officers o WHERE id = 5",  # ambiguous name
