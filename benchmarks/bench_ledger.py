@@ -5,10 +5,11 @@
 
 A throwaway PostgreSQL (tests/pgcluster.py) with two tables of --rows rows,
 `bench_people (id int primary key, name text)` and `bench_other` (the same
-shape), and two `oversight serve` processes in front of it:
+shape), and three `oversight serve` processes in front of it:
 
 - plain: no `subjects:` section;
-- ledger: `bench_people.id` is subject `person`'s key.
+- ledger: `bench_people.id` is subject `person`'s key;
+- canaries: the same plus two canary keys (decoys are looked for in every row).
 
 Workloads, each read in full by one asyncpg client (binary results):
 - other:  `SELECT id, name FROM bench_other`, no watched column: must cost
@@ -42,6 +43,13 @@ subjects:
   - id: person
     table: public.bench_people
     key: id
+"""
+)
+# The ledger plus decoys: every key read is also compared with the canaries'.
+CANARIES = (
+    LEDGER
+    + """canaries:
+  - {id: decoys, subject: person, keys: [900001, 900002]}
 """
 )
 
@@ -103,7 +111,7 @@ async def bench(rows: int, runs: int) -> None:
         load(pg, rows)
         procs = {}
         dsns = {}
-        for arm, text in (("plain", PLAIN), ("ledger", LEDGER)):
+        for arm, text in (("plain", PLAIN), ("ledger", LEDGER), ("canaries", CANARIES)):
             rules = Path(tmp) / f"{arm}.yaml"
             rules.write_text(text)
             proc, port = start_proxy(pg, rules, Path(tmp) / f"{arm}.jsonl")
@@ -157,10 +165,11 @@ def report(
             f"  {arm:7s} {med[arm]:7.3f} s  {wire / med[arm] / 1e6:8.1f} MB/s  "
             f"proxy CPU {mcpu[arm]:6.3f} s"
         )
-    print(
-        f"  ledger/plain: throughput {med['plain'] / med['ledger']:.2f}, "
-        f"proxy CPU {mcpu['ledger'] / mcpu['plain']:.2f}"
-    )
+    for arm, base in (("ledger", "plain"), ("canaries", "plain"), ("canaries", "ledger")):
+        print(
+            f"  {arm}/{base}: throughput {med[base] / med[arm]:.2f}, "
+            f"proxy CPU {mcpu[arm] / mcpu[base]:.2f}"
+        )
 
 
 def main() -> None:

@@ -141,6 +141,34 @@ def decoder(col: Column, read: Read) -> Callable[[bytes], str | None] | None:
     return None
 
 
+def raw_decoys(col: Column, decoys: frozenset[str]) -> frozenset[bytes] | None:
+    """The canary keys as `col`'s values arrive on the wire, so a row past the cap
+    is checked by one set look-up instead of a decode; None: decode to compare."""
+    if col.fmt == 0 or col.type_oid in _TEXT_TYPES:
+        # ASCII reads alike in every client encoding Oversight supports.
+        return frozenset(k.encode() for k in decoys) if all(k.isascii() for k in decoys) else None
+    out: set[bytes] = set()
+    for k in decoys:
+        if col.type_oid in _INT_TYPES or col.type_oid == OID:
+            size = {INT2: 2, INT4: 4, INT8: 8, OID: 4}[col.type_oid]
+            try:
+                n = int(k)
+                if str(n) == k:  # the server prints no other form of it
+                    out.add(n.to_bytes(size, "big", signed=col.type_oid != OID))
+            except (ValueError, OverflowError):
+                pass  # cannot be a value of this column
+        elif col.type_oid == UUID:
+            try:
+                u = uuid.UUID(k)
+                if str(u) == k:
+                    out.add(u.bytes)
+            except ValueError:
+                pass
+        else:
+            return None
+    return frozenset(out)
+
+
 def undecodable(cols: tuple[Column, ...]) -> list[Column]:
     """Columns a reader skips: binary values of a type it cannot print."""
     return [c for c in cols if decoder(c, bytes.decode) is None]
@@ -152,7 +180,14 @@ class Owner(Protocol):
     subjects: Tally | None
 
 
-_Plan = tuple[int, str, Callable[[bytes], str | None], "hmac.HMAC", dict[bytes | str, None]]
+_Plan = tuple[
+    int,
+    str,
+    Callable[[bytes], str | None],
+    "hmac.HMAC",
+    dict[bytes | str, None],
+    frozenset[bytes] | None,
+]
 Decoys = Mapping[str, frozenset[str]]  # subject id -> its canary keys as text
 
 
@@ -183,7 +218,8 @@ class RowReader:
             if base is None:
                 prefix = c.subject.encode() + b"\x00\x00"
                 base = bases[c.subject] = hmac.new(key, prefix, hashlib.sha256)
-            plan.append((c.index, c.subject, decode, base, {}))
+            raw = raw_decoys(c, self._decoys.get(c.subject, frozenset()))
+            plan.append((c.index, c.subject, decode, base, {}, raw))
         self._plan = tuple(plan)
 
     def __bool__(self) -> bool:
@@ -200,7 +236,7 @@ class RowReader:
             (count,) = _I16(buf, pos)
             p = pos + 2
             i = 0
-            for index, subject, decode, base, memo in self._plan:
+            for index, subject, decode, base, memo, raws in self._plan:
                 if index >= count:
                     return
                 while i < index:  # skip the fields before it by their lengths
@@ -218,7 +254,10 @@ class RowReader:
                     continue
                 tally = self._owner.subjects
                 if len(memo) >= CAP and tally is not None:
-                    self._past_cap(tally, subject, base, decode, raw)
+                    if raws is not None and raw not in raws:
+                        tally.seen_unlisted(subject)  # no decoy has this wire form
+                    else:
+                        self._past_cap(tally, subject, base, decode, raw)
                     continue
                 value = decode(raw)
                 if value is None:
@@ -254,7 +293,7 @@ class RowReader:
 
     def values(self, fields: Sequence[str | None]) -> None:
         """Read a row already split into text values (COPY's text and CSV forms)."""
-        for index, subject, _, base, memo in self._plan:
+        for index, subject, _, base, memo, _raws in self._plan:
             if index >= len(fields):
                 return
             value = fields[index]

@@ -471,3 +471,17 @@ def test_views_and_views_of_views_pass_the_key_through() -> None:
     columns, _ = watch_map([PERSON], cat)
     assert columns[(17000, 1)] == columns[(17001, 1)] == "person"
     assert (17000, 2) not in columns and (17002, 1) not in columns
+
+
+def test_canary_keys_in_their_wire_forms_past_the_cap() -> None:
+    from proxy.ledger.rows import INT4, INT8, TEXT, UUID, Column, raw_decoys
+
+    keys = frozenset({"900001", "0042", "7d444840-9dc0-11d1-b245-5ffdce74fad2"})
+    assert raw_decoys(Column(0, "p", INT8, 1), keys) == frozenset({(900001).to_bytes(8, "big")})
+    assert raw_decoys(Column(0, "p", INT4, 1), keys) == frozenset({(900001).to_bytes(4, "big")})
+    assert raw_decoys(Column(0, "p", UUID, 1), keys) == frozenset(
+        {bytes.fromhex("7d4448409dc011d1b2455ffdce74fad2")}
+    )
+    assert raw_decoys(Column(0, "p", INT8, 0), keys) == frozenset(k.encode() for k in keys)
+    assert raw_decoys(Column(0, "p", TEXT, 1), frozenset({"Zoë"})) is None  # decode to compare
+    assert raw_decoys(Column(0, "p", 1700, 1), keys) is None  # numeric: no wire form known
