@@ -171,6 +171,17 @@ def unknown_relations(v: Verdict, unknown: list[Occ], ctx: Context) -> None:
         if ctx.rule_for(o.qualified) is None:
             shown = o.qualified if o.schema else o.name  # unqualified: no schema to name
             v.unknown.append(shown)
+            if (
+                not o.schema
+                and o.name.startswith("pg_")
+                and ctx.knows_relation(f"pg_catalog.{o.name}", None)
+            ):
+                v.block(
+                    "defaults.catalog",
+                    f"relation {o.name} could be one in {o.qualified.split('.')[0]}, which the"
+                    f" search_path puts before pg_catalog: qualify it (pg_catalog.{o.name})",
+                )
+                return
             v.block("defaults.catalog", f"relation {shown} is not in the proxy's catalog")
 
 

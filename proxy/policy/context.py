@@ -121,8 +121,9 @@ class Context:
         for s in self.path:
             if s not in ("pg_temp", "pg_catalog") and self.rule_for(f"{s}.{name}") is not None:
                 return f"{s}.{name}", None
-        if name.startswith("pg_"):
-            return f"pg_catalog.{name}", None
+        # A pg_* name under a path that searches a user schema first: a relation of
+        # that name made there since the snapshot is what the server reads, so it is
+        # read as that unknown relation (refused under a policy), never as the catalog's.
         first = next((s for s in self.path if s not in ("pg_temp", *SYSTEM_SCHEMAS)), "public")
         return f"{first}.{name}", None
 

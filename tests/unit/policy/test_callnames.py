@@ -137,6 +137,20 @@ def test_a_schema_before_pg_catalog_may_shadow_a_builtin(sound: PolicyEngine) ->
     assert sound.decide("SELECT left('ab', 1)", ALICE).action == "allow"
 
 
+def test_a_schema_before_pg_catalog_may_shadow_a_system_relation(sound: PolicyEngine) -> None:
+    """The same for relations: a `public.pg_class` made since the snapshot is what an
+    unqualified `pg_class` reads when the path puts public before pg_catalog."""
+    late = SessionFacts("alice", "db", search_path=("public", "pg_catalog"))
+    d = sound.decide("SELECT relname FROM pg_class", late)
+    assert d.action == "block"
+    assert "relation pg_class could be one in public" in d.reason
+    assert "pg_catalog.pg_class" in d.reason
+    assert sound.decide("SELECT relname FROM pg_catalog.pg_class", late).action == "allow"
+    early = SessionFacts("alice", "db", search_path=("pg_catalog", "public"))
+    assert sound.decide("SELECT relname FROM pg_class", early).action == "allow"
+    assert sound.decide("SELECT relname FROM pg_class", ALICE).action == "allow"
+
+
 def test_a_set_search_path_earlier_in_the_string_moves_later_calls(sound: PolicyEngine) -> None:
     """Statements behind a SET in one simple Query are decided under the new path."""
     d = sound.decide("SET search_path = public, pg_catalog; SELECT left('ab', 1)", ALICE)
