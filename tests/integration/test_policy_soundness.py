@@ -369,6 +369,37 @@ async def test_functions_named_like_sqlglot_models_are_checked_by_written_name(
     assert not any("ssn-" in m for m in refused.values())
 
 
+async def test_a_relation_shadowing_a_system_catalog_is_refused(
+    setup: tuple[Any, Enforcer], pg: PgCluster, run_sync: Any
+) -> None:
+    """A `public.pg_class` made behind the proxy's back, under a path that puts public
+    before pg_catalog, is what `pg_class` reads: refused, never taken for the catalog's."""
+    proxy, _ = setup
+
+    def scenario() -> tuple[str, Any]:
+        with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+            direct.execute("CREATE TABLE public.pg_class (relname text)")
+            direct.execute(f"INSERT INTO public.pg_class SELECT ssn FROM {SCHEMA}.people")
+            direct.execute("GRANT SELECT ON public.pg_class TO scramuser")
+        try:
+            with psycopg.connect(proxy.dsn(user="scramuser"), autocommit=True) as conn:
+                conn.execute("SET search_path = public, pg_catalog")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as ei:
+                    conn.execute("SELECT relname FROM pg_class LIMIT 1")
+                qualified = conn.execute(
+                    "SELECT relname FROM pg_catalog.pg_class WHERE relname = 'pg_proc'"
+                ).fetchone()
+                return str(ei.value), qualified
+        finally:
+            with psycopg.connect(pg.dsn(), autocommit=True) as direct:
+                direct.execute("DROP TABLE public.pg_class")
+
+    message, qualified = await run_sync(scenario)
+    assert "relation pg_class could be one in public" in message, message
+    assert "ssn-" not in message
+    assert qualified == ("pg_proc",)
+
+
 async def test_builtins_sqlglot_renames_keep_working(
     setup: tuple[Any, Enforcer], run_sync: Any
 ) -> None:
