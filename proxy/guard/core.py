@@ -201,7 +201,9 @@ class Guard:
             if spec.detect is None or spec.ledger:
                 continue
             for stmt in statements:
-                hit = await detect(spec, stmt, facts.user, self.store, self._sizes, now)
+                hit = await detect(
+                    spec, stmt, facts.user, self.store, self._sizes, now, self.ledger_key
+                )
                 if hit is None:
                     continue
                 hits.append(hit)

@@ -178,8 +178,12 @@ class SizeEstimator:
         return self._children.get(table, [])
 
 
-def _digest(values: Sequence[Any]) -> str:
-    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=12).hexdigest()
+def _digest(values: Sequence[Any], key: bytes) -> str:
+    """The statement's literal values as the store keeps them: keyed (the ledger key,
+    shared by every instance), so a reader of Redis cannot test guesses of an SSN."""
+    if len(key) > 64:  # blake2b's longest key
+        key = hashlib.blake2b(key).digest()
+    return hashlib.blake2b(repr(tuple(values)).encode(), digest_size=12, key=key).hexdigest()
 
 
 # COPY ... TO STDOUT / PROGRAM / a file (redacted to `?`), found in the text for
@@ -219,8 +223,12 @@ async def detect(
     store: Store,
     sizes: SizeEstimator,
     now: float,
+    key: bytes = b"",
 ) -> Hit | None:
-    """Run `spec`'s detector on one statement; record history; return a Hit if it fires."""
+    """Run `spec`'s detector on one statement; record history; return a Hit if it fires.
+
+    `key`: what the literal values the history keeps are keyed with (the ledger key).
+    """
     kind = spec.detect
     if kind == "copy_out":
         if not _copies_out(stmt):
@@ -241,11 +249,11 @@ async def detect(
         if stmt.offset is not None:
             page = f"o:{stmt.offset}"
         elif stmt.literals and _keyset(stmt):
-            page = "k:" + _digest(stmt.literals)  # keyset paging: WHERE id > <last seen>
+            page = "k:" + _digest(stmt.literals, key)  # keyset paging: WHERE id > <last seen>
         else:
             page = "o:0"  # the first page, or a lookup with a LIMIT (enumeration's business)
-        key = state_key("page", spec.id, user, stmt.fingerprint)
-        pages = await store.seen(key, page, spec.detector_window, now)
+        where = state_key("page", spec.id, user, stmt.fingerprint)
+        pages = await store.seen(where, page, spec.detector_window, now)
         if pages < spec.min_pages:
             return None
         return _hit(spec, _history_figures(stmt, "pages", pages, spec.min_pages, spec))
@@ -255,8 +263,8 @@ async def detect(
             return None
         if stmt.offset is not None:
             return None
-        key = state_key("enum", spec.id, user, stmt.fingerprint)
-        distinct = await store.seen(key, _digest(stmt.literals), spec.detector_window, now)
+        where = state_key("enum", spec.id, user, stmt.fingerprint)
+        distinct = await store.seen(where, _digest(stmt.literals, key), spec.detector_window, now)
         if distinct < spec.min_distinct:
             return None
         return _hit(spec, _history_figures(stmt, "distinct", distinct, spec.min_distinct, spec))

@@ -216,3 +216,32 @@ async def test_detector_dry_run_reports_only() -> None:
     guard, _ = make({"id": "no-copy", "detect": "copy_out", "action": "block", "mode": "dry_run"})
     adm = await guard.admit(ALICE, [Stmt(kind="copy", copy_out=True)])
     assert adm.error is None and adm.hits[0]["dry_run"] is True
+
+
+class Recording(MemoryStore):
+    """A memory store that remembers the members the detectors hand it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members: list[str] = []
+
+    async def seen(self, key: str, member: str, window: float, now: float) -> int:
+        self.members.append(member)
+        return await super().seen(key, member, window, now)
+
+
+async def test_looked_up_values_reach_the_store_keyed_by_the_ledger_key() -> None:
+    """The enumeration history holds keyed digests: a reader of the shared store
+    cannot test guesses of the SSNs looked up (the same key on every instance)."""
+    import hashlib
+
+    members: dict[bytes, list[str]] = {}
+    for key in (b"ledger-one", b"ledger-two", b"ledger-one"):
+        store = Recording()
+        entry = {"id": "enum", "detect": "enumeration", "action": "log"}
+        guard = Guard(ruleset(entry), store, CATALOG, clock=Clock(), ledger_key=key)
+        await guard.admit(ALICE, [Stmt(fingerprint="lookup", literals=("078-05-1120",))])
+        assert members.setdefault(key, store.members) == store.members  # stable per key
+    assert members[b"ledger-one"] != members[b"ledger-two"]
+    plain = hashlib.blake2b(repr(("078-05-1120",)).encode(), digest_size=12).hexdigest()
+    assert plain not in members[b"ledger-one"] and "078-05-1120" not in members[b"ledger-one"][0]
