@@ -3,19 +3,21 @@
 The package owns everything about the YAML a DBA writes and imports nothing
 from proxy.policy: the policy engine and the guard read these models (imports
 point down). `model` holds the pydantic models and their small parsers,
-`ruleset` the merged set, `load` the loader and its problem reports,
-`sqlcheck` the static checks of SQL snippets in filters and masks.
+`subjects` and `alertroutes` the `subjects:`/`canaries:` and `alerts:`
+sections, `filemodel` one file as written, `ruleset` the merged set, `load`
+the loader and its problem reports, `sqlcheck` the static checks of SQL
+snippets in filters and masks.
 """
 
 from __future__ import annotations
 
+from proxy.rules.alertroutes import AlertRoute, AlertWhen
+from proxy.rules.filemodel import RuleFile
 from proxy.rules.load import load_rules, static_problems
 from proxy.rules.model import (
     ATTR_PARAM,
     DEFAULT_STATEMENTS,
     MASK_KINDS,
-    AlertRoute,
-    AlertWhen,
     ColumnPolicy,
     Defaults,
     Duration,
@@ -25,7 +27,6 @@ from proxy.rules.model import (
     Match,
     Mode,
     Principal,
-    RuleFile,
     RuleModel,
     RuleTest,
     Size,

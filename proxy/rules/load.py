@@ -17,11 +17,11 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
+from proxy.rules.alertroutes import AlertRoute
+from proxy.rules.filemodel import RuleFile
 from proxy.rules.model import (
-    AlertRoute,
     ExtractionRule,
     FunctionRule,
-    RuleFile,
     RuleModel,
     RuleTest,
     SqlMask,

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxy.identity import SessionFacts
+from proxy.rules.alertroutes import AlertRoute
 from proxy.rules.model import (
-    AlertRoute,
     Defaults,
     ExtractionRule,
     FunctionRule,
