@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class Stmt:
+    """The StatementInfo fields the guard reads."""
+
+    kind: str = "select"
+    tables: tuple[str, ...] = ("public.people",)
+    fingerprint: str = "fp"
+    literals: tuple[object, ...] = ()
+    has_where: bool = True
+    has_limit: bool = False
+    offset: int | None = None
+    copy_out: bool = False
+    functions: tuple[str, ...] = ()

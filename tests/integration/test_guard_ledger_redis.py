@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
-from fix_guard import RedisServer, redis_server
+from fix_guard import RedisServer, Stmt, redis_server
 
 from proxy.errors import Blocked
 from proxy.guard import Guard, MemoryStore, RedisStore
@@ -29,19 +28,6 @@ from proxy.rules.subjects import SubjectRule
 ALICE = SessionFacts(user="alice", database="db")
 KEY = b"ledger-redis"
 __all__ = ["redis_server"]  # the fixture, imported from fix_guard
-
-
-@dataclass(frozen=True)
-class Stmt:
-    kind: str = "select"
-    tables: tuple[str, ...] = ("public.people",)
-    fingerprint: str = "fp"
-    literals: tuple[object, ...] = ()
-    has_where: bool = True
-    has_limit: bool = False
-    offset: int | None = None
-    copy_out: bool = False
-    functions: tuple[str, ...] = ()
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
-from fix_guard import RedisServer, redis_server
+from fix_guard import RedisServer, Stmt, redis_server
 
 from proxy.errors import Blocked, VolumeLimit
 from proxy.guard import Guard, RedisStore, StoreUnavailable
@@ -23,19 +22,6 @@ from proxy.rules import ExtractionRule, RuleSet, UserEntry
 
 ALICE = SessionFacts(user="alice", database="db")
 __all__ = ["redis_server"]  # the fixture, imported from fix_guard
-
-
-@dataclass(frozen=True)
-class Stmt:
-    kind: str = "select"
-    tables: tuple[str, ...] = ("public.people",)
-    fingerprint: str = "fp"
-    literals: tuple[object, ...] = ()
-    has_where: bool = True
-    has_limit: bool = False
-    offset: int | None = None
-    copy_out: bool = False
-    functions: tuple[str, ...] = ()
 
 
 @pytest.fixture
