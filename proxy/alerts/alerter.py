@@ -76,7 +76,10 @@ class Destination:
             if attempt:
                 await asyncio.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
             try:
-                answer = await asyncio.wait_for(self.sink.send(alert), self.route.timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                # that lands as the send completes, and then `stop` waits forever.
+                async with asyncio.timeout(self.route.timeout):
+                    answer = await self.sink.send(alert)
             except TimeoutError:
                 reason = f"no answer within {self.route.timeout:g}s"
                 await self.sink.reset()
@@ -206,7 +209,9 @@ class Alerter:
             tasks.append(self._ticker)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks, timeout=CLOSE_S) if tasks else (set(), set())
+        for t in stuck:  # still running after its cancel: left behind, never waited on
+            log.error("alert worker %s did not stop", t.get_name())
         if self._tasks:  # audit events and retired sinks' closing: a moment, not forever
             _, late = await asyncio.wait(set(self._tasks), timeout=CLOSE_S)
             for t in late:
